@@ -1,0 +1,140 @@
+"""The three plugin contracts: Upstream, Aggregator, Classifier.
+
+Every plugin is a ``torch.nn.Module`` whose constructor keyword arguments are its whole
+configuration (scikit-learn style): a recipe's ``upstream: {name: fbank, n_mels: 64}`` becomes
+``FbankUpstream(n_mels=64)``. See ``docs/architecture.md`` for the data path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+FINETUNE_MODES: Tuple[str, ...] = ("frozen", "finetune", "full", "top_n")
+
+
+@dataclass
+class UpstreamOutput:
+    """What an upstream returns: one ``[B, T, D]`` tensor per exposed layer and frame lengths ``[B]``."""
+
+    hidden_states: List[torch.Tensor]
+    lengths: torch.Tensor
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
+    """Boolean mask ``[B, T]`` that is True on valid (non-padded) positions."""
+    max_len = int(lengths.max().item()) if max_len is None else int(max_len)
+    positions = torch.arange(max_len, device=lengths.device)
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class Upstream(nn.Module):
+    """Turns 16 kHz mono waveforms ``[B, S]`` into hidden states of one or more layers.
+
+    Subclasses set, in ``__init__``:
+      * ``sample_rate`` -- the rate the model expects (audio is resampled to it),
+      * ``hop_length`` -- input samples per output frame,
+      * ``hidden_sizes`` -- the feature size of every exposed layer (``num_layers`` = its length),
+      * optionally ``min_samples`` (shortest usable input) and ``utterance_normalized`` (True when
+        every utterance's features are standardised over time, which makes mean pooling useless).
+
+    and implement ``forward(wavs, wav_lengths) -> UpstreamOutput``. Padded positions of the input
+    (beyond ``wav_lengths``) must not change the features of the valid frames when the model
+    supports it.
+    """
+
+    sample_rate: int = 16000
+    hop_length: int = 160
+    hidden_sizes: List[int] = []
+    min_samples: int = 1
+    utterance_normalized: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        """Number of hidden-state tensors returned by ``forward``."""
+        return len(self.hidden_sizes)
+
+    @property
+    def hidden_size(self) -> int:
+        """Feature size of the last layer."""
+        return self.hidden_sizes[-1]
+
+    def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """Number of valid output frames for inputs of ``wav_lengths`` samples (default: ceil-free hop)."""
+        return torch.clamp(wav_lengths // self.hop_length, min=1).long()
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> UpstreamOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- fine-tuning -------------------------------------------------------------------------
+    def supported_finetune_modes(self) -> Tuple[str, ...]:
+        """Fine-tuning modes this upstream implements (see ``FINETUNE_MODES``)."""
+        has_params = any(True for _ in self.parameters())
+        return ("frozen", "full") if has_params else ("frozen",)
+
+    def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
+        """Set ``requires_grad`` for ``mode``: ``frozen`` (nothing trains) or ``full`` (everything).
+
+        Self-supervised upstreams add ``finetune`` (transformer trains, CNN encoder frozen) and
+        ``top_n`` (only the top ``top_n`` layers train).
+        """
+        if mode not in self.supported_finetune_modes():
+            raise ValueError(
+                f"{type(self).__name__} does not support finetune mode {mode!r}; "
+                f"supported: {', '.join(self.supported_finetune_modes())}"
+            )
+        for p in self.parameters():
+            p.requires_grad_(mode != "frozen")
+
+    # --- identity (feature caching, run records) ---------------------------------------------
+    def identity(self) -> Dict[str, Any]:
+        """Everything that changes the features: used as a cache key and written to run records.
+
+        The default is the class and its constructor config; upstreams with weights add the
+        weights' identity (hub id + revision, or a file hash).
+        """
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "config": dict(getattr(self, "config", {}) or {}),
+            "sample_rate": self.sample_rate,
+        }
+
+
+class Aggregator(nn.Module):
+    """Pools frame features ``[B, T, D_in]`` with lengths ``[B]`` into one vector ``[B, D_out]``.
+
+    Constructor: ``__init__(input_dim, **config)``; it sets ``self.output_dim``. Padded frames
+    (positions ``>= lengths``) must never change the result. ``uses_only_mean`` is True for
+    aggregators whose output depends only on the time-average of the features.
+    """
+
+    output_dim: int
+    uses_only_mean: bool = False
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Classifier(nn.Module):
+    """Maps utterance vectors ``[B, D]`` to emotion logits ``[B, C]``.
+
+    Constructor: ``__init__(input_dim, num_classes, **config)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def masked_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Time-average of ``[B, T, D]`` over valid frames only."""
+    mask = lengths_to_mask(lengths, features.shape[1]).unsqueeze(-1).to(features.dtype)
+    return (features * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(features.dtype)
+
+
+def pad_sequence_lengths(tensors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a list of ``[T_i, ...]`` tensors to ``[B, T_max, ...]`` and return their lengths."""
+    lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
+    padded = nn.utils.rnn.pad_sequence(list(tensors), batch_first=True)
+    return padded, lengths
