@@ -88,6 +88,17 @@ class Upstream(nn.Module):
         for p in self.parameters():
             p.requires_grad_(mode != "frozen")
 
+    def layer_parameter_groups(self) -> List[List[nn.Parameter]]:
+        """Trainable parameters grouped by depth, bottom first (for layer-wise LR decay).
+
+        The default is a single group; transformer upstreams return the feature encoder, then one
+        group per transformer layer.
+        """
+        return [[p for p in self.parameters() if p.requires_grad]]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade compute for memory while fine-tuning; a no-op for upstreams without layers."""
+
     # --- identity (feature caching, run records) ---------------------------------------------
     def identity(self) -> Dict[str, Any]:
         """Everything that changes the features: used as a cache key and written to run records.
