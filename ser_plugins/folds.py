@@ -1,0 +1,138 @@
+"""Evaluation protocols: which utterances train, pick the checkpoint (dev), and test in each fold.
+
+* ``session`` -- leave one session out (IEMOCAP: 5 folds, SUPERB and most papers),
+* ``speaker`` -- leave one speaker out (IEMOCAP: 10 folds),
+* ``folds``   -- the corpus's own ``fold`` column (test on one fold value at a time),
+* ``split``   -- the corpus's own ``split`` column (train/dev/test; one fold).
+
+Dev sets: ``speaker`` (default) holds out whole training speakers, so dev is speaker-disjoint from
+train and test; ``random`` holds out a random fraction of training utterances (S3PRL's way), which
+leaks training speakers into dev and makes early stopping optimistic.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Dict, List, Sequence
+
+from ser_plugins.corpus import Fold, Utterance
+
+
+class ProtocolError(ValueError):
+    """A protocol that cannot be applied to this corpus."""
+
+
+def _group(utterances: Sequence[Utterance], key) -> Dict[str, List[Utterance]]:
+    groups: Dict[str, List[Utterance]] = defaultdict(list)
+    for u in utterances:
+        groups[key(u)].append(u)
+    return dict(sorted(groups.items()))
+
+
+def _speaker_dev(train: List[Utterance], fold_index: int, test_group: str, groups_order: List[str],
+                 group_of) -> tuple:
+    """Hold out one training speaker as dev, rotating deterministically over folds."""
+    speakers = sorted({u.speaker for u in train})
+    if len(speakers) < 2:
+        raise ProtocolError("dev: 'speaker' needs at least two training speakers; use protocol.dev: random")
+    # prefer a speaker of the next group (session) so each fold's dev comes from a different place
+    order = groups_order[fold_index + 1:] + groups_order[:fold_index + 1]
+    by_group = _group(train, group_of)
+    for g in order:
+        if g == test_group or g not in by_group:
+            continue
+        cands = sorted({u.speaker for u in by_group[g]})
+        dev_spk = cands[fold_index % len(cands)]
+        break
+    else:  # pragma: no cover - the speaker check above makes this unreachable
+        dev_spk = speakers[fold_index % len(speakers)]
+    dev = [u for u in train if u.speaker == dev_spk]
+    return [u for u in train if u.speaker != dev_spk], dev
+
+
+def _session_mates(train: List[Utterance], test: List[Utterance]) -> set:
+    """Training speakers that share a (non-empty) session with the test speaker."""
+    sessions = {u.session for u in test if u.session}
+    return {u.speaker for u in train if u.session in sessions}
+
+
+def _random_dev(train: List[Utterance], fraction: float, seed: int) -> tuple:
+    rng = random.Random(seed)
+    ids = sorted(u.id for u in train)
+    rng.shuffle(ids)
+    n_dev = max(1, int(round(fraction * len(ids))))
+    dev_ids = set(ids[:n_dev])
+    return [u for u in train if u.id not in dev_ids], [u for u in train if u.id in dev_ids]
+
+
+def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speaker",
+               dev_fraction: float = 0.1, seed: int = 0) -> List[Fold]:
+    """Split ``utterances`` into folds under ``protocol`` with the given dev strategy."""
+    if not utterances:
+        raise ProtocolError("the corpus has no utterances")
+    if protocol == "split":
+        return [_split_fold(utterances, dev, dev_fraction, seed)]
+    if protocol == "session":
+        group_of = lambda u: u.session or u.speaker  # noqa: E731
+    elif protocol == "speaker":
+        group_of = lambda u: u.speaker  # noqa: E731
+    elif protocol == "folds":
+        missing = [u.id for u in utterances if not u.fold]
+        if missing:
+            raise ProtocolError(f"protocol 'folds' needs a fold for every utterance; {len(missing)} have none (e.g. {missing[0]})")
+        group_of = lambda u: str(u.fold)  # noqa: E731
+    else:
+        raise ProtocolError(f"unknown protocol {protocol!r}; protocols: session, speaker, folds, split")
+    groups = _group(utterances, group_of)
+    if len(groups) < 2:
+        raise ProtocolError(f"protocol {protocol!r} needs at least two groups, found {list(groups)}")
+    order = list(groups)
+    folds = []
+    for i, (name, test) in enumerate(groups.items()):
+        train = [u for u in utterances if group_of(u) != name]
+        if dev == "speaker" and protocol == "speaker" and _session_mates(train, test):
+            # leave-one-speaker-out: the other speaker of the test session is the dev set
+            mates = _session_mates(train, test)
+            train, dev_set = [u for u in train if u.speaker not in mates], [u for u in train if u.speaker in mates]
+        elif dev == "speaker":
+            train, dev_set = _speaker_dev(train, i, name, order, group_of)
+        elif dev == "random":
+            train, dev_set = _random_dev(train, dev_fraction, seed + i)
+        else:
+            raise ProtocolError("dev: 'split' needs protocol: split")
+        folds.append(Fold(name, [u.id for u in train], [u.id for u in dev_set], [u.id for u in test]))
+    return folds
+
+
+def _split_fold(utterances: Sequence[Utterance], dev: str, dev_fraction: float, seed: int) -> Fold:
+    by_split = _group(utterances, lambda u: (u.split or "").lower())
+    unknown = set(by_split) - {"train", "dev", "valid", "validation", "test"}
+    if unknown:
+        raise ProtocolError(f"protocol 'split': unknown split values {sorted(unknown)} (use train/dev/test)")
+    train = by_split.get("train", [])
+    test = by_split.get("test", [])
+    dev_set = by_split.get("dev", []) + by_split.get("valid", []) + by_split.get("validation", [])
+    if not dev_set:
+        if dev == "random":
+            train, dev_set = _random_dev(train, dev_fraction, seed)
+        else:
+            train, dev_set = _speaker_dev(train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker)
+    return Fold("split", [u.id for u in train], [u.id for u in dev_set], [u.id for u in test])
+
+
+def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequence[str]) -> List[str]:
+    """Problems that would make a fold meaningless: raises for empty sets, returns warnings.
+
+    Raises ``ProtocolError`` for a fold without test, train or dev utterances; warns (returns
+    messages) for a class absent from a fold's training set.
+    """
+    warnings = []
+    for f in folds:
+        for part in ("train", "dev", "test"):
+            if not getattr(f, part):
+                raise ProtocolError(f"fold {f.name!r} has no {part} utterances")
+        present = {labels_of[i] for i in f.train}
+        for lab in labels:
+            if lab not in present:
+                warnings.append(f"fold {f.name!r}: class {lab!r} has no training utterances")
+    return warnings

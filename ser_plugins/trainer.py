@@ -1,0 +1,260 @@
+"""Training one fold: optimiser groups, schedule, early stopping on dev UA, resumable checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ser_plugins.checkpoint import load_state, load_weights, save_state, save_weights
+from ser_plugins.metrics import classification_metrics
+
+log = logging.getLogger("ser_plugins")
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN/inf (``nan_policy: stop``, or too many skipped steps)."""
+
+
+def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The part of the state that training changes: the head, plus the upstream when it trains."""
+    frozen_upstream = not any(p.requires_grad for p in model.upstream.parameters())
+    state = model.state_dict()
+    if frozen_upstream:
+        state = {k: v for k, v in state.items() if not k.startswith("upstream.")}
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def build_optimizer(model: nn.Module, training: Dict[str, Any], finetune: Dict[str, Any]) -> torch.optim.Optimizer:
+    """Two learning rates: ``training.lr`` for the head, ``finetune.upstream_lr`` for the upstream.
+
+    With ``finetune.layer_decay`` the upstream's depth groups get ``upstream_lr * decay**k``, k
+    counted down from the top group.
+    """
+    groups: List[Dict[str, Any]] = [{"params": [p for p in model.head.parameters() if p.requires_grad],
+                                     "lr": training["lr"], "name": "head"}]
+    up_groups = [[p for p in g if p.requires_grad] for g in model.upstream.layer_parameter_groups()]
+    up_groups = [g for g in up_groups if g]
+    decay = finetune.get("layer_decay")
+    for depth, params in enumerate(up_groups):
+        scale = decay ** (len(up_groups) - 1 - depth) if decay else 1.0
+        groups.append({"params": params, "lr": finetune["upstream_lr"] * scale, "name": f"upstream.{depth}"})
+    name = training["optimizer"]
+    wd = training["weight_decay"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(groups, weight_decay=wd)
+    return torch.optim.SGD(groups, momentum=0.9, weight_decay=wd)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
+    """Linear warm-up over ``warmup`` steps, then constant, linear or cosine decay to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "none":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (absent classes get 0)."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    w = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+    w = w * (counts > 0).sum() / w.sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def balanced_ids(ids: Sequence[str], targets: Dict[str, int], seed: int) -> List[str]:
+    """Resample ``ids`` (same count, with replacement) so every class is drawn equally often."""
+    rng = np.random.default_rng(seed)
+    by_class: Dict[int, List[str]] = {}
+    for i in ids:
+        by_class.setdefault(targets[i], []).append(i)
+    classes = sorted(by_class)
+    picks = rng.choice(len(classes), size=len(ids))
+    return [by_class[classes[c]][rng.integers(len(by_class[classes[c]]))] for c in picks]
+
+
+def autocast(device: str, precision: str):
+    """Mixed precision context (bf16/fp16) or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, source, ids: Sequence[str], labels: Sequence[str], batch_size: int,
+             device: str, precision: str = "fp32") -> Dict[str, Any]:
+    """Predict ``ids``; returns metrics plus per-utterance predictions and probabilities."""
+    model.eval()
+    preds, probs, targets, order = [], [], [], []
+    for batch in source.batches(ids, batch_size, shuffle=False, seed=0):
+        batch = batch.to(device)
+        with autocast(device, precision):
+            logits = source.forward(model, batch)
+        p = torch.softmax(logits.float(), dim=-1).cpu()
+        probs.append(p)
+        preds.extend(p.argmax(-1).tolist())
+        targets.extend(batch.targets.cpu().tolist())
+        order.extend(batch.ids)
+    result = classification_metrics(targets, preds, labels)
+    result["ids"], result["targets"], result["predictions"] = order, targets, preds
+    result["probabilities"] = torch.cat(probs).numpy() if probs else np.zeros((0, len(labels)))
+    return result
+
+
+class FoldTrainer:
+    """Trains one fold with early stopping on dev UA and restores the best checkpoint.
+
+    Writes ``last.safetensors``/``last_state.pt`` after each epoch (for ``--resume``) and
+    ``best.safetensors`` whenever dev UA improves.
+    """
+
+    def __init__(self, model: nn.Module, source, recipe: Dict[str, Any], labels: Sequence[str], fold_dir: Path,
+                 device: str, on_epoch: Optional[Callable[[Dict[str, float]], None]] = None) -> None:
+        self.model = model
+        self.source = source
+        self.recipe = recipe
+        self.training = recipe["training"]
+        self.finetune = recipe["finetune"]
+        self.labels = list(labels)
+        self.fold_dir = Path(fold_dir)
+        self.device = device
+        self.on_epoch = on_epoch
+        self.nan_steps = 0
+
+    def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
+        if self.training["class_weights"]:
+            w = class_weights([self.source.targets[i] for i in train_ids], len(self.labels))
+            return nn.CrossEntropyLoss(weight=w.to(self.device))
+        return nn.CrossEntropyLoss()
+
+    def _resume(self, optimizer, scheduler) -> Dict[str, Any]:
+        state_path = self.fold_dir / "last_state.pt"
+        weights_path = self.fold_dir / "last.safetensors"
+        if not (state_path.exists() and weights_path.exists()):
+            return {"epoch": 0, "step": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        self.model.load_state_dict(load_weights(weights_path), strict=False)
+        state = load_state(state_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        log.info("fold %s: resuming after epoch %d", self.fold_dir.name, state["progress"]["epoch"])
+        return state["progress"]
+
+    def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int) -> Dict[str, Any]:
+        """Train, early-stop on dev UA, restore the best weights; returns the training history."""
+        t, model, device = self.training, self.model, self.device
+        model.to(device)
+        optimizer = build_optimizer(model, t, self.finetune)
+        steps_per_epoch = max(1, math.ceil(len(train_ids) / t["batch_size"] / t["grad_accum"]))
+        total = t["max_steps"] or t["epochs"] * steps_per_epoch
+        scheduler = build_scheduler(optimizer, t["scheduler"], t["warmup_steps"], total)
+        loss_fn = self._loss_fn(train_ids)
+        progress = self._resume(optimizer, scheduler)
+        eval_bs = t["eval_batch_size"] or t["batch_size"]
+        if progress["best_ua"] >= 0 and (self.fold_dir / "best.safetensors").exists():
+            best_state = load_weights(self.fold_dir / "best.safetensors")
+        else:
+            best_state = trainable_state(model)
+        bar = tqdm(range(progress["epoch"], t["epochs"]), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False)
+        for epoch in bar:
+            if t["max_steps"] and progress["step"] >= t["max_steps"]:
+                break
+            torch.manual_seed(seed * 1000 + epoch)
+            ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t["balanced_sampling"] else train_ids
+            train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch)
+            dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t["precision"])
+            record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss,
+                      "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": optimizer.param_groups[0]["lr"]}
+            progress["history"].append(record)
+            if dev["ua"] > progress["best_ua"] + 1e-9:
+                progress.update(best_ua=dev["ua"], best_epoch=epoch + 1, bad_epochs=0)
+                best_state = trainable_state(model)
+                if self.recipe["output"]["save_checkpoints"]:
+                    save_weights(self.fold_dir / "best.safetensors", best_state)
+            else:
+                progress["bad_epochs"] += 1
+            progress["epoch"] = epoch + 1
+            self._save_last(optimizer, scheduler, progress)
+            bar.set_postfix(loss=f"{train_loss:.3f}", dev_ua=f"{dev['ua']:.3f}")
+            if self.on_epoch:
+                self.on_epoch(record)
+            if t["patience"] is not None and progress["bad_epochs"] >= t["patience"]:
+                break
+        model.load_state_dict(best_state, strict=False)
+        return {"history": progress["history"], "best_epoch": progress["best_epoch"], "best_dev_ua": progress["best_ua"],
+                "nan_steps": self.nan_steps}
+
+    def _save_last(self, optimizer, scheduler, progress) -> None:
+        save_weights(self.fold_dir / "last.safetensors", trainable_state(self.model))
+        save_state(self.fold_dir / "last_state.pt", {"optimizer": optimizer.state_dict(),
+                                                     "scheduler": scheduler.state_dict(), "progress": progress})
+
+    def _train_epoch(self, ids, optimizer, scheduler, loss_fn, progress, seed) -> float:
+        t, model = self.training, self.model
+        model.train()
+        if not any(p.requires_grad for p in model.upstream.parameters()):
+            model.upstream.eval()
+        total, count = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        accum = 0
+        warmup = self.finetune["frozen_warmup_steps"]
+        for batch in self.source.batches(ids, t["batch_size"], shuffle=True, seed=seed,
+                                         max_batch_seconds=t["max_batch_seconds"], max_duration=t["max_duration"]):
+            if t["max_steps"] and progress["step"] >= t["max_steps"]:
+                break
+            model.hold_upstream = progress["step"] < warmup
+            batch = batch.to(self.device)
+            with autocast(self.device, t["precision"]):
+                logits = self.source.forward(model, batch)
+            loss = loss_fn(logits.float(), batch.targets)
+            if not torch.isfinite(loss):
+                self._non_finite(loss, batch)
+                optimizer.zero_grad(set_to_none=True)
+                accum = 0
+                continue
+            (loss / t["grad_accum"]).backward()
+            accum += 1
+            total += float(loss) * len(batch.ids)
+            count += len(batch.ids)
+            if accum == t["grad_accum"]:
+                self._step(optimizer, scheduler)
+                accum = 0
+                progress["step"] += 1
+        if accum:
+            self._step(optimizer, scheduler)
+            progress["step"] += 1
+        model.hold_upstream = False
+        if count == 0:
+            raise TrainingDiverged(f"fold {self.fold_dir.name}: no finite loss in a whole epoch")
+        return total / count
+
+    def _step(self, optimizer, scheduler) -> None:
+        if self.training["grad_clip"]:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            nn.utils.clip_grad_norm_(params, self.training["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _non_finite(self, loss: torch.Tensor, batch) -> None:
+        self.nan_steps += 1
+        msg = (f"fold {self.fold_dir.name}: non-finite loss ({float(loss)}) on a batch of "
+               f"{len(batch.ids)} utterances (first: {batch.ids[0]})")
+        if self.training["nan_policy"] == "stop":
+            raise TrainingDiverged(msg + "; training.nan_policy is 'stop'")
+        if self.nan_steps > self.training["max_nan_steps"]:
+            raise TrainingDiverged(msg + f"; more than training.max_nan_steps={self.training['max_nan_steps']} skipped")
+        log.warning("%s; step skipped (%d so far)", msg, self.nan_steps)
