@@ -42,9 +42,9 @@ _PARAM_NAMES = ("f0", "range", "rate", "gain", "tilt", "oq", "close", "jitter", 
                 "breath", "formant", "cons")
 EMOTION_PARAMS: Dict[str, Tuple[float, ...]] = {
     "neu": (0.0, 3.0, 1.00, 0.0, 0.60, 0.60, 0.40, 0.010, 0.04, 0.00, 0.05, 1.00, 0.0),
-    "hap": (4.0, 8.0, 1.12, 3.0, 0.45, 0.55, 0.35, 0.010, 0.05, 0.00, 0.05, 1.04, 1.0),
+    "hap": (4.0, 8.0, 1.12, 3.0, 0.50, 0.55, 0.35, 0.010, 0.05, 0.00, 0.05, 1.04, 1.0),
     "exc": (5.0, 9.0, 1.20, 4.5, 0.40, 0.52, 0.32, 0.012, 0.05, 0.02, 0.05, 1.05, 2.0),
-    "ang": (3.0, 4.0, 1.25, 6.5, 0.20, 0.45, 0.22, 0.025, 0.10, 0.15, 0.03, 1.06, 4.0),
+    "ang": (3.0, 4.0, 1.25, 7.0, 0.15, 0.45, 0.22, 0.025, 0.10, 0.15, 0.03, 1.06, 4.0),
     "sad": (-2.5, 1.2, 0.72, -7.0, 0.85, 0.75, 0.50, 0.020, 0.08, 0.00, 0.30, 0.97, -4.0),
     "fru": (1.0, 3.0, 1.05, 3.0, 0.45, 0.55, 0.30, 0.020, 0.08, 0.08, 0.08, 1.02, 2.0),
     "sur": (6.0, 10.0, 1.05, 2.0, 0.45, 0.55, 0.35, 0.010, 0.05, 0.00, 0.06, 1.05, 0.0),
@@ -110,7 +110,7 @@ def _expressive_params(label: str, rng: np.random.Generator) -> Dict[str, float]
     else:
         target = np.array(EMOTION_PARAMS[label])
     neutral = np.array(EMOTION_PARAMS["neu"])
-    intensity = rng.uniform(0.35, 1.15)
+    intensity = rng.uniform(0.5, 1.2)
     p = dict(zip(_PARAM_NAMES, neutral + intensity * (target - neutral)))
     p["f0"] += rng.normal(0, 1.5)
     p["range"] = max(0.5, p["range"] * 2 ** rng.normal(0, 0.3))
@@ -164,13 +164,17 @@ def synthesize_utterance(label: str, voice: Voice, duration: float, rng: np.rand
     syl = _syllables(n, 4.2 * voice.rate * p["rate"], rng)
 
     # --- f0 contour (semitones around the speaker's base): declination + syllable accents + drift
+    # built on a 10 ms grid, smoothed there and interpolated to samples (fast)
     rng_st = p["range"] * voice.range_factor
-    targets = np.zeros(n)
+    hop = SAMPLE_RATE // 100
+    n_frames = n // hop + 2
+    targets = np.zeros(n_frames)
     for onset, _, end in syl:
-        targets[onset:end] = rng.uniform(-0.5, 0.5) * rng_st
-    idx = np.arange(n) / n
-    st = gaussian_filter1d(targets, 0.04 * SAMPLE_RATE) + rng_st * 0.4 * (0.5 - idx)
-    st += gaussian_filter1d(rng.normal(0, 1, n), 0.1 * SAMPLE_RATE) * 40 * (0.3 + 0.05 * rng_st)
+        targets[onset // hop:end // hop + 1] = rng.uniform(-0.5, 0.5) * rng_st
+    grid = np.arange(n_frames) / n_frames
+    contour = gaussian_filter1d(targets, 4.0) + rng_st * 0.4 * (0.5 - grid)
+    contour += gaussian_filter1d(rng.normal(0, 1, n_frames), 10.0) * 5 * (0.3 + 0.05 * rng_st)
+    st = np.interp(np.arange(n) / hop, np.arange(n_frames), contour)
     f0 = voice.f0 * 2 ** ((st + p["f0"]) / 12)
 
     # --- glottal source: Rosenberg pulses with per-period jitter, shimmer and roughness

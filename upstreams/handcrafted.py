@@ -143,12 +143,16 @@ class FramedUpstream(Upstream):
         return wav_lengths
 
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> UpstreamOutput:
-        """Features ``[B, T, D]`` (padded frames are 0) and their frame lengths ``[B]``."""
+        """Features ``[B, T, D]`` (padded frames are 0) and their frame lengths ``[B]``.
+
+        Computed in float32 (float64 for float64 input), with autocast disabled.
+        """
         wav_lengths = self._check_inputs(wavs, wav_lengths)
         lengths = self.frame_lengths(wav_lengths)
         dtype = torch.promote_types(wavs.dtype, torch.float32)
         wavs = wavs[:, : int(wav_lengths.max())].to(dtype)
-        feats = self._features(self.power_spectrum(wavs))
+        with torch.autocast(device_type=wavs.device.type, enabled=False):  # full precision under AMP
+            feats = self._features(self.power_spectrum(wavs))
         if self.utterance_normalized:
             feats = utterance_cmvn(feats, lengths)
         mask = lengths_to_mask(lengths, feats.shape[1]).unsqueeze(-1)

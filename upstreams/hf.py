@@ -1,0 +1,598 @@
+"""Hugging Face ``transformers`` audio encoders as upstreams: wav2vec 2.0, HuBERT, WavLM, data2vec.
+
+``HFUpstream(model=...)`` loads any checkpoint that ``transformers.AutoModel`` builds as a
+raw-waveform encoder (a CNN feature encoder followed by a transformer) from a hub id or a local
+folder, and exposes every hidden state: the CNN-projection output (the transformer's input) and
+the output of each transformer layer. It applies the checkpoint's own input normalisation and
+attention-mask convention, read from its ``preprocessor_config.json``.
+
+:class:`TransformersEncoderUpstream` holds everything that does not depend on where the model came
+from (forward, frame lengths, fine-tuning modes, layer groups); ``upstreams.fairseq_checkpoint``
+reuses it for converted fairseq checkpoints. See ``docs/self_supervised.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ser_plugins.contracts import Upstream, UpstreamOutput
+
+_TRUE = {"1", "true", "yes", "on"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DTypeLike = Union[str, torch.dtype, None]
+
+
+class WeightsNotFoundError(OSError):
+    """The model's files are neither in a local folder nor reachable (offline, wrong path, unknown id)."""
+
+
+def require_transformers() -> Any:
+    """Import ``transformers`` or explain how to install it."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(
+            "this upstream needs the 'transformers' package: pip install 'ser-plugins[hf]' "
+            f"(or pip install 'transformers>=4.40'); import failed with: {exc}"
+        ) from None
+    return transformers
+
+
+def offline_mode() -> bool:
+    """True when ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value."""
+    return any(os.environ.get(var, "").strip().lower() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_dtype(dtype: DTypeLike) -> Optional[torch.dtype]:
+    """``"bfloat16"`` / ``torch.bfloat16`` / None -> a floating ``torch.dtype`` or None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        resolved = getattr(torch, str(dtype).replace("torch.", ""), None)
+    if resolved is not None and (not isinstance(resolved, torch.dtype) or not resolved.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
+    return resolved
+
+
+def normalize_waveforms(wavs: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Zero-mean, unit-variance per utterance over its valid samples only; padding becomes 0.
+
+    Matches ``Wav2Vec2FeatureExtractor(do_normalize=True)`` on each unpadded utterance
+    (population variance, ``eps`` inside the square root).
+    """
+    x = wavs.float()
+    valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+    count = lengths.clamp(min=1).to(x.dtype).unsqueeze(1)
+    maskf = valid.to(x.dtype)
+    mean = (x * maskf).sum(1, keepdim=True) / count
+    var = (((x - mean) * maskf) ** 2).sum(1, keepdim=True) / count
+    return (x - mean) / torch.sqrt(var + eps) * maskf
+
+
+def receptive_field(kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Input samples one output frame of a stack of 1-D convolutions sees (400 for wav2vec 2.0)."""
+    field = 1
+    for kernel, stride in zip(reversed(list(kernels)), reversed(list(strides))):
+        field = (field - 1) * int(stride) + int(kernel)
+    return field
+
+
+def is_audio_encoder(model: nn.Module) -> bool:
+    """True for transformers models that take raw waveforms through a strided CNN."""
+    config = getattr(model, "config", None)
+    return (
+        getattr(model, "main_input_name", None) == "input_values"
+        and hasattr(model, "_get_feat_extract_output_lengths")
+        and hasattr(config, "conv_stride")
+        and hasattr(config, "conv_kernel")
+    )
+
+
+def _find_child(model: nn.Module, names: Sequence[str]) -> Tuple[Optional[str], Optional[nn.Module]]:
+    for name in names:
+        try:
+            return name, model.get_submodule(name)
+        except AttributeError:
+            continue
+    return None, None
+
+
+def _find_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
+    name, layers = _find_child(model, ("encoder.layers",))
+    if isinstance(layers, nn.ModuleList):
+        return name, layers
+    wanted = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == wanted:
+            return name, module
+    raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
+
+
+class TransformersEncoderUpstream(Upstream):
+    """An already-built ``transformers`` audio encoder as an :class:`Upstream`.
+
+    ``normalize``: standardise each utterance over its valid samples before the model.
+    ``use_attention_mask``: pass a padding mask (only for checkpoints trained with one).
+    ``layers``: indices of the hidden states to expose (0 = CNN projection, i = layer i; negative
+    indices count from the top); transformer layers above the highest one are dropped.
+    ``dtype``: run the model in this dtype (outputs are returned as float32).
+
+    Fine-tuning modes: ``frozen`` (the default), ``finetune`` (all but the CNN feature encoder),
+    ``full`` and ``top_n`` (only the top N transformer layers, plus the final layer norm of
+    pre-LN models).
+    """
+
+    #: parameter-name prefixes that run before the first transformer layer (the bottom LR group)
+    BOTTOM_PREFIXES: Tuple[str, ...] = (
+        "feature_extractor.",
+        "feature_encoder.",
+        "feature_projection.",
+        "masked_spec_embed",
+        "encoder.pos_conv_embed.",
+    )
+    CNN_NAMES: Tuple[str, ...] = ("feature_extractor", "feature_encoder")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        normalize: bool,
+        use_attention_mask: bool,
+        layers: Optional[Sequence[int]] = None,
+        dtype: DTypeLike = None,
+        sample_rate: int = 16000,
+    ) -> None:
+        super().__init__()
+        if not is_audio_encoder(model):
+            raise ValueError(
+                f"{type(model).__name__} is not a raw-waveform audio encoder (expected a wav2vec 2.0 / "
+                "HuBERT / WavLM / data2vec-audio style model with a CNN feature encoder)"
+            )
+        self.model = model
+        self.normalize = bool(normalize)
+        self.use_attention_mask = bool(use_attention_mask)
+        self.sample_rate = int(sample_rate)
+        self._dtype = resolve_dtype(dtype)
+        config = model.config
+        self.hop_length = int(torch.tensor([int(s) for s in config.conv_stride]).prod().item())
+        self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
+        self._layers_name, layer_list = _find_layers(model)
+        total = len(layer_list)
+        self._layer_indices = self._resolve_layers(layers, total)
+        self._final_norm = True
+        keep = max(1, max(self._layer_indices))
+        if keep < total:
+            self._truncate(keep)
+        self.hidden_sizes = [int(config.hidden_size)] * len(self._layer_indices)
+        self._finetune_mode = "frozen"
+        self._top_n: Optional[int] = None
+        if self._dtype is not None:
+            self.model.to(self._dtype)
+        self.set_finetune("frozen")
+
+    # --- construction helpers ----------------------------------------------------------------
+    @staticmethod
+    def _resolve_layers(layers: Optional[Sequence[int]], total: int) -> List[int]:
+        count = total + 1
+        if layers is None:
+            return list(range(count))
+        if isinstance(layers, int):
+            layers = [layers]
+        resolved = []
+        for index in layers:
+            if not -count <= int(index) < count:
+                raise ValueError(f"layer index {index} out of range: this model has hidden states 0..{total}")
+            resolved.append(int(index) % count)
+        if not resolved:
+            raise ValueError("layers must name at least one hidden state")
+        return resolved
+
+    def _truncate(self, keep: int) -> None:
+        parent_name, _, attr = self._layers_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:keep]))
+        self.model.config.num_hidden_layers = keep
+        if self._is_pre_layer_norm():  # the final norm belongs to the dropped top: skip it
+            _, norm = _find_child(self.model, ("encoder.layer_norm",))
+            if norm is not None:
+                self.model.encoder.layer_norm = nn.Identity()
+        self._final_norm = False
+
+    def _is_pre_layer_norm(self) -> bool:
+        return bool(getattr(self.model.config, "do_stable_layer_norm", False))
+
+    @property
+    def transformer_layers(self) -> nn.ModuleList:
+        """The (possibly truncated) list of transformer layers, bottom first."""
+        return self.model.get_submodule(self._layers_name)
+
+    @property
+    def feature_encoder(self) -> Optional[nn.Module]:
+        """The CNN that turns samples into frames."""
+        return _find_child(self.model, self.CNN_NAMES)[1]
+
+    # --- frames ------------------------------------------------------------------------------
+    def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """Valid output frames for inputs of ``wav_lengths`` samples (the model's conv formula)."""
+        lengths = wav_lengths.long().clamp(min=self.min_samples)
+        return self.model._get_feat_extract_output_lengths(lengths).long().clamp(min=1)
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> UpstreamOutput:
+        """Hidden states ``[B, T, D]`` of the selected layers and valid frame counts ``[B]``."""
+        if wavs.dim() != 2:
+            raise ValueError(f"expected waveforms [batch, samples], got shape {tuple(wavs.shape)}")
+        x = wavs.float()
+        lengths = wav_lengths.to(device=x.device, dtype=torch.long).clamp(min=0, max=x.shape[1])
+        if x.shape[1] < self.min_samples:  # shorter than one frame: zero-pad to the receptive field
+            x = nn.functional.pad(x, (0, self.min_samples - x.shape[1]))
+        positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        if self.normalize:
+            x = normalize_waveforms(x, lengths)
+        else:
+            x = x * (positions < lengths.unsqueeze(1)).to(x.dtype)
+        effective = lengths.clamp(min=self.min_samples)
+        mask = (positions < effective.unsqueeze(1)).long() if self.use_attention_mask else None
+        x = x.to(next(self.model.parameters()).dtype)
+        trainable = any(p.requires_grad for p in self.model.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            out = self.model(x, attention_mask=mask, output_hidden_states=True, return_dict=True)
+        states = list(out.hidden_states)
+        if len(states) != len(self.transformer_layers) + 1:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned {len(states)} hidden states for "
+                f"{len(self.transformer_layers)} layers; LayerDrop skips layers in training mode, so keep "
+                "config_overrides={'layerdrop': 0.0} (the default) when exposing every layer"
+            )
+        last = getattr(out, "last_hidden_state", None)
+        if self._final_norm and last is not None and last.shape == states[-1].shape:
+            states[-1] = last  # pre-LN models: the top state is the final layer-normed output
+        selected = [states[i] for i in self._layer_indices]
+        if self._dtype is not None and self._dtype != torch.float32:
+            selected = [s.float() for s in selected]
+        frames = self.frame_lengths(effective).clamp(max=selected[0].shape[1])
+        return UpstreamOutput(hidden_states=selected, lengths=frames)
+
+    # --- fine-tuning -------------------------------------------------------------------------
+    def supported_finetune_modes(self) -> Tuple[str, ...]:
+        """``frozen``, ``finetune`` (CNN frozen), ``full`` and ``top_n``."""
+        return ("frozen", "finetune", "full", "top_n")
+
+    def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
+        """Set ``requires_grad`` for ``mode``; ``top_n`` layers train in mode ``top_n``."""
+        if mode not in self.supported_finetune_modes():
+            raise ValueError(
+                f"{type(self).__name__} does not support finetune mode {mode!r}; "
+                f"supported: {', '.join(self.supported_finetune_modes())}"
+            )
+        layers = self.transformer_layers
+        if mode == "top_n":
+            if top_n is None or not 1 <= int(top_n) <= len(layers):
+                raise ValueError(f"finetune mode 'top_n' needs top_n between 1 and {len(layers)}, got {top_n!r}")
+        for p in self.model.parameters():
+            p.requires_grad_(mode in ("full", "finetune"))
+        cnn = self.feature_encoder
+        if mode == "finetune" and cnn is not None:
+            for p in cnn.parameters():
+                p.requires_grad_(False)
+        if mode == "top_n":
+            bottom, per_layer, top = self._split_parameters()
+            for group in per_layer[len(layers) - int(top_n):] + [top]:
+                for p in group:
+                    p.requires_grad_(True)
+        if cnn is not None and hasattr(cnn, "_requires_grad"):
+            cnn._requires_grad = mode == "full"  # transformers' flag for checkpointing the CNN input
+        self._finetune_mode = mode
+        self._top_n = int(top_n) if mode == "top_n" else None
+        self.train(self.training)
+
+    @property
+    def finetune_mode(self) -> str:
+        """The mode last set with :meth:`set_finetune`."""
+        return self._finetune_mode
+
+    def train(self, mode: bool = True) -> "TransformersEncoderUpstream":
+        """Like ``nn.Module.train``, but a frozen encoder always runs in eval mode (no dropout/masking)."""
+        super().train(mode)
+        if self._finetune_mode == "frozen":
+            self.model.eval()
+        return self
+
+    def _split_parameters(self) -> Tuple[List[nn.Parameter], List[List[nn.Parameter]], List[nn.Parameter]]:
+        prefix = self._layers_name + "."
+        layers = self.transformer_layers
+        bottom_prefixes = self.BOTTOM_PREFIXES + (() if self._is_pre_layer_norm() else ("encoder.layer_norm.",))
+        bottom: List[nn.Parameter] = []
+        per_layer: List[List[nn.Parameter]] = [[] for _ in range(len(layers))]
+        top: List[nn.Parameter] = []
+        for name, p in self.model.named_parameters():
+            if name.startswith(prefix):
+                per_layer[int(name[len(prefix):].split(".", 1)[0])].append(p)
+            elif name.startswith(bottom_prefixes):
+                bottom.append(p)
+            else:
+                top.append(p)
+        return bottom, per_layer, top
+
+    def layer_parameter_groups(self) -> List[List[nn.Parameter]]:
+        """``1 + num_layers`` groups, bottom first: CNN + projection + positional conv (+ the
+        pre-layer norm of post-LN models), then one per transformer layer; the rest (final norm of
+        pre-LN models) joins the top layer. Frozen parameters are left out, so a group may be empty.
+        """
+        bottom, per_layer, top = self._split_parameters()
+        groups = [bottom] + [list(g) for g in per_layer]
+        groups[-1] = groups[-1] + top
+        return [[p for p in g if p.requires_grad] for g in groups]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each transformer layer in the backward pass (non-reentrant checkpointing)."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    # --- identity ----------------------------------------------------------------------------
+    def weights_identity(self) -> Dict[str, Any]:
+        """Where the weights came from; subclasses fill it in."""
+        return {}
+
+    def identity(self) -> Dict[str, Any]:
+        """Class, constructor config, weights (id + revision, or a fingerprint) and preprocessing."""
+        ident = super().identity()
+        ident.update(
+            {
+                "weights": self.weights_identity(),
+                "architecture": type(self.model).__name__,
+                "normalize": self.normalize,
+                "use_attention_mask": self.use_attention_mask,
+                "layers": list(self._layer_indices),
+                "dtype": str(self._dtype) if self._dtype is not None else None,
+            }
+        )
+        return ident
+
+
+# --- locating a checkpoint ---------------------------------------------------------------------
+@dataclass
+class ModelSource:
+    """Where an HF model lives: a local folder, or a hub id (with the cached snapshot folder)."""
+
+    kind: str  # "local" or "hub"
+    location: str  # absolute folder, or hub id
+    folder: Optional[str] = None
+    revision: Optional[str] = None
+    commit: Optional[str] = None
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return bool(_HUB_ID.match(model)) and not model.startswith((".", "~"))
+
+
+def _hub_cache_dir(cache_dir: Optional[str]) -> str:
+    if cache_dir:
+        return str(cache_dir)
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def weights_not_found(
+    model: str, reason: str, revision: Optional[str] = None, cache_dir: Optional[str] = None,
+    local_files_only: bool = False,
+) -> WeightsNotFoundError:
+    """A :class:`WeightsNotFoundError` saying what was looked for and how to provide it."""
+    at = f" (revision {revision})" if revision else ""
+    lines = [f"could not load the model {model!r}{at}: {reason}", "To provide it:"]
+    if _looks_like_hub_id(model) and not os.path.exists(model):
+        folder = model.rsplit("/", 1)[-1]
+        lines += [
+            f"  * pass a local copy instead: model=/path/to/{folder} (a folder with config.json, "
+            "model.safetensors or pytorch_model.bin, and preprocessor_config.json); in a recipe: "
+            "upstream: {name: ..., model: /path/to/" + folder + "}",
+            f"  * on a machine with internet, run `huggingface-cli download {model} --local-dir {folder}` "
+            f"(newer huggingface_hub: `hf download {model} --local-dir {folder}`) and copy that folder here",
+        ]
+        if offline_mode() or local_files_only:
+            lines.append(
+                "  * or let it download: unset HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE and do not pass "
+                "local_files_only=True (offline mode is on now)"
+            )
+        else:
+            lines.append("  * or check this machine's access to the Hugging Face Hub (network, proxy, HF_ENDPOINT, HF_TOKEN)")
+        lines.append(f"Looked in the Hugging Face cache at {_hub_cache_dir(cache_dir)}.")
+    else:
+        lines += [
+            f"  * check the path {os.path.abspath(os.path.expanduser(model))}: it must be a folder with "
+            "config.json and model.safetensors or pytorch_model.bin (as written by save_pretrained or "
+            "`huggingface-cli download <id> --local-dir <folder>`)",
+            "  * or pass a hub id such as facebook/wav2vec2-base",
+        ]
+    return WeightsNotFoundError("\n".join(lines))
+
+
+def _has_weights(folder: str) -> bool:
+    return any(name.endswith(_WEIGHT_SUFFIXES) for name in os.listdir(folder))
+
+
+def locate_model(
+    model: str, revision: Optional[str] = None, cache_dir: Optional[str] = None, local_files_only: bool = False
+) -> ModelSource:
+    """Find ``model`` as a local folder or in the hub (cache), or raise :class:`WeightsNotFoundError`."""
+    path = os.path.expanduser(str(model))
+    if os.path.isdir(path):
+        folder = os.path.abspath(path)
+        if not os.path.isfile(os.path.join(folder, "config.json")) or not _has_weights(folder):
+            found = ", ".join(sorted(os.listdir(folder))[:20]) or "nothing"
+            raise weights_not_found(
+                model, f"the folder has no config.json and/or weights file (found: {found})", revision, cache_dir
+            )
+        return ModelSource("local", folder, folder=folder, revision=revision)
+    if not _looks_like_hub_id(str(model)) or os.path.isabs(path):
+        raise weights_not_found(model, "no such local folder", revision, cache_dir)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        config_path = hf_hub_download(
+            str(model), "config.json", revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+    except Exception as exc:  # offline miss, unknown repo/revision, network failure, bad id
+        raise weights_not_found(model, _one_line(exc), revision, cache_dir, local_files_only) from None
+    folder = os.path.dirname(config_path)
+    parts = os.path.normpath(folder).split(os.sep)
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+    return ModelSource("hub", str(model), folder=folder, revision=revision, commit=commit)
+
+
+def read_feature_extractor_config(
+    source: ModelSource, cache_dir: Optional[str] = None, local_files_only: bool = False
+) -> Dict[str, Any]:
+    """The saved ``preprocessor_config.json`` as a dict ({} when the checkpoint has none)."""
+    path = os.path.join(source.folder or "", "preprocessor_config.json")
+    if source.kind == "hub" and not os.path.isfile(path):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(
+                source.location, "preprocessor_config.json", revision=source.revision,
+                cache_dir=cache_dir, local_files_only=local_files_only,
+            )
+        except Exception:  # the checkpoint simply has no feature-extractor config
+            return {}
+    if not os.path.isfile(path):
+        return {}
+    with open(path, "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def folder_fingerprint(folder: str) -> str:
+    """sha256 over the weight files' names, sizes and mtimes and the JSON configs' contents."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        full = os.path.join(folder, name)
+        if not os.path.isfile(full):
+            continue
+        if name.endswith(".json"):
+            with open(full, "rb") as handle:
+                digest.update(name.encode() + b"\0" + handle.read())
+        elif name.endswith(_WEIGHT_SUFFIXES):
+            stat = os.stat(full)
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def cnn_norm(model: nn.Module) -> str:
+    """``"layer"`` when the CNN feature encoder normalises every conv layer with LayerNorm (e.g.
+    wav2vec 2.0 Large, data2vec), ``"group"`` for a GroupNorm in the first layer (wav2vec 2.0 /
+    HuBERT Base), ``"none"`` otherwise."""
+    cnn = _find_child(model, TransformersEncoderUpstream.CNN_NAMES)[1]
+    kinds = {type(m) for m in cnn.modules()} if cnn is not None else set()
+    if nn.LayerNorm in kinds:
+        return "layer"
+    if nn.GroupNorm in kinds:
+        return "group"
+    return "none"
+
+
+def preprocessing_defaults(model: nn.Module, feature_extractor: Dict[str, Any]) -> Tuple[bool, bool]:
+    """``(normalize, use_attention_mask)`` from the saved feature-extractor config.
+
+    Without one, follow transformers' conversion convention: checkpoints with a layer-norm CNN
+    were trained on normalised input with padding masks, those with a group-norm CNN without either.
+    """
+    layer_norm_cnn = cnn_norm(model) == "layer"
+    normalize = feature_extractor.get("do_normalize", layer_norm_cnn)
+    mask = feature_extractor.get("return_attention_mask", layer_norm_cnn)
+    return bool(normalize), bool(mask)
+
+
+class HFUpstream(TransformersEncoderUpstream):
+    """Any Hugging Face audio encoder (Wav2Vec2, HuBERT, WavLM, Data2VecAudio, ...) as an upstream.
+
+    ``model``: a hub id (``facebook/wav2vec2-base``) or a local folder. ``revision`` pins a hub
+    commit/tag. ``local_files_only`` (default: on when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``
+    is set) never touches the network. ``normalize`` / ``use_attention_mask`` override the
+    checkpoint's ``do_normalize`` / ``return_attention_mask``. ``config_overrides`` are set on the
+    model config before loading (default ``{"layerdrop": 0.0}``; e.g. ``{"mask_time_prob": 0.0}``
+    turns off SpecAugment-style masking while fine-tuning). Missing files raise
+    :class:`WeightsNotFoundError`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        revision: Optional[str] = None,
+        local_files_only: Optional[bool] = None,
+        cache_dir: Optional[str] = None,
+        normalize: Optional[bool] = None,
+        use_attention_mask: Optional[bool] = None,
+        layers: Optional[Sequence[int]] = None,
+        dtype: DTypeLike = None,
+        attn_implementation: Optional[str] = None,
+        config_overrides: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        transformers = require_transformers()
+        offline = offline_mode() if local_files_only is None else bool(local_files_only)
+        source = locate_model(str(model), revision, cache_dir, offline)
+        target = source.folder if source.kind == "local" else source.location
+        hub_kwargs: Dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": offline}
+        if source.kind == "hub":
+            hub_kwargs["revision"] = revision
+        overrides = {"layerdrop": 0.0, **(config_overrides or {})}
+        try:
+            config = transformers.AutoConfig.from_pretrained(target, **hub_kwargs)
+        except (OSError, ValueError) as exc:  # unreadable config: not a transformers checkpoint
+            raise weights_not_found(str(model), _one_line(exc), revision, cache_dir, offline) from None
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        load_kwargs = dict(hub_kwargs, config=config)
+        if attn_implementation:
+            load_kwargs["attn_implementation"] = attn_implementation
+        try:
+            encoder = transformers.AutoModel.from_pretrained(target, **load_kwargs)
+        except OSError as exc:  # weights file missing from the folder / cache / hub
+            raise weights_not_found(str(model), _one_line(exc), revision, cache_dir, offline) from None
+        extractor = read_feature_extractor_config(source, cache_dir, offline)
+        default_norm, default_mask = preprocessing_defaults(encoder, extractor)
+        fingerprint = folder_fingerprint(source.folder) if source.kind == "local" else None
+        super().__init__(
+            encoder,
+            normalize=default_norm if normalize is None else normalize,
+            use_attention_mask=default_mask if use_attention_mask is None else use_attention_mask,
+            layers=layers,
+            dtype=dtype,
+            sample_rate=int(extractor.get("sampling_rate", 16000)),
+        )
+        self.source = source
+        self._fingerprint = fingerprint
+        self.feature_extractor_config = extractor
+        self.config = {
+            "model": str(model),
+            "revision": revision,
+            "normalize": normalize,
+            "use_attention_mask": use_attention_mask,
+            "layers": list(layers) if isinstance(layers, (list, tuple)) else layers,
+            "dtype": str(dtype) if dtype is not None else None,
+            "attn_implementation": attn_implementation,
+            "config_overrides": dict(config_overrides or {}),
+        }
+
+    def weights_identity(self) -> Dict[str, Any]:
+        """Hub id + requested revision + resolved commit, or local folder + fingerprint."""
+        if self.source.kind == "hub":
+            return {"hub_id": self.source.location, "revision": self.source.revision, "commit": self.source.commit}
+        return {"path": self.source.location, "fingerprint": self._fingerprint}
