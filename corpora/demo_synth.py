@@ -83,9 +83,9 @@ class Voice:
 
 def _make_voice(speaker: str, gender: str, rng: np.random.Generator) -> Voice:
     base = 205.0 if gender == "F" else 115.0
-    eq = [signal.butter(1, rng.uniform(2500, 6000), btype="lowpass", fs=SAMPLE_RATE, output="sos")]
+    eq = [signal.butter(1, rng.uniform(3500, 7000), btype="lowpass", fs=SAMPLE_RATE, output="sos")]
     # a random peaking/dip resonance: the speaker's "microphone and room"
-    f_peak, gain = rng.uniform(300, 3000), rng.uniform(-6, 6)
+    f_peak, gain = rng.uniform(300, 3000), rng.uniform(-4, 4)
     w0 = 2 * np.pi * f_peak / SAMPLE_RATE
     big_a, alpha = 10 ** (gain / 40), np.sin(w0) / (2 * 1.2)
     b = [1 + alpha * big_a, -2 * np.cos(w0), 1 - alpha * big_a]

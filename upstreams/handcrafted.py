@@ -129,8 +129,8 @@ class FramedUpstream(Upstream):
         raise NotImplementedError
 
     def _check_inputs(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        if wavs.dim() != 2:
-            raise ValueError(f"wavs must be [batch, samples], got shape {tuple(wavs.shape)}")
+        if wavs.dim() != 2 or wavs.shape[0] == 0:
+            raise ValueError(f"wavs must be a non-empty [batch, samples], got shape {tuple(wavs.shape)}")
         wav_lengths = torch.as_tensor(wav_lengths, device=wavs.device).long()
         if wav_lengths.shape != (wavs.shape[0],):
             raise ValueError(

@@ -413,7 +413,10 @@ def weights_not_found(
                 "local_files_only=True (offline mode is on now)"
             )
         else:
-            lines.append("  * or check this machine's access to the Hugging Face Hub (network, proxy, HF_ENDPOINT, HF_TOKEN)")
+            lines.append(
+                "  * or check this machine's access to the Hugging Face Hub (network, proxy, HF_ENDPOINT, "
+                "HF_TOKEN); on machines without internet set HF_HUB_OFFLINE=1 to fail fast"
+            )
         lines.append(f"Looked in the Hugging Face cache at {_hub_cache_dir(cache_dir)}.")
     else:
         lines += [
