@@ -47,7 +47,7 @@ class Upstream(nn.Module):
 
     sample_rate: int = 16000
     hop_length: int = 160
-    hidden_sizes: List[int] = []
+    hidden_sizes: Sequence[int] = ()
     min_samples: int = 1
     utterance_normalized: bool = False
 
@@ -140,8 +140,9 @@ class Classifier(nn.Module):
 
 def masked_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Time-average of ``[B, T, D]`` over valid frames only."""
-    mask = lengths_to_mask(lengths, features.shape[1]).unsqueeze(-1).to(features.dtype)
-    return (features * mask).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(features.dtype)
+    mask = lengths_to_mask(lengths, features.shape[1]).unsqueeze(-1)
+    total = features.masked_fill(~mask, 0.0).sum(1)  # masked_fill: NaN/inf padding cannot leak
+    return total / lengths.clamp(min=1).unsqueeze(-1).to(features.dtype)
 
 
 def pad_sequence_lengths(tensors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -227,7 +227,7 @@ class FoldTrainer:
                 continue
             (loss / t["grad_accum"]).backward()
             accum += 1
-            total += float(loss) * len(batch.ids)
+            total += loss.item() * len(batch.ids)
             count += len(batch.ids)
             if accum == t["grad_accum"]:
                 self._step(optimizer, scheduler)
