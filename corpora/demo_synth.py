@@ -220,9 +220,10 @@ def synthesize_utterance(label: str, voice: Voice, duration: float, rng: np.rand
     # --- loudness, then the recording channel's noise floor
     active = np.abs(wav) > 0.05 * np.max(np.abs(wav))
     rms = np.sqrt(np.mean(wav[active] ** 2)) if active.any() else 1.0
-    wav *= 0.06 * 10 ** ((p["gain"] + voice.gain_db) / 20) / (rms + 1e-12)
+    wav *= 0.045 * 10 ** ((p["gain"] + voice.gain_db) / 20) / (rms + 1e-12)
     wav += 10 ** (voice.noise_db / 20) * rng.standard_normal(n)
-    return np.clip(wav, -0.99, 0.99)
+    peak = np.abs(wav)  # soft limiter: linear up to 0.9, then smoothly saturating below 0.99
+    return np.where(peak > 0.9, np.sign(wav) * (0.9 + 0.09 * np.tanh((peak - 0.9) / 0.09)), wav)
 
 
 def _allocate(shares: Dict[str, float], total: int) -> Dict[str, int]:

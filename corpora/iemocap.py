@@ -59,7 +59,8 @@ def parse_label_line(line: str) -> Optional[Tuple[float, float, str, str]]:
 class IemocapCorpus(Corpus):
     """The IEMOCAP corpus read from its release folder (``IEMOCAP_full_release``).
 
-    ``labels`` is the class order; ``merge`` maps raw labels onto them (``{"exc": "hap"}``);
+    ``labels`` is the class order; ``merge`` maps raw labels onto them (default ``{"exc": "hap"}``,
+    ignored when ``hap`` is not a class; an explicit merge target must be one of ``labels``);
     ``subset`` keeps ``all`` dialogs, only ``improvised`` or only ``scripted`` ones. After
     ``load()``, ``dropped`` counts the utterances left out per raw label.
     """
@@ -79,6 +80,8 @@ class IemocapCorpus(Corpus):
             labels = [labels]
         self.labels: List[str] = [str(lab) for lab in labels]
         self.merge: Dict[str, str] = {str(k): str(v) for k, v in dict(merge or {}).items()}
+        if merge is DEFAULT_MERGE:  # the default exc -> hap applies only when hap is a class
+            self.merge = {k: v for k, v in self.merge.items() if v in self.labels}
         self.subset = subset
         self.dropped: Dict[str, int] = {}
         self._validate()

@@ -105,6 +105,19 @@ class SERModel(nn.Module):
         return self.head(states, lengths)
 
 
+def head_sees_only_means(head: SERHead) -> bool:
+    """True when the head's output depends on each layer's time-average alone.
+
+    Mean pooling after a layer choice or a plain weighted sum (both linear) and a linear
+    projection: the weighted sum of means equals the mean of the weighted sum, so storing each
+    layer's utterance mean is exact.
+    """
+    linear_use = isinstance(head.layer_use, LayerSelect) or (
+        isinstance(head.layer_use, WeightedLayerSum) and not head.layer_use.layer_norm)
+    linear_projection = isinstance(head.projection, (nn.Identity, nn.Linear))
+    return bool(getattr(head.aggregator, "uses_only_mean", False)) and linear_use and linear_projection
+
+
 def resolve_layers(layer: Union[str, int], keep_layers: Optional[List[int]], num_layers: int) -> tuple:
     """``(upstream layer indices the head sees, index of the used one or None for weighted sum)``."""
     def check(i: int, what: str) -> int:

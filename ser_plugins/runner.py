@@ -16,12 +16,13 @@ import torch
 
 from ser_plugins import registry
 from ser_plugins.batches import FeatureSource, WaveSource
-from ser_plugins.data import decode_corpus, extract_features, speaker_normalize
+from ser_plugins.data import AudioSet, decode_corpus, extract_features, speaker_normalize
+from ser_plugins.feature_cache import FeatureCache
 from ser_plugins.folds import check_folds, make_folds
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.locking import RunLock
 from ser_plugins.metrics import classification_metrics, mean_std
-from ser_plugins.model import SERModel, build_head, build_upstream
+from ser_plugins.model import SERModel, build_head, build_upstream, head_sees_only_means
 from ser_plugins.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.recipe import RecipeError, dump_recipe, plugin_kwargs
 from ser_plugins.trainer import FoldTrainer, evaluate
@@ -113,6 +114,7 @@ class Runner:
         self.resume = resume
         self.progress = progress
         self.device = pick_device(recipe["training"]["device"])
+        self.notes: Dict[str, Any] = {}
 
     # --- preparation ----------------------------------------------------------------------
     def _check_run_dir(self) -> None:
@@ -150,22 +152,47 @@ class Runner:
             raise RunError(f"corpus {r['corpus']['name']!r} returned labels {unknown} outside its label set {labels}")
         set_seed(r["seed"])
         upstream = build_upstream(r)
-        audio = decode_corpus(utterances, upstream.sample_rate, upstream.min_samples, r["data"]["strict"], self.progress)
-        usable = [u for u in utterances if u.id in audio.waves]
+        head, kept = build_head(r, upstream, len(labels))  # validates the composition before any work
+        frozen = r["finetune"]["mode"] == "frozen"
+        features: Dict[str, List[torch.Tensor]] = {}
+        cache = None
+        if frozen and r["data"]["cache_dir"]:
+            cache = FeatureCache(Path(r["data"]["cache_dir"]), upstream.identity(), kept, getattr(torch, r["data"]["cache_dtype"]))
+            for u in utterances:
+                hit = cache.get(u)
+                if hit is not None:
+                    features[u.id] = hit
+        to_decode = [u for u in utterances if u.id not in features]
+        audio = decode_corpus(to_decode, upstream.sample_rate, upstream.min_samples, r["data"]["strict"],
+                              self.progress) if to_decode else AudioSet()
+        usable = [u for u in utterances if u.id in features or u.id in audio.waves]
+        if not usable:
+            raise RunError(f"no usable utterance: every one of {len(utterances)} was skipped ({audio.skip_counts()})")
         protocol = r["protocol"]["name"] or corpus.default_protocol
         folds = make_folds(usable, protocol, r["protocol"]["dev"], r["protocol"]["dev_fraction"], r["seed"])
         targets = {u.id: labels.index(u.label) for u in usable}
         warnings = check_folds(folds, {u.id: u.label for u in usable}, labels)
         for w in warnings:
             log.warning("%s", w)
-        probe_head, kept = build_head(r, upstream, len(labels))  # validates the composition before any work
-        del probe_head
         speaker_stats = None
-        if r["finetune"]["mode"] == "frozen":
-            features = extract_features(upstream, audio.waves, kept, device=self.device,
-                                        dtype=getattr(torch, r["data"]["cache_dtype"]), progress=self.progress)
+        self.notes = {}
+        if frozen:
+            if audio.waves:
+                fresh = extract_features(upstream, audio.waves, kept, device=self.device,
+                                         dtype=getattr(torch, r["data"]["cache_dtype"]), progress=self.progress)
+                if cache is not None:
+                    by_id = {u.id: u for u in utterances}
+                    for uid, feats in fresh.items():
+                        cache.put(by_id[uid], feats)
+                features.update(fresh)
+                audio.waves.clear()  # the waveforms are no longer needed
+            if cache is not None:
+                self.notes["feature_cache"] = cache.stats()
             if r["features"]["normalize"] == "speaker":
                 speaker_stats = speaker_normalize(features, {u.id: u.speaker for u in usable})
+            if head_sees_only_means(head) and not r["training"]["max_duration"]:
+                features = {uid: [f.float().mean(0, keepdim=True) for f in layers] for uid, layers in features.items()}
+                self.notes["mean_shortcut"] = True
             source: Any = FeatureSource(features, targets, upstream.sample_rate / upstream.hop_length)
         else:
             source = WaveSource(audio.waves, targets, upstream.sample_rate)
@@ -189,6 +216,7 @@ class Runner:
                 "labels": prep.labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
                                                    "test": len(f.test)} for f in prep.folds],
                 "skipped": _count(prep.skipped), "corpus_problems": len(prep.corpus_problems),
+                **self.notes,
             })
             results = {}
             for fold in folds:

@@ -251,7 +251,7 @@ class FoldTrainer:
 
     def _non_finite(self, loss: torch.Tensor, batch) -> None:
         self.nan_steps += 1
-        msg = (f"fold {self.fold_dir.name}: non-finite loss ({float(loss)}) on a batch of "
+        msg = (f"fold {self.fold_dir.name}: non-finite loss ({loss.item()}) on a batch of "
                f"{len(batch.ids)} utterances (first: {batch.ids[0]})")
         if self.training["nan_policy"] == "stop":
             raise TrainingDiverged(msg + "; training.nan_policy is 'stop'")

@@ -173,6 +173,11 @@ class TransformersEncoderUpstream(Upstream):
         self.hidden_sizes = [int(config.hidden_size)] * len(self._layer_indices)
         self._finetune_mode = "frozen"
         self._top_n: Optional[int] = None
+        self._frame_mask: Optional[torch.Tensor] = None
+        _, pos_layers = _find_child(model, ("encoder.pos_conv_embed.layers",))
+        if isinstance(pos_layers, nn.ModuleList) and len(pos_layers) > 1:
+            for layer in pos_layers:  # stacked positional convs (data2vec): keep padding out
+                layer.register_forward_hook(self._zero_padded_frames)
         if self._dtype is not None:
             self.model.to(self._dtype)
         self.set_finetune("frozen")
@@ -218,6 +223,17 @@ class TransformersEncoderUpstream(Upstream):
         """The CNN that turns samples into frames."""
         return _find_child(self.model, self.CNN_NAMES)[1]
 
+    def _zero_padded_frames(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> Optional[torch.Tensor]:
+        """Forward hook on each stacked positional conv layer (``[B, D, T]`` out): zero padded frames.
+
+        transformers zeroes padded frames once, before the first positional conv; with several
+        stacked layers the padding's non-zero outputs would leak into the last valid frames.
+        """
+        mask = self._frame_mask
+        if mask is None or output.dim() != 3 or output.shape[-1] != mask.shape[-1]:
+            return None
+        return output * mask.unsqueeze(1).to(output.dtype)
+
     # --- frames ------------------------------------------------------------------------------
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
         """Valid output frames for inputs of ``wav_lengths`` samples (the model's conv formula)."""
@@ -241,8 +257,15 @@ class TransformersEncoderUpstream(Upstream):
         mask = (positions < effective.unsqueeze(1)).long() if self.use_attention_mask else None
         x = x.to(next(self.model.parameters()).dtype)
         trainable = any(p.requires_grad for p in self.model.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            out = self.model(x, attention_mask=mask, output_hidden_states=True, return_dict=True)
+        if mask is not None:
+            frames = self.frame_lengths(effective)
+            total = int(self.model._get_feat_extract_output_lengths(torch.tensor(x.shape[1])))
+            self._frame_mask = torch.arange(total, device=x.device).unsqueeze(0) < frames.unsqueeze(1)
+        try:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+                out = self.model(x, attention_mask=mask, output_hidden_states=True, return_dict=True)
+        finally:
+            self._frame_mask = None
         states = list(out.hidden_states)
         if len(states) != len(self.transformer_layers) + 1:
             raise RuntimeError(

@@ -130,8 +130,8 @@ def _classify(names: Iterable[str], prefixes: Sequence[str]) -> Tuple[List[Any],
 
 def _refuse(path: PathType, refused: Sequence[str]) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
-        f"refusing to load {str(path)!r}: its pickle references {', '.join(refused)}, which is not "
-        "on the allow-list of data-only types (tensors, containers, argparse.Namespace, and inert "
+        f"refusing to load {str(path)!r}: its pickle references {', '.join(refused)}, outside the "
+        "allow-list of data-only types (tensors, containers, argparse.Namespace, and inert "
         "stand-ins for omegaconf/fairseq/typing/enum/numpy objects). Loading it could run code, so "
         "nothing was loaded. If this is a model you trust from another toolkit, convert it to "
         "safetensors in an environment where that toolkit is installed."

@@ -1,0 +1,92 @@
+"""On-disk cache of frozen upstream features, shared across epochs, folds, heads and runs.
+
+One safetensors file per utterance, under a folder named by a hash of everything that changes the
+features (upstream identity, kept layers, storage dtype). The file name hashes the audio's
+identity (path, size, mtime, segment). Entries are written to a temporary file and renamed into
+place, so a killed run never leaves a half-written entry, and two runs writing the same entry
+both leave a complete one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ser_plugins.corpus import Utterance
+from ser_plugins.io import atomic_save, atomic_write_json
+
+log = logging.getLogger("ser_plugins")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def audio_identity(utt: Utterance) -> Dict[str, Any]:
+    """What identifies an utterance's audio: resolved path, size, mtime and segment bounds."""
+    path = Path(utt.path).resolve()
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "start": utt.start, "end": utt.end}
+
+
+class FeatureCache:
+    """Frozen features of one upstream configuration, stored per utterance."""
+
+    def __init__(self, root: Path, upstream_identity: Dict[str, Any], layers: Sequence[int], dtype: torch.dtype) -> None:
+        self.layers = list(layers)
+        self.dtype = dtype
+        spec = {"upstream": upstream_identity, "layers": self.layers, "dtype": str(dtype), "format": 1}
+        self.dir = Path(root) / _digest(spec)[:24]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "spec.json").exists():
+            atomic_write_json(self.dir / "spec.json", spec)
+        self.hits = 0
+        self.misses = 0
+
+    def _entry(self, utt: Utterance) -> Path:
+        key = _digest(audio_identity(utt))
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    def get(self, utt: Utterance) -> Optional[List[torch.Tensor]]:
+        """The cached layers of ``utt``, or None (also when the audio changed or the entry is unreadable)."""
+        from safetensors.torch import load_file
+
+        try:
+            path = self._entry(utt)
+        except OSError:
+            return None
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            tensors = load_file(str(path))
+            feats = [tensors[f"layer{k}"] for k in range(len(self.layers))]
+        except Exception as exc:  # a corrupt entry is recomputed, never trusted
+            log.warning("feature cache: unreadable entry %s (%s); recomputing", path, exc)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return feats
+
+    def put(self, utt: Utterance, feats: Sequence[torch.Tensor]) -> None:
+        """Store ``utt``'s layers atomically."""
+        from safetensors.torch import save_file
+
+        tensors = {f"layer{k}": f.to(self.dtype).contiguous() for k, f in enumerate(feats)}
+        path = self._entry(utt)
+        atomic_save(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    def stats(self) -> Dict[str, Any]:
+        """Hit/miss counts and the cache folder (written to run.json)."""
+        return {"dir": str(self.dir), "hits": self.hits, "misses": self.misses}
+
+
+def default_cache_root() -> Path:
+    """``$SER_PLUGINS_CACHE`` or ``~/.cache/ser_plugins/features``."""
+    env = os.environ.get("SER_PLUGINS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "ser_plugins" / "features"

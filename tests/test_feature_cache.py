@@ -1,0 +1,106 @@
+"""Frozen-feature cache: hits and misses, invalidation, atomic entries, and the exact mean shortcut."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from ser_plugins.corpus import Utterance
+from ser_plugins.feature_cache import FeatureCache
+from ser_plugins.model import build_head, build_upstream, head_sees_only_means
+from ser_plugins.recipe import load_recipe
+from ser_plugins.runner import run_recipe
+
+
+def make_wav(path, seconds=0.5, seed=0):
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000, subtype="PCM_16")
+    return Utterance(path.stem, str(path), "neu", "s1")
+
+
+def test_hit_miss_and_invalidation_when_audio_or_upstream_changes(tmp_path):
+    utt = make_wav(tmp_path / "a.wav")
+    ident = {"class": "X", "config": {"n_mels": 40}}
+    cache = FeatureCache(tmp_path / "cache", ident, [0], torch.float16)
+    assert cache.get(utt) is None
+    feats = [torch.randn(7, 4)]
+    cache.put(utt, feats)
+    got = cache.get(utt)
+    assert got is not None and got[0].dtype == torch.float16
+    assert torch.allclose(got[0].float(), feats[0], atol=1e-2)
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+    other = FeatureCache(tmp_path / "cache", {"class": "X", "config": {"n_mels": 80}}, [0], torch.float16)
+    assert other.get(utt) is None  # different upstream kwargs: different entry
+    assert FeatureCache(tmp_path / "cache", ident, [0, 1], torch.float16).get(utt) is None  # other layers
+    make_wav(tmp_path / "a.wav", seconds=0.6, seed=1)  # the audio changed
+    assert cache.get(utt) is None
+
+
+def test_a_write_killed_midway_leaves_no_entry(tmp_path, monkeypatch):
+    import safetensors.torch as st
+
+    utt = make_wav(tmp_path / "a.wav")
+    cache = FeatureCache(tmp_path / "cache", {"class": "X"}, [0], torch.float16)
+
+    def dying_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"half a file")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(st, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        cache.put(utt, [torch.zeros(3, 2)])
+    monkeypatch.undo()
+    assert cache.get(utt) is None
+    assert not [p for p in cache.dir.rglob("*") if p.is_file() and p.name != "spec.json"]
+
+
+def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path):
+    utt = make_wav(tmp_path / "a.wav")
+    cache = FeatureCache(tmp_path / "cache", {"class": "X"}, [0], torch.float16)
+    cache.put(utt, [torch.zeros(3, 2)])
+    (entry,) = [p for p in cache.dir.rglob("*.safetensors")]
+    entry.write_bytes(b"garbage")
+    assert cache.get(utt) is None
+
+
+def test_runs_sharing_a_cache_extract_once_and_agree(fast_recipe, tmp_path):
+    fast_recipe["data"] = {"cache_dir": str(tmp_path / "cache")}
+    recipe = load_recipe(fast_recipe)
+    first = run_recipe(recipe, str(tmp_path / "r1"), folds=["1"], progress=False)
+    run1 = json.loads((tmp_path / "r1" / "run.json").read_text())
+    assert run1["feature_cache"]["hits"] == 0 and run1["feature_cache"]["misses"] == 100
+    second = run_recipe(recipe, str(tmp_path / "r2"), folds=["1"], progress=False)
+    run2 = json.loads((tmp_path / "r2" / "run.json").read_text())
+    assert run2["feature_cache"]["hits"] == 100 and run2["feature_cache"]["misses"] == 0
+    assert first["folds"] == second["folds"]
+    fast_recipe["data"] = {}
+    uncached = run_recipe(load_recipe(fast_recipe), str(tmp_path / "r3"), folds=["1"], progress=False)
+    assert uncached["folds"] == first["folds"]  # float16 storage either way: same features
+
+
+def test_mean_shortcut_is_exact(fast_recipe, tmp_path):
+    fast_recipe.update(aggregator="mean", features={"projection": 8})
+    recipe = load_recipe(fast_recipe)
+    upstream = build_upstream(recipe)
+    torch.manual_seed(0)
+    head, _ = build_head(recipe, upstream, 4)
+    assert head_sees_only_means(head)
+    head.eval()  # no dropout
+    frames = [torch.randn(2, 9, 40)]
+    lengths = torch.tensor([9, 5])
+    means = [torch.stack([frames[0][0, :9].mean(0), frames[0][1, :5].mean(0)]).unsqueeze(1)]
+    assert torch.allclose(head(frames, lengths), head(means, torch.tensor([1, 1])), atol=1e-5)
+
+    shortcut = run_recipe(recipe, str(tmp_path / "short"), folds=["1"], progress=False)
+    assert json.loads((tmp_path / "short" / "run.json").read_text())["mean_shortcut"] is True
+    fast_recipe["training"]["max_duration"] = 60.0  # no utterance is cropped, but the shortcut is off
+    full = run_recipe(load_recipe(fast_recipe), str(tmp_path / "full"), folds=["1"], progress=False)
+    assert "mean_shortcut" not in json.loads((tmp_path / "full" / "run.json").read_text())
+    a, b = shortcut["folds"]["Session1"], full["folds"]["Session1"]
+    assert a["wa"] == pytest.approx(b["wa"]) and a["ua"] == pytest.approx(b["ua"])
