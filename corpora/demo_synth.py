@@ -254,6 +254,9 @@ def _block(utt: str, start: float, end: float, label: str, rng: np.random.Genera
     return "\n".join(lines)
 
 
+_DIALOG_ORDER = (0, 2, 1, 3)
+
+
 def _dialogs(ses: str) -> List[str]:
     return [f"{ses}F_impro01", f"{ses}M_impro02", f"{ses}F_script01_1", f"{ses}M_script02_1"]
 
@@ -290,7 +293,7 @@ def generate_demo_corpus(root: str, seed: int = 0, utterances_per_speaker: int =
     raw_counts = {k: 0 for k in LABEL_SHARES}
     per_session: Dict[str, Dict[str, int]] = {}
     total_seconds = 0.0
-    n_files = 0
+    n_files = n_dialogs = 0
     for s in range(1, N_SESSIONS + 1):
         ses = f"Ses{s:02d}"
         srng = np.random.default_rng([seed, s])
@@ -303,12 +306,17 @@ def generate_demo_corpus(root: str, seed: int = 0, utterances_per_speaker: int =
         for g in ("F", "M"):
             srng.shuffle(per_gender[g])
         dialogs = _dialogs(ses)
-        split = {g: np.array_split(np.array(per_gender[g], dtype=object), len(dialogs)) for g in ("F", "M")}
+        # utterance i of a speaker goes to dialog _DIALOG_ORDER[i % 4]: small corpora still get
+        # improvised and scripted dialogs, each with both actors
+        split = {g: [[lab for i, lab in enumerate(per_gender[g]) if _DIALOG_ORDER[i % len(dialogs)] == d]
+                     for d in range(len(dialogs))] for g in ("F", "M")}
         emo_dir = root_p / f"Session{s}" / "dialog" / "EmoEvaluation"
         emo_dir.mkdir(parents=True, exist_ok=True)
         session_counts = {k: 0 for k in ("neu", "hap", "ang", "sad")}
         for d_i, dialog in enumerate(dialogs):
             turns = [("F", lab) for lab in split["F"][d_i]] + [("M", lab) for lab in split["M"][d_i]]
+            if not turns:
+                continue
             order = srng.permutation(len(turns))
             wav_dir = root_p / f"Session{s}" / "sentences" / "wav" / dialog
             wav_dir.mkdir(parents=True, exist_ok=True)
@@ -330,6 +338,7 @@ def generate_demo_corpus(root: str, seed: int = 0, utterances_per_speaker: int =
                 n_files += 1
                 if label in FOUR_CLASS_MERGE:
                     session_counts[FOUR_CLASS_MERGE[label]] += 1
+            n_dialogs += 1
             header = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
             (emo_dir / f"{dialog}.txt").write_text(header + "\n\n".join(blocks) + "\n\n", encoding="utf-8")
         per_session[f"Session{s}"] = session_counts
@@ -340,7 +349,7 @@ def generate_demo_corpus(root: str, seed: int = 0, utterances_per_speaker: int =
     four = {k: sum(c[k] for c in per_session.values()) for k in ("neu", "hap", "ang", "sad")}
     summary = {
         "seed": seed, "utterances_per_speaker": utterances_per_speaker, "sessions": N_SESSIONS,
-        "speakers": 2 * N_SESSIONS, "dialogs": N_SESSIONS * 4, "utterances": n_files,
+        "speakers": 2 * N_SESSIONS, "dialogs": n_dialogs, "utterances": n_files,
         "raw_counts": raw_counts, "counts": four,
         "dropped": {k: raw_counts[k] for k in raw_counts if k not in FOUR_CLASS_MERGE},
         "per_session": per_session, "seconds": round(total_seconds, 3),

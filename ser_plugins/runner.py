@@ -243,7 +243,7 @@ class Runner:
         writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r["output"]["tensorboard"] else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
-        trainer = FoldTrainer(model, prep.source, r, prep.labels, fold_dir, self.device, on_epoch)
+        trainer = FoldTrainer(model, prep.source, r, prep.labels, fold_dir, self.device, on_epoch, self.progress)
         fit = trainer.fit(fold.train, fold.dev, seed)
         if writer:
             writer.close()

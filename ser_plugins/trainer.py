@@ -123,7 +123,8 @@ class FoldTrainer:
     """
 
     def __init__(self, model: nn.Module, source, recipe: Dict[str, Any], labels: Sequence[str], fold_dir: Path,
-                 device: str, on_epoch: Optional[Callable[[Dict[str, float]], None]] = None) -> None:
+                 device: str, on_epoch: Optional[Callable[[Dict[str, float]], None]] = None,
+                 progress: bool = True) -> None:
         self.model = model
         self.source = source
         self.recipe = recipe
@@ -133,6 +134,7 @@ class FoldTrainer:
         self.fold_dir = Path(fold_dir)
         self.device = device
         self.on_epoch = on_epoch
+        self.progress = progress
         self.nan_steps = 0
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
@@ -168,7 +170,8 @@ class FoldTrainer:
             best_state = load_weights(self.fold_dir / "best.safetensors")
         else:
             best_state = trainable_state(model)
-        bar = tqdm(range(progress["epoch"], t["epochs"]), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False)
+        bar = tqdm(range(progress["epoch"], t["epochs"]), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
+                   disable=not self.progress)
         for epoch in bar:
             if t["max_steps"] and progress["step"] >= t["max_steps"]:
                 break

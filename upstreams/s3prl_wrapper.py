@@ -41,16 +41,17 @@ def load_s3prl_upstream_class() -> Any:
 
 
 class S3prlUpstream(Upstream):
-    """An S3PRL upstream (``S3PRLUpstream(name)``): all its hidden states and frame lengths.
+    """An S3PRL upstream (``S3prlUpstream(model="wavlm_large")``): all hidden states, frame lengths.
 
-    ``name`` is an S3PRL hub name (``wavlm_large``, ``apc``, ...); ``path_or_url`` a checkpoint;
+    ``model`` is an S3PRL hub name (``wavlm_large``, ``apc``, ...; called ``model`` because the
+    registry's own ``name`` argument is the plugin name); ``path_or_url`` a checkpoint;
     ``layer_norm`` applies S3PRL's per-layer layer norm; ``extra_conf`` goes to the hub entry.
     Fine-tuning modes: ``frozen`` and ``full``.
     """
 
     def __init__(
         self,
-        name: str,
+        model: str,
         path_or_url: Optional[str] = None,
         refresh: bool = False,
         layer_norm: bool = False,
@@ -59,17 +60,17 @@ class S3prlUpstream(Upstream):
         upstream_cls = load_s3prl_upstream_class()
         super().__init__()
         self.model = upstream_cls(
-            name, path_or_url=path_or_url, refresh=refresh, normalize=layer_norm, extra_conf=extra_conf
+            model, path_or_url=path_or_url, refresh=refresh, normalize=layer_norm, extra_conf=extra_conf
         )
         rates = [int(r) for r in self.model.downsample_rates]
         if len(set(rates)) != 1:
-            raise ValueError(f"S3PRL upstream {name!r} has layers at different frame rates {rates}; not supported")
+            raise ValueError(f"S3PRL upstream {model!r} has layers at different frame rates {rates}; not supported")
         self.hop_length = rates[0]
         self.hidden_sizes = [int(h) for h in self.model.hidden_sizes]
-        self.name = name
+        self.s3prl_name = model
         self._frozen = True
         self.config = {
-            "name": name,
+            "model": model,
             "path_or_url": path_or_url,
             "layer_norm": layer_norm,
             "extra_conf": dict(extra_conf or {}),
