@@ -8,7 +8,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ser_plugins.data import bucket_batches, pad_features, pad_waves, random_crop
+from ser_plugins.data import bucket_batches, pad_features, pad_waves, padding_fraction, random_crop
 
 
 @dataclass
@@ -28,14 +28,23 @@ class Batch:
 class FeatureSource:
     """Batches of precomputed hidden states (frozen upstream): the head is all that runs."""
 
-    def __init__(self, features: Dict[str, List[torch.Tensor]], targets: Dict[str, int], frames_per_second: float) -> None:
+    def __init__(self, features: Dict[str, List[torch.Tensor]], targets: Dict[str, int], frames_per_second: float,
+                 frame_counts: Optional[Dict[str, int]] = None) -> None:
         self.features = features
         self.targets = targets
         self.frames_per_second = frames_per_second
+        self.frame_counts = frame_counts  # original lengths when features hold utterance means
 
     def length(self, uid: str) -> int:
-        """Number of frames of utterance ``uid``."""
+        """Number of frames of utterance ``uid`` (before any mean shortcut: batching stays the same)."""
+        if self.frame_counts is not None:
+            return self.frame_counts[uid]
         return int(self.features[uid][0].shape[0])
+
+    def padding_fraction(self, ids: Sequence[str], batch_size: int, seed: int = 0) -> float:
+        """Share of padded frames in one epoch of training batches."""
+        lengths = [self.length(i) for i in ids]
+        return padding_fraction(lengths, bucket_batches(lengths, batch_size, shuffle=True, seed=seed))
 
     def batches(self, ids: Sequence[str], batch_size: int, shuffle: bool, seed: int,
                 max_batch_seconds: Optional[float] = None, max_duration: Optional[float] = None) -> Iterator[Batch]:
@@ -70,6 +79,11 @@ class WaveSource:
         self.waves = waves
         self.targets = targets
         self.sample_rate = sample_rate
+
+    def padding_fraction(self, ids: Sequence[str], batch_size: int, seed: int = 0) -> float:
+        """Share of padded samples in one epoch of training batches."""
+        lengths = [len(self.waves[i]) for i in ids]
+        return padding_fraction(lengths, bucket_batches(lengths, batch_size, shuffle=True, seed=seed))
 
     def batches(self, ids: Sequence[str], batch_size: int, shuffle: bool, seed: int,
                 max_batch_seconds: Optional[float] = None, max_duration: Optional[float] = None) -> Iterator[Batch]:

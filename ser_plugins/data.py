@@ -132,23 +132,42 @@ def random_crop(wave: np.ndarray, max_samples: Optional[int], rng: random.Random
 @torch.inference_mode()
 def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], layers: Sequence[int],
                      max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
-                     dtype: torch.dtype = torch.float16, progress: bool = True) -> Dict[str, List[torch.Tensor]]:
-    """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU."""
+                     dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
+                     stats: Optional[Dict[str, float]] = None) -> Dict[str, List[torch.Tensor]]:
+    """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
+
+    Batches are length-bucketed under ``max_batch_samples`` padded samples (an utterance longer
+    than that runs alone), so memory stays bounded. ``stats``, when given, receives the padding
+    fraction, the number of batches, the audio seconds and the wall time.
+    """
+    import time
+
     ids = list(waves)
     lengths = [len(waves[i]) for i in ids]
     batches = bucket_batches(lengths, batch_size, max_batch_samples)
     out: Dict[str, List[torch.Tensor]] = {}
     upstream.eval()
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+           if precision != "fp32" and str(device).startswith("cuda") else None)
+    t0 = time.perf_counter()
     bar = tqdm(total=len(ids), desc="extract features", unit="utt", disable=not progress, leave=False)
     for b in batches:
         wavs, wav_lengths = pad_waves([waves[ids[i]] for i in b])
-        res = upstream(wavs.to(device), wav_lengths.to(device))
+        if amp is not None:
+            with amp:
+                res = upstream(wavs.to(device), wav_lengths.to(device))
+        else:
+            res = upstream(wavs.to(device), wav_lengths.to(device))
         frames = res.lengths.cpu()
         for j, i in enumerate(b):
             n = int(frames[j])
             out[ids[i]] = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
         bar.update(len(b))
     bar.close()
+    if stats is not None:
+        stats.update(padding_fraction=padding_fraction(lengths, batches), batches=len(batches),
+                     audio_seconds=sum(lengths) / getattr(upstream, "sample_rate", 16000),
+                     seconds=time.perf_counter() - t0)
     return out
 
 

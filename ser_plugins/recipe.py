@@ -91,6 +91,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[tuple, Any, Optional[tuple]]]] = {
     },
     "data": {
         "strict": ((bool,), False, None),
+        "precompute": ((bool,), True, None),
+        "extract_batch_seconds": (_NUM, 64, None),
         "num_threads": (_OPT_INT, None, None),
         "cache_dir": (_OPT_STR, None, None),
         "cache_dtype": ((str,), "float16", ("float16", "float32")),
@@ -233,6 +235,8 @@ def _check_values(r: Dict[str, Any]) -> None:
             "features.normalize: 'speaker' needs a frozen upstream (its statistics are computed "
             "once from the upstream's features); set finetune.mode: frozen or drop it"
         )
+    if r["features"]["normalize"] == "speaker" and not r["data"]["precompute"]:
+        raise RecipeError("features.normalize: 'speaker' needs data.precompute: true")
     if not 0 < r["protocol"]["dev_fraction"] < 1:
         raise RecipeError("protocol.dev_fraction must be between 0 and 1")
 

@@ -153,7 +153,7 @@ class Runner:
         set_seed(r["seed"])
         upstream = build_upstream(r)
         head, kept = build_head(r, upstream, len(labels))  # validates the composition before any work
-        frozen = r["finetune"]["mode"] == "frozen"
+        frozen = r["finetune"]["mode"] == "frozen" and r["data"]["precompute"]
         features: Dict[str, List[torch.Tensor]] = {}
         cache = None
         if frozen and r["data"]["cache_dir"]:
@@ -178,8 +178,12 @@ class Runner:
         self.notes = {}
         if frozen:
             if audio.waves:
-                fresh = extract_features(upstream, audio.waves, kept, device=self.device,
-                                         dtype=getattr(torch, r["data"]["cache_dtype"]), progress=self.progress)
+                extraction: Dict[str, float] = {}
+                fresh = extract_features(upstream.to(self.device), audio.waves, kept, device=self.device,
+                                         max_batch_samples=int(r["data"]["extract_batch_seconds"] * upstream.sample_rate),
+                                         dtype=getattr(torch, r["data"]["cache_dtype"]), progress=self.progress,
+                                         precision=r["training"]["precision"], stats=extraction)
+                self.notes["extraction"] = {k: round(v, 4) for k, v in extraction.items()}
                 if cache is not None:
                     by_id = {u.id: u for u in utterances}
                     for uid, feats in fresh.items():
@@ -190,10 +194,12 @@ class Runner:
                 self.notes["feature_cache"] = cache.stats()
             if r["features"]["normalize"] == "speaker":
                 speaker_stats = speaker_normalize(features, {u.id: u.speaker for u in usable})
+            frame_counts = None
             if head_sees_only_means(head) and not r["training"]["max_duration"]:
+                frame_counts = {uid: int(layers[0].shape[0]) for uid, layers in features.items()}
                 features = {uid: [f.float().mean(0, keepdim=True) for f in layers] for uid, layers in features.items()}
                 self.notes["mean_shortcut"] = True
-            source: Any = FeatureSource(features, targets, upstream.sample_rate / upstream.hop_length)
+            source: Any = FeatureSource(features, targets, upstream.sample_rate / upstream.hop_length, frame_counts)
         else:
             source = WaveSource(audio.waves, targets, upstream.sample_rate)
         return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept,
@@ -257,7 +263,8 @@ class Runner:
         metrics = {k: test[k] for k in ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")}
         metrics.update(fold=fold.name, train=len(fold.train), dev=len(fold.dev), test=len(fold.test),
                        best_epoch=fit["best_epoch"], best_dev_ua=fit["best_dev_ua"], nan_steps=fit["nan_steps"],
-                       seconds=round(time.time() - t0, 2), history=fit["history"])
+                       seconds=round(time.time() - t0, 2), history=fit["history"],
+                       train_padding_fraction=round(prep.source.padding_fraction(fold.train, r["training"]["batch_size"], seed), 4))
         layer_use = model.head.layer_use
         if hasattr(layer_use, "normalized_weights"):
             metrics["layer_weights"] = {"layers": prep.kept_layers,

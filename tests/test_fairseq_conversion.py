@@ -55,6 +55,8 @@ VARIANTS = {
     "hubert_large": ("hubert", dict(extractor_mode="layer_norm", layer_norm_first=True)),
 }
 ATOL = 1e-4
+# the reference code (a copy of fairseq's) uses the old weight_norm API
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*:FutureWarning")
 
 
 def fairseq_model(kind: str, cfg: dict) -> torch.nn.Module:

@@ -104,3 +104,9 @@ def test_mean_shortcut_is_exact(fast_recipe, tmp_path):
     assert "mean_shortcut" not in json.loads((tmp_path / "full" / "run.json").read_text())
     a, b = shortcut["folds"]["Session1"], full["folds"]["Session1"]
     assert a["wa"] == pytest.approx(b["wa"]) and a["ua"] == pytest.approx(b["ua"])
+    import csv
+
+    rows = lambda d: list(csv.DictReader((tmp_path / d / "folds" / "Session1" / "predictions.csv").open()))  # noqa: E731
+    for x, y in zip(rows("short"), rows("full")):
+        assert x["id"] == y["id"] and x["prediction"] == y["prediction"]
+        assert all(abs(float(x[k]) - float(y[k])) < 1e-3 for k in x if k.startswith("p_"))

@@ -323,7 +323,7 @@ class TransformersEncoderUpstream(Upstream):
     def train(self, mode: bool = True) -> "TransformersEncoderUpstream":
         """Like ``nn.Module.train``, but a frozen encoder always runs in eval mode (no dropout/masking)."""
         super().train(mode)
-        if self._finetune_mode == "frozen":
+        if getattr(self, "_finetune_mode", "frozen") == "frozen":
             self.model.eval()
         return self
 
@@ -581,8 +581,10 @@ class HFUpstream(TransformersEncoderUpstream):
         overrides = {"layerdrop": 0.0, **(config_overrides or {})}
         try:
             config = transformers.AutoConfig.from_pretrained(target, **hub_kwargs)
-        except (OSError, ValueError) as exc:  # unreadable config: not a transformers checkpoint
+        except OSError as exc:  # the config could not be fetched
             raise weights_not_found(str(model), _one_line(exc), revision, cache_dir, offline) from None
+        except ValueError as exc:  # a config transformers does not know
+            raise ValueError(f"{model!r} is not a model this transformers can build: {_one_line(exc)}") from None
         for key, value in overrides.items():
             setattr(config, key, value)
         load_kwargs = dict(hub_kwargs, config=config)
@@ -592,6 +594,8 @@ class HFUpstream(TransformersEncoderUpstream):
             encoder = transformers.AutoModel.from_pretrained(target, **load_kwargs)
         except OSError as exc:  # weights file missing from the folder / cache / hub
             raise weights_not_found(str(model), _one_line(exc), revision, cache_dir, offline) from None
+        except ValueError as exc:  # no AutoModel class for this config
+            raise ValueError(f"{model!r} is not a model this transformers can build: {_one_line(exc)}") from None
         extractor = read_feature_extractor_config(source, cache_dir, offline)
         default_norm, default_mask = preprocessing_defaults(encoder, extractor)
         fingerprint = folder_fingerprint(source.folder) if source.kind == "local" else None
