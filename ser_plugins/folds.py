@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ser_plugins.corpus import Fold, Utterance
 
@@ -66,14 +66,25 @@ def _random_dev(train: List[Utterance], fraction: float, seed: int) -> tuple:
 
 
 def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speaker",
-               dev_fraction: float = 0.1, seed: int = 0) -> List[Fold]:
-    """Split ``utterances`` into folds under ``protocol`` with the given dev strategy."""
+               dev_fraction: float = 0.1, seed: int = 0, num_folds: Optional[int] = None) -> List[Fold]:
+    """Split ``utterances`` into folds under ``protocol`` with the given dev strategy.
+
+    With ``num_folds``, the ``speaker`` protocol puts the speakers into that many groups
+    (speaker-independent k-fold, e.g. 5 folds over the 24 actors of RAVDESS) instead of one
+    fold per speaker.
+    """
     if not utterances:
         raise ProtocolError("the corpus has no utterances")
     if protocol == "split":
         return [_split_fold(utterances, dev, dev_fraction, seed)]
     if protocol == "session":
         group_of = lambda u: u.session or u.speaker  # noqa: E731
+    elif protocol == "speaker" and num_folds:
+        speakers = sorted({u.speaker for u in utterances})
+        if not 2 <= num_folds <= len(speakers):
+            raise ProtocolError(f"protocol.num_folds must be between 2 and the number of speakers ({len(speakers)})")
+        group_of_speaker = {spk: f"speakers{i % num_folds + 1}" for i, spk in enumerate(speakers)}
+        group_of = lambda u: group_of_speaker[u.speaker]  # noqa: E731
     elif protocol == "speaker":
         group_of = lambda u: u.speaker  # noqa: E731
     elif protocol == "folds":

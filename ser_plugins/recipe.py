@@ -52,6 +52,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[tuple, Any, Optional[tuple]]]] = {
         "name": ((str, type(None)), None, ("session", "speaker", "folds", "split", None)),
         "dev": ((str,), "speaker", ("speaker", "random", "split")),
         "dev_fraction": (_NUM, 0.1, None),
+        "num_folds": (_OPT_INT, None, None),
     },
     "features": {
         "layer": ((str, int), "last", None),

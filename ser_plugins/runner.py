@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ser_plugins import registry
 from ser_plugins.batches import FeatureSource, WaveSource
@@ -169,7 +170,8 @@ class Runner:
         if not usable:
             raise RunError(f"no usable utterance: every one of {len(utterances)} was skipped ({audio.skip_counts()})")
         protocol = r["protocol"]["name"] or corpus.default_protocol
-        folds = make_folds(usable, protocol, r["protocol"]["dev"], r["protocol"]["dev_fraction"], r["seed"])
+        folds = make_folds(usable, protocol, r["protocol"]["dev"], r["protocol"]["dev_fraction"], r["seed"],
+                           r["protocol"]["num_folds"])
         targets = {u.id: labels.index(u.label) for u in usable}
         warnings = check_folds(folds, {u.id: u.label for u in usable}, labels)
         for w in warnings:
@@ -225,7 +227,7 @@ class Runner:
                 **self.notes,
             })
             results = {}
-            for fold in folds:
+            for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
                 fold_dir = self.run_dir / "folds" / fold.name
                 done = fold_dir / "metrics.json"
                 if done.exists():
@@ -261,7 +263,7 @@ class Runner:
         if fit["history"]:
             plot_curves(fit["history"], fold_dir / "curves.png", f"fold {fold.name}")
         metrics = {k: test[k] for k in ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")}
-        metrics.update(fold=fold.name, train=len(fold.train), dev=len(fold.dev), test=len(fold.test),
+        metrics.update(fold=fold.name, seed=seed, train=len(fold.train), dev=len(fold.dev), test=len(fold.test),
                        best_epoch=fit["best_epoch"], best_dev_ua=fit["best_dev_ua"], nan_steps=fit["nan_steps"],
                        seconds=round(time.time() - t0, 2), history=fit["history"],
                        train_padding_fraction=round(prep.source.padding_fraction(fold.train, r["training"]["batch_size"], seed), 4))

@@ -71,3 +71,13 @@ def test_class_absent_from_training_is_warned():
     folds = make_folds(utts, "session")
     warnings = check_folds(folds, labels_of, ["neu", "sad", "ang"])
     assert any("'ang' has no training utterances" in w for w in warnings)
+
+
+def test_speaker_groups_make_k_speaker_independent_folds():
+    folds = make_folds(corpus(), "speaker", dev="random", num_folds=5)
+    assert len(folds) == 5
+    tested = [spk(f.test) for f in folds]
+    assert all(len(t) == 2 for t in tested) and len(set().union(*tested)) == 10
+    assert all(not spk(f.test) & spk(f.train) for f in folds)
+    with pytest.raises(ProtocolError, match="num_folds"):
+        make_folds(corpus(), "speaker", num_folds=11)
