@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List
+from typing import List, Mapping, Optional, Sequence
 
 from corpora.demo_synth import generate_demo_corpus
-from corpora.iemocap import IemocapCorpus
+from corpora.iemocap import DEFAULT_LABELS, DEFAULT_MERGE, IemocapCorpus
 from ser_plugins.corpus import Utterance
 
 
@@ -19,13 +19,14 @@ class DemoCorpus(IemocapCorpus):
     """Synthetic IEMOCAP-layout corpus under ``root``, generated on first use when ``generate`` is True.
 
     ``seed`` and ``utterances_per_speaker`` only matter when the corpus is generated; an existing
-    corpus under ``root`` is read as it is. Other keyword arguments (``labels``, ``merge``,
-    ``subset``) go to ``IemocapCorpus``.
+    corpus under ``root`` is read as it is. ``labels``, ``merge`` and ``subset`` are those of
+    ``IemocapCorpus`` (spelled out rather than ``**kwargs`` so the registry can check option names).
     """
 
     def __init__(self, root: str = "data/demo_iemocap", seed: int = 0, utterances_per_speaker: int = 40,
-                 generate: bool = True, **iemocap_kwargs: Any) -> None:
-        super().__init__(root, **iemocap_kwargs)
+                 generate: bool = True, labels: Sequence[str] = DEFAULT_LABELS,
+                 merge: Optional[Mapping[str, str]] = DEFAULT_MERGE, subset: str = "all") -> None:
+        super().__init__(root, labels=labels, merge=merge, subset=subset)
         self.seed = seed
         self.utterances_per_speaker = utterances_per_speaker
         self.generate_if_missing = generate

@@ -267,7 +267,7 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         root.mkdir(parents=True, exist_ok=True)
         return
     if not overwrite:
-        raise FileExistsError(f"{root} already holds Session folders; pass overwrite=True to regenerate it")
+        raise FileExistsError(f"{root} already holds Session folders; pass overwrite=True (ser demo-corpus --overwrite) to regenerate it")
     readme = root / "README.txt"
     if not (readme.is_file() and README_MARKER in readme.read_text(errors="replace")):
         raise FileExistsError(f"refusing to overwrite {root}: it has Session folders but no README.txt "
@@ -351,7 +351,7 @@ def generate_demo_corpus(root: str, seed: int = 0, utterances_per_speaker: int =
         "seed": seed, "utterances_per_speaker": utterances_per_speaker, "sessions": N_SESSIONS,
         "speakers": 2 * N_SESSIONS, "dialogs": n_dialogs, "utterances": n_files,
         "raw_counts": raw_counts, "counts": four,
-        "dropped": {k: raw_counts[k] for k in raw_counts if k not in FOUR_CLASS_MERGE},
+        "dropped": {k: n for k, n in raw_counts.items() if k not in FOUR_CLASS_MERGE and n},
         "per_session": per_session, "seconds": round(total_seconds, 3),
     }
     (root_p / "README.txt").write_text(

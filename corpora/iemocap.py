@@ -24,7 +24,8 @@ SUBSETS: Tuple[str, ...] = ("all", "improvised", "scripted")
 _SESSION_RE = re.compile(r"^Session(\d+)$")
 # [6.2901 - 8.2357] <ws> Ses01F_impro01_F000 <ws> neu <ws> [2.5, 2.5, 2.5]  (VAD optional)
 _LABEL_LINE_RE = re.compile(
-    r"^\[\s*(?P<start>[^\]\s-][^\]\s]*)\s*-\s*(?P<end>[^\]\s]+)\s*\]\s+(?P<utt>\S+)\s+(?P<label>\S+)(?:\s+(?P<rest>.*))?$"
+    r"^\[\s*(?P<start>[^\]\s-][^\]\s]*)\s*-\s*(?P<end>[^\]\s]+)\s*\]"
+    r"\s+(?P<utt>\S+)\s+(?P<label>\S+)(?:\s+(?P<rest>.*))?$"
 )
 _SPEAKER_RE = re.compile(r"([A-Za-z])(\d+)$")
 _SES_PREFIX_RE = re.compile(r"^Ses(\d+)", re.IGNORECASE)
@@ -120,7 +121,8 @@ class IemocapCorpus(Corpus):
         """``[(number, folder)]`` of the ``SessionN`` folders under ``root``; raises if there are none."""
         expected = "the IEMOCAP_full_release folder, containing Session1 ... Session5"
         if not self.root.is_dir():
-            raise FileNotFoundError(f"IEMOCAP root {str(self.root)!r} does not exist or is not a folder; expected {expected}")
+            raise FileNotFoundError(f"IEMOCAP root {str(self.root)!r} does not exist or is not a folder; "
+                                    f"expected {expected}")
         found = []
         for child in self.root.iterdir():
             m = _SESSION_RE.match(child.name)

@@ -51,7 +51,8 @@ class ManifestCorpus(Corpus):
                 raise ValueError(f"ManifestCorpus: duplicate labels {dupes}")
             for src, dst in self.merge.items():
                 if dst not in self.labels:
-                    raise ValueError(f"ManifestCorpus: merge target {dst!r} (of {src!r}) is not one of labels {self.labels}")
+                    raise ValueError(f"ManifestCorpus: merge target {dst!r} (of {src!r}) "
+                                     f"is not one of labels {self.labels}")
 
     # ------------------------------------------------------------------ CSV access
     def _open(self):

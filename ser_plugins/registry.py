@@ -176,7 +176,7 @@ def check_kwargs(kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple =
             )
 
 
-def create(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+def create(kind: str, name: str, /, *args: Any, **kwargs: Any) -> Any:
     """Build plugin ``name`` of ``kind``; preset kwargs are overridden by ``kwargs``.
 
     The instance gets ``plugin_name`` and ``config`` (the effective keyword arguments) attributes.
@@ -193,21 +193,21 @@ def create(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
     return obj
 
 
-def create_upstream(name: str, **kwargs: Any) -> Any:
+def create_upstream(name: str, /, **kwargs: Any) -> Any:
     """Build an upstream plugin (or preset) by name: ``create_upstream('fbank', n_mels=64)``."""
     return create("upstream", name, **kwargs)
 
 
-def create_aggregator(name: str, input_dim: int, **kwargs: Any) -> Any:
+def create_aggregator(name: str, /, input_dim: int, **kwargs: Any) -> Any:
     """Build an aggregator for ``input_dim``-dimensional frames."""
     return create("aggregator", name, input_dim, **kwargs)
 
 
-def create_classifier(name: str, input_dim: int, num_classes: int, **kwargs: Any) -> Any:
+def create_classifier(name: str, /, input_dim: int, num_classes: int, **kwargs: Any) -> Any:
     """Build a classifier from ``input_dim`` features to ``num_classes`` logits."""
     return create("classifier", name, input_dim, num_classes, **kwargs)
 
 
-def create_corpus(name: str, **kwargs: Any) -> Any:
+def create_corpus(name: str, /, **kwargs: Any) -> Any:
     """Build a corpus plugin: ``create_corpus('iemocap', root='/data/IEMOCAP_full_release')``."""
     return create("corpus", name, **kwargs)

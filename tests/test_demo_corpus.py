@@ -38,7 +38,8 @@ def test_generation_is_deterministic(demo, tmp_path: Path) -> None:
     other = generate_demo_corpus(str(tmp_path / "other"), seed=1, utterances_per_speaker=SMALL)
     wav = "Session1/sentences/wav/Ses01F_impro01"
     assert other["utterances"] == summary["utterances"]
-    assert sorted((tmp_path / "other" / wav).iterdir())[0].read_bytes() != sorted((root / wav).iterdir())[0].read_bytes()
+    first_other = sorted((tmp_path / "other" / wav).iterdir())[0]
+    assert first_other.read_bytes() != sorted((root / wav).iterdir())[0].read_bytes()
 
 
 def test_layout_and_annotation_format(demo) -> None:

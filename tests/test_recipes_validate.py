@@ -126,7 +126,8 @@ def test_grid_is_complete_and_consistent():
     assert set(superb) == set(UPSTREAMS)
     for up, r in superb.items():
         t = r["training"]
-        assert r["protocol"] == {"name": "session", "dev": "random", "dev_fraction": 0.2}
+        p = r["protocol"]
+        assert (p["name"], p["dev"], p["dev_fraction"]) == ("session", "random", 0.2)
         assert r["finetune"]["mode"] == "frozen"
         assert r["aggregator"] == {"name": "mean"} and r["classifier"] == {"name": "linear"}
         assert (t["optimizer"], t["lr"], t["weight_decay"], t["scheduler"]) == ("adam", 1e-4, 0.0, "none")

@@ -157,6 +157,7 @@ def read_fairseq_checkpoint(path: str) -> FairseqCheckpoint:
 def hf_config_from_fairseq(kind: str, cfg: Dict[str, Any]) -> Any:
     """The ``transformers`` config equivalent to a fairseq wav2vec2 / hubert model config."""
     transformers = require_transformers()
+    cfg = {k: v for k, v in cfg.items() if v is not None}  # unset (None) fields take fairseq's defaults
     if str(cfg.get("layer_type", "transformer")) != "transformer":
         raise FairseqConversionError(f"layer_type {cfg.get('layer_type')!r} (conformer) is not supported")
     if int(cfg.get("pos_conv_depth", 1) or 1) > 1:

@@ -468,6 +468,9 @@ def locate_model(
                 model, f"the folder has no config.json and/or weights file (found: {found})", revision, cache_dir
             )
         return ModelSource("local", folder, folder=folder, revision=revision)
+    if os.path.isfile(path):
+        hint = " (a fairseq .pt checkpoint? use the 'fairseq' upstream)" if path.endswith((".pt", ".ckpt")) else ""
+        raise weights_not_found(model, f"this is a file, not a model folder{hint}", revision, cache_dir)
     if not _looks_like_hub_id(str(model)) or os.path.isabs(path):
         raise weights_not_found(model, "no such local folder", revision, cache_dir)
     try:
