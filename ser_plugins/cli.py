@@ -147,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        user_error = any(c.__name__ in USER_ERRORS for c in type(exc).__mro__) or isinstance(exc, FileNotFoundError)
+        user_error = any(c.__name__ in USER_ERRORS for c in type(exc).__mro__) or isinstance(exc, (FileNotFoundError, FileExistsError))
         if args.debug or not user_error:
             raise
         print(f"error: {exc}", file=sys.stderr)

@@ -213,9 +213,9 @@ class Runner:
         _check_writable(self.run_dir)
         with RunLock(self.run_dir):
             self._check_run_dir()
-            atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
             started = time.time()
-            prep = self.prepare()
+            prep = self.prepare()  # every corpus, audio and model problem surfaces before anything is written
+            atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
             if self.recipe["finetune"]["mode"] != "frozen":
                 initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
             folds = select_folds(prep.folds, self.fold_selection)
