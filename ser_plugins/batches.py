@@ -61,7 +61,7 @@ class FeatureSource:
                 if shuffle and max_frames and feats[0].shape[0] > max_frames:
                     start = rng.randrange(0, feats[0].shape[0] - max_frames + 1)
                     feats = [f[start:start + max_frames] for f in feats]
-                per_utt.append([f.float() for f in feats])
+                per_utt.append(list(feats))  # stored dtype: converted to float32 on the device, after the copy
             states, lens = pad_features(per_utt)
             yield Batch((states, lens), torch.tensor([self.targets[u] for u in uids]), uids)
 

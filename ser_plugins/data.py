@@ -57,8 +57,6 @@ def decode_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples
             out.skipped[u.id] = "silent"
             continue
         out.waves[u.id] = wav
-    if not out.waves:
-        raise DataError(f"no usable audio: all {len(utterances)} utterances were skipped ({out.skip_counts()})")
     return out
 
 
@@ -133,12 +131,15 @@ def random_crop(wave: np.ndarray, max_samples: Optional[int], rng: random.Random
 def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], layers: Sequence[int],
                      max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
                      dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
-                     stats: Optional[Dict[str, float]] = None) -> Dict[str, List[torch.Tensor]]:
+                     stats: Optional[Dict[str, float]] = None, reduce_mean: bool = False,
+                     frame_counts: Optional[Dict[str, int]] = None) -> Dict[str, List[torch.Tensor]]:
     """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
 
     Batches are length-bucketed under ``max_batch_samples`` padded samples (an utterance longer
-    than that runs alone), so memory stays bounded. ``stats``, when given, receives the padding
-    fraction, the number of batches, the audio seconds and the wall time.
+    than that runs alone), so memory stays bounded. With ``reduce_mean`` only each layer's
+    time-average is kept (``[1, D]`` float32), for heads that see nothing else. ``frame_counts``
+    receives every utterance's number of frames; ``stats`` the padding fraction, the number of
+    batches, the audio seconds and the wall time.
     """
     import time
 
@@ -161,7 +162,12 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
         frames = res.lengths.cpu()
         for j, i in enumerate(b):
             n = int(frames[j])
-            out[ids[i]] = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
+            if reduce_mean:
+                out[ids[i]] = [res.hidden_states[k][j, :n].float().mean(0, keepdim=True).cpu() for k in layers]
+            else:
+                out[ids[i]] = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
+            if frame_counts is not None:
+                frame_counts[ids[i]] = n
         bar.update(len(b))
     bar.close()
     if stats is not None:

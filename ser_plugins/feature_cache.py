@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,10 +37,12 @@ def audio_identity(utt: Utterance) -> Dict[str, Any]:
 class FeatureCache:
     """Frozen features of one upstream configuration, stored per utterance."""
 
-    def __init__(self, root: Path, upstream_identity: Dict[str, Any], layers: Sequence[int], dtype: torch.dtype) -> None:
+    def __init__(self, root: Path, upstream_identity: Dict[str, Any], layers: Sequence[int], dtype: torch.dtype,
+                 variant: str = "frames") -> None:
         self.layers = list(layers)
-        self.dtype = dtype
-        spec = {"upstream": upstream_identity, "layers": self.layers, "dtype": str(dtype), "format": 1}
+        self.dtype = dtype if variant == "frames" else torch.float32
+        spec = {"upstream": upstream_identity, "layers": self.layers, "dtype": str(self.dtype), "variant": variant,
+                "format": 2}
         self.dir = Path(root) / _digest(spec)[:24]
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "spec.json").exists():
@@ -52,8 +54,8 @@ class FeatureCache:
         key = _digest(audio_identity(utt))
         return self.dir / key[:2] / f"{key}.safetensors"
 
-    def get(self, utt: Utterance) -> Optional[List[torch.Tensor]]:
-        """The cached layers of ``utt``, or None (also when the audio changed or the entry is unreadable)."""
+    def get(self, utt: Utterance) -> Optional[Tuple[List[torch.Tensor], int]]:
+        """``(layers, frame count)`` of ``utt``, or None (also when the audio changed or the entry is unreadable)."""
         from safetensors.torch import load_file
 
         try:
@@ -66,18 +68,20 @@ class FeatureCache:
         try:
             tensors = load_file(str(path))
             feats = [tensors[f"layer{k}"] for k in range(len(self.layers))]
+            frames = int(tensors["frames"].item())
         except Exception as exc:  # a corrupt entry is recomputed, never trusted
             log.warning("feature cache: unreadable entry %s (%s); recomputing", path, exc)
             self.misses += 1
             return None
         self.hits += 1
-        return feats
+        return feats, frames
 
-    def put(self, utt: Utterance, feats: Sequence[torch.Tensor]) -> None:
-        """Store ``utt``'s layers atomically."""
+    def put(self, utt: Utterance, feats: Sequence[torch.Tensor], frames: int) -> None:
+        """Store ``utt``'s layers and its frame count atomically."""
         from safetensors.torch import save_file
 
         tensors = {f"layer{k}": f.to(self.dtype).contiguous() for k, f in enumerate(feats)}
+        tensors["frames"] = torch.tensor([frames], dtype=torch.int64)
         path = self._entry(utt)
         atomic_save(path, lambda tmp: save_file(tensors, str(tmp)))
 

@@ -19,6 +19,8 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
     """One row per run directory, from its ``summary.json``."""
     rows = []
     for d in run_dirs:
+        if Path(d).is_file():  # a shell glob such as runs/* also matches earlier report files
+            continue
         path = Path(d) / "summary.json"
         if not path.exists():
             raise ReportError(f"{d}: no summary.json (is it a finished run directory?)")

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from ser_plugins import registry
 from ser_plugins.batches import FeatureSource, WaveSource
-from ser_plugins.data import AudioSet, decode_corpus, extract_features, speaker_normalize
-from ser_plugins.feature_cache import FeatureCache
+from ser_plugins.data import DataError, decode_corpus
+from ser_plugins.frozen import compute_frozen_features
 from ser_plugins.folds import check_folds, make_folds
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.locking import RunLock
@@ -155,20 +155,17 @@ class Runner:
         upstream = build_upstream(r)
         head, kept = build_head(r, upstream, len(labels))  # validates the composition before any work
         frozen = r["finetune"]["mode"] == "frozen" and r["data"]["precompute"]
-        features: Dict[str, List[torch.Tensor]] = {}
-        cache = None
-        if frozen and r["data"]["cache_dir"]:
-            cache = FeatureCache(Path(r["data"]["cache_dir"]), upstream.identity(), kept, getattr(torch, r["data"]["cache_dtype"]))
-            for u in utterances:
-                hit = cache.get(u)
-                if hit is not None:
-                    features[u.id] = hit
-        to_decode = [u for u in utterances if u.id not in features]
-        audio = decode_corpus(to_decode, upstream.sample_rate, upstream.min_samples, r["data"]["strict"],
-                              self.progress) if to_decode else AudioSet()
-        usable = [u for u in utterances if u.id in features or u.id in audio.waves]
+        self.notes = {}
+        if frozen:
+            means_only = head_sees_only_means(head) and not r["training"]["max_duration"]
+            pre = compute_frozen_features(upstream, utterances, kept, r, self.device, means_only, self.progress)
+            usable_ids, skipped, self.notes = set(pre.features), pre.skipped, pre.notes
+        else:
+            audio = decode_corpus(utterances, upstream.sample_rate, upstream.min_samples, r["data"]["strict"], self.progress)
+            usable_ids, skipped = set(audio.waves), audio.skipped
+        usable = [u for u in utterances if u.id in usable_ids]
         if not usable:
-            raise RunError(f"no usable utterance: every one of {len(utterances)} was skipped ({audio.skip_counts()})")
+            raise DataError(f"no usable audio: all {len(utterances)} utterances were skipped ({_count(skipped)})")
         protocol = r["protocol"]["name"] or corpus.default_protocol
         folds = make_folds(usable, protocol, r["protocol"]["dev"], r["protocol"]["dev_fraction"], r["seed"],
                            r["protocol"]["num_folds"])
@@ -176,36 +173,15 @@ class Runner:
         warnings = check_folds(folds, {u.id: u.label for u in usable}, labels)
         for w in warnings:
             log.warning("%s", w)
-        speaker_stats = None
-        self.notes = {}
         if frozen:
-            if audio.waves:
-                extraction: Dict[str, float] = {}
-                fresh = extract_features(upstream.to(self.device), audio.waves, kept, device=self.device,
-                                         max_batch_samples=int(r["data"]["extract_batch_seconds"] * upstream.sample_rate),
-                                         dtype=getattr(torch, r["data"]["cache_dtype"]), progress=self.progress,
-                                         precision=r["training"]["precision"], stats=extraction)
-                self.notes["extraction"] = {k: round(v, 4) for k, v in extraction.items()}
-                if cache is not None:
-                    by_id = {u.id: u for u in utterances}
-                    for uid, feats in fresh.items():
-                        cache.put(by_id[uid], feats)
-                features.update(fresh)
-                audio.waves.clear()  # the waveforms are no longer needed
-            if cache is not None:
-                self.notes["feature_cache"] = cache.stats()
-            if r["features"]["normalize"] == "speaker":
-                speaker_stats = speaker_normalize(features, {u.id: u.speaker for u in usable})
-            frame_counts = None
-            if head_sees_only_means(head) and not r["training"]["max_duration"]:
-                frame_counts = {uid: int(layers[0].shape[0]) for uid, layers in features.items()}
-                features = {uid: [f.float().mean(0, keepdim=True) for f in layers] for uid, layers in features.items()}
-                self.notes["mean_shortcut"] = True
-            source: Any = FeatureSource(features, targets, upstream.sample_rate / upstream.hop_length, frame_counts)
+            source: Any = FeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length,
+                                        pre.frame_counts if pre.means_only else None)
+            speaker_stats = pre.speaker_stats
         else:
             source = WaveSource(audio.waves, targets, upstream.sample_rate)
+            speaker_stats = None
         return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept,
-                        audio.skipped, problems, warnings, speaker_stats)
+                        skipped, problems, warnings, speaker_stats)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:

@@ -29,9 +29,9 @@ def test_hit_miss_and_invalidation_when_audio_or_upstream_changes(tmp_path):
     cache = FeatureCache(tmp_path / "cache", ident, [0], torch.float16)
     assert cache.get(utt) is None
     feats = [torch.randn(7, 4)]
-    cache.put(utt, feats)
-    got = cache.get(utt)
-    assert got is not None and got[0].dtype == torch.float16
+    cache.put(utt, feats, frames=7)
+    got, frames = cache.get(utt)
+    assert frames == 7 and got[0].dtype == torch.float16
     assert torch.allclose(got[0].float(), feats[0], atol=1e-2)
     assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
     other = FeatureCache(tmp_path / "cache", {"class": "X", "config": {"n_mels": 80}}, [0], torch.float16)
@@ -54,7 +54,7 @@ def test_a_write_killed_midway_leaves_no_entry(tmp_path, monkeypatch):
 
     monkeypatch.setattr(st, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        cache.put(utt, [torch.zeros(3, 2)])
+        cache.put(utt, [torch.zeros(3, 2)], 3)
     monkeypatch.undo()
     assert cache.get(utt) is None
     assert not [p for p in cache.dir.rglob("*") if p.is_file() and p.name != "spec.json"]
@@ -63,7 +63,7 @@ def test_a_write_killed_midway_leaves_no_entry(tmp_path, monkeypatch):
 def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path):
     utt = make_wav(tmp_path / "a.wav")
     cache = FeatureCache(tmp_path / "cache", {"class": "X"}, [0], torch.float16)
-    cache.put(utt, [torch.zeros(3, 2)])
+    cache.put(utt, [torch.zeros(3, 2)], 3)
     (entry,) = [p for p in cache.dir.rglob("*.safetensors")]
     entry.write_bytes(b"garbage")
     assert cache.get(utt) is None
