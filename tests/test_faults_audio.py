@@ -22,7 +22,7 @@ from ser_plugins.audio import AudioError, load_audio
 from ser_plugins.corpus import Utterance
 from ser_plugins.data import DataError, decode_corpus
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import Runner, run_recipe
+from ser_plugins.runner import Runner, RunError, run_recipe
 
 SR = 16000
 
@@ -306,7 +306,7 @@ def test_a_corpus_with_no_usable_audio_is_a_clear_error(tmp_path, tiny_demo_root
     shutil.copytree(tiny_demo_root, root)
     for wav in root.rglob("*.wav"):
         wav.write_bytes(b"")
-    with pytest.raises(DataError, match=r"no usable audio.*unreadable"):
+    with pytest.raises((DataError, RunError), match=r"no usable audio.*unreadable"):
         run_recipe(load_recipe(recipe_for(root)), str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "folds").exists()
 

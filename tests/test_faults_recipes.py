@@ -154,10 +154,6 @@ def test_a_negative_projection_size_is_a_recipe_error(tmp_path, capsys, tiny_dem
     assert_one_line_error(*run_cli(["validate", str(path)], capsys), "features.projection")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: runner.Runner.run writes recipe.yaml (and creates the run directory) before prepare() composes "
-    "the model, so after an incompatible-combination error the corrected recipe is refused on the same "
-    "--out ('already holds a run'; with --resume: 'the recipe differs')"))
 def test_a_refused_recipe_leaves_no_run_behind(tmp_path, tiny_demo_root):
     out = tmp_path / "out"
     bad = load_recipe(with_changes(base(tiny_demo_root), {"features": {"layer": 7}}))
