@@ -1,6 +1,7 @@
 """Reading audio: soundfile to decode, soxr to resample, channel average to downmix."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -30,6 +31,11 @@ def load_audio(
     """
     import soundfile as sf
 
+    try:
+        if os.path.getsize(path) == 0:
+            raise AudioError(path, "empty", "0-byte file")
+    except OSError as exc:
+        raise AudioError(path, "unreadable", f"{type(exc).__name__}: {exc}") from None
     try:
         info = sf.info(str(path))
         first = int(round(start * info.samplerate)) if start is not None else 0

@@ -41,6 +41,17 @@ class FeatureSource:
             return self.frame_counts[uid]
         return int(self.features[uid][0].shape[0])
 
+    def count_batches(self, ids: Sequence[str], batch_size: int, max_batch_seconds: Optional[float] = None,
+                      max_duration: Optional[float] = None) -> int:
+        """Number of training batches in one epoch (for the learning-rate schedule)."""
+        return sum(1 for _ in self._plan(ids, batch_size, max_batch_seconds, max_duration))
+
+    def _plan(self, ids, batch_size, max_batch_seconds, max_duration, seed: int = 0):
+        max_frames = int(max_duration * self.frames_per_second) if max_duration else None
+        lengths = [min(self.length(i), max_frames) if max_frames else self.length(i) for i in ids]
+        budget = int(max_batch_seconds * self.frames_per_second) if max_batch_seconds else None
+        return bucket_batches(lengths, batch_size, budget, shuffle=True, seed=seed)
+
     def padding_fraction(self, ids: Sequence[str], batch_size: int, seed: int = 0) -> float:
         """Share of padded frames in one epoch of training batches."""
         lengths = [self.length(i) for i in ids]
@@ -79,6 +90,14 @@ class WaveSource:
         self.waves = waves
         self.targets = targets
         self.sample_rate = sample_rate
+
+    def count_batches(self, ids: Sequence[str], batch_size: int, max_batch_seconds: Optional[float] = None,
+                      max_duration: Optional[float] = None) -> int:
+        """Number of training batches in one epoch (for the learning-rate schedule)."""
+        max_samples = int(max_duration * self.sample_rate) if max_duration else None
+        lengths = [min(len(self.waves[i]), max_samples) if max_samples else len(self.waves[i]) for i in ids]
+        budget = int(max_batch_seconds * self.sample_rate) if max_batch_seconds else None
+        return len(bucket_batches(lengths, batch_size, budget, shuffle=True, seed=0))
 
     def padding_fraction(self, ids: Sequence[str], batch_size: int, seed: int = 0) -> float:
         """Share of padded samples in one epoch of training batches."""

@@ -1,6 +1,7 @@
 """Own checkpoints: weights as safetensors, training state loaded with ``weights_only=True``."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -29,6 +30,15 @@ def save_state(path: Path, state: Dict[str, Any]) -> None:
     atomic_save(path, lambda tmp: torch.save(state, tmp))
 
 
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A training-state file holding something other than tensors and plain data."""
+
+
 def load_state(path: Path) -> Dict[str, Any]:
     """Load what ``save_state`` wrote, with ``weights_only=True`` (refuses arbitrary objects)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafeCheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data "
+                                    f"(it may run code; nothing was executed). {first}") from None

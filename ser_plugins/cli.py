@@ -13,6 +13,7 @@ from ser_plugins import registry
 USER_ERRORS = (
     "RecipeError", "PluginError", "RunError", "CompositionError", "ProtocolError", "DataError",
     "LockedError", "PredictError", "TrainingDiverged", "AudioError", "ReportError", "WeightsNotFoundError",
+    "UnsafeCheckpointError", "JSONDecodeError",
 )
 
 

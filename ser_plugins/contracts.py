@@ -37,8 +37,10 @@ class Upstream(nn.Module):
       * ``sample_rate`` -- the rate the model expects (audio is resampled to it),
       * ``hop_length`` -- input samples per output frame,
       * ``hidden_sizes`` -- the feature size of every exposed layer (``num_layers`` = its length),
-      * optionally ``min_samples`` (shortest usable input) and ``utterance_normalized`` (True when
-        every utterance's features are standardised over time, which makes mean pooling useless).
+      * optionally ``min_samples`` (shortest usable input), ``utterance_normalized`` (True when
+        every utterance's features are standardised over time, which makes mean pooling useless)
+        and ``batch_invariant`` (False when padding in a batch changes an utterance's features, e.g.
+        wav2vec 2.0 Base's time-wide GroupNorm: frozen features are then extracted one at a time),
 
     and implement ``forward(wavs, wav_lengths) -> UpstreamOutput``. Padded positions of the input
     (beyond ``wav_lengths``) must not change the features of the valid frames when the model
@@ -50,6 +52,7 @@ class Upstream(nn.Module):
     hidden_sizes: Sequence[int] = ()
     min_samples: int = 1
     utterance_normalized: bool = False
+    batch_invariant: bool = True
 
     @property
     def num_layers(self) -> int:

@@ -145,6 +145,8 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
 
     ids = list(waves)
     lengths = [len(waves[i]) for i in ids]
+    if not getattr(upstream, "batch_invariant", True):
+        batch_size = 1  # padding would change the features: each utterance alone, as at prediction time
     batches = bucket_batches(lengths, batch_size, max_batch_samples)
     out: Dict[str, List[torch.Tensor]] = {}
     upstream.eval()
@@ -163,7 +165,8 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
         for j, i in enumerate(b):
             n = int(frames[j])
             if reduce_mean:
-                out[ids[i]] = [res.hidden_states[k][j, :n].float().mean(0, keepdim=True).cpu() for k in layers]
+                # rounded to the storage dtype first: the same numbers as the mean of stored frames
+                out[ids[i]] = [res.hidden_states[k][j, :n].to(dtype).float().mean(0, keepdim=True).cpu() for k in layers]
             else:
                 out[ids[i]] = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
             if frame_counts is not None:

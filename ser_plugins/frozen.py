@@ -5,11 +5,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import logging
+
 import torch
 
 from ser_plugins.corpus import Utterance
-from ser_plugins.data import AudioSet, decode_corpus, extract_features, speaker_normalize
+from ser_plugins.data import AudioSet, DataError, decode_corpus, extract_features, speaker_normalize
 from ser_plugins.feature_cache import FeatureCache
+
+log = logging.getLogger("ser_plugins")
 
 
 @dataclass
@@ -42,8 +46,9 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
     notes: Dict[str, Any] = {}
     cache = None
     if data["cache_dir"]:
-        cache = FeatureCache(Path(data["cache_dir"]), upstream.identity(), layers, dtype,
-                             variant="means" if reduce_now else "frames")
+        identity = dict(upstream.identity(), precision=recipe["training"]["precision"] if device.startswith("cuda") else "fp32",
+                        batch_invariant=getattr(upstream, "batch_invariant", True))
+        cache = FeatureCache(Path(data["cache_dir"]), identity, layers, dtype, variant="means" if reduce_now else "frames")
         for u in utterances:
             hit = cache.get(u)
             if hit is not None:
@@ -58,6 +63,14 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
                                  dtype=dtype, progress=progress, precision=recipe["training"]["precision"],
                                  stats=stats, reduce_mean=reduce_now, frame_counts=fresh_counts)
         notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
+        skipped = dict(audio.skipped)
+        for uid in [uid for uid, feats in fresh.items() if not all(torch.isfinite(f).all() for f in feats)]:
+            if data["strict"]:
+                raise DataError(f"utterance {uid}: the upstream gives non-finite features (data.strict is on)")
+            log.warning("skipping utterance %s: the upstream gives non-finite features (NaN/inf)", uid)
+            skipped[uid] = "non_finite_features"
+            del fresh[uid]
+        audio.skipped = skipped
         if cache is not None:
             by_id = {u.id: u for u in utterances}
             for uid, feats in fresh.items():

@@ -144,13 +144,27 @@ def check_learnable(upstream: Upstream, aggregator: nn.Module, normalize: Option
         )
 
 
+def _construct(section: str, build):
+    """Run a plugin constructor; its ValueError/TypeError (a bad option value) becomes a CompositionError."""
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, CompositionError):
+            raise
+        raise CompositionError(f"{section}: {exc}") from None
+
+
 def build_upstream(recipe: Dict[str, Any]) -> Upstream:
     """The recipe's upstream, with its fine-tuning mode set."""
     from ser_plugins.recipe import plugin_kwargs
 
     up_cfg = recipe["upstream"]
-    upstream = registry.create("upstream", up_cfg["name"], **plugin_kwargs(up_cfg))
+    upstream = _construct("upstream", lambda: registry.create("upstream", up_cfg["name"], **plugin_kwargs(up_cfg)))
     ft = recipe["finetune"]
+    modes = upstream.supported_finetune_modes()
+    if ft["mode"] not in modes:
+        raise CompositionError(f"upstream {up_cfg['name']!r} does not support finetune mode {ft['mode']!r}; "
+                               f"it supports: {', '.join(modes)}")
     upstream.set_finetune(ft["mode"], top_n=ft.get("top_n"))
     if ft["mode"] != "frozen" and ft.get("gradient_checkpointing"):
         upstream.enable_gradient_checkpointing()
@@ -173,9 +187,10 @@ def build_head(recipe: Dict[str, Any], upstream: Upstream, num_classes: int) -> 
         projection = nn.Linear(dim, int(feats["projection"]))
         dim = int(feats["projection"])
     agg_cfg, cls_cfg = recipe["aggregator"], recipe["classifier"]
-    aggregator = registry.create("aggregator", agg_cfg["name"], dim, **plugin_kwargs(agg_cfg))
+    aggregator = _construct("aggregator", lambda: registry.create("aggregator", agg_cfg["name"], dim, **plugin_kwargs(agg_cfg)))
     check_learnable(upstream, aggregator, feats.get("normalize"))
-    classifier = registry.create("classifier", cls_cfg["name"], aggregator.output_dim, num_classes, **plugin_kwargs(cls_cfg))
+    classifier = _construct("classifier", lambda: registry.create(
+        "classifier", cls_cfg["name"], aggregator.output_dim, num_classes, **plugin_kwargs(cls_cfg)))
     return SERHead(layer_use, projection, aggregator, classifier), kept
 
 

@@ -223,6 +223,16 @@ def _check_values(r: Dict[str, Any]) -> None:
             raise RecipeError(f"training.{key} must be >= 1, got {t[key]}")
     if t["lr"] <= 0:
         raise RecipeError(f"training.lr must be > 0, got {t['lr']}")
+    if r["features"]["projection"] is not None and r["features"]["projection"] < 1:
+        raise RecipeError(f"features.projection must be >= 1 (or null), got {r['features']['projection']}")
+    keep = r["features"]["keep_layers"]
+    if keep is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in keep):
+        raise RecipeError(f"features.keep_layers must be a list of layer indices, got {keep!r}")
+    if r["data"]["num_threads"] is not None and r["data"]["num_threads"] < 1:
+        raise RecipeError(f"data.num_threads must be >= 1 (or null), got {r['data']['num_threads']}")
+    device = t["device"]
+    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise RecipeError(f"training.device: {device!r} is not auto, cpu, cuda, cuda:N or mps")
     layer = r["features"]["layer"]
     if isinstance(layer, str) and layer not in ("last", "weighted_sum"):
         raise RecipeError(f"features.layer: {layer!r} is not 'last', 'weighted_sum' or a layer index")

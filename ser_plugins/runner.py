@@ -5,7 +5,6 @@ import csv
 import io
 import logging
 import platform
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from ser_plugins.metrics import classification_metrics, mean_std
 from ser_plugins.model import SERModel, build_head, build_upstream, head_sees_only_means
 from ser_plugins.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.recipe import RecipeError, dump_recipe, plugin_kwargs
+from ser_plugins.seeding import set_seed
 from ser_plugins.trainer import FoldTrainer, evaluate
 
 log = logging.getLogger("ser_plugins")
@@ -33,13 +33,6 @@ log = logging.getLogger("ser_plugins")
 
 class RunError(RuntimeError):
     """A run that cannot start or go on; the message says why and what to do."""
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> str:
@@ -115,6 +108,8 @@ class Runner:
         self.resume = resume
         self.progress = progress
         self.device = pick_device(recipe["training"]["device"])
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RunError(f"training.device is {self.device!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
         self.notes: Dict[str, Any] = {}
 
     # --- preparation ----------------------------------------------------------------------
@@ -137,7 +132,10 @@ class Runner:
         r = self.recipe
         if r["data"]["num_threads"]:
             torch.set_num_threads(r["data"]["num_threads"])
-        corpus = registry.create("corpus", r["corpus"]["name"], **plugin_kwargs(r["corpus"]))
+        try:
+            corpus = registry.create("corpus", r["corpus"]["name"], **plugin_kwargs(r["corpus"]))
+        except (ValueError, TypeError) as exc:
+            raise RunError(f"corpus {r['corpus']['name']!r}: {exc}") from None
         utterances = corpus.load()
         problems = [str(p) for p in corpus.problems]
         fatal = [str(p) for p in corpus.problems if p.fatal]
@@ -166,11 +164,13 @@ class Runner:
         usable = [u for u in utterances if u.id in usable_ids]
         if not usable:
             raise DataError(f"no usable audio: all {len(utterances)} utterances were skipped ({_count(skipped)})")
+        lost = sorted({u.session or u.speaker for u in utterances} - {u.session or u.speaker for u in usable})
+        lost_warnings = [f"session {g!r} has no usable utterance left (all skipped): its fold is not run" for g in lost]
         protocol = r["protocol"]["name"] or corpus.default_protocol
         folds = make_folds(usable, protocol, r["protocol"]["dev"], r["protocol"]["dev_fraction"], r["seed"],
                            r["protocol"]["num_folds"])
         targets = {u.id: labels.index(u.label) for u in usable}
-        warnings = check_folds(folds, {u.id: u.label for u in usable}, labels)
+        warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels)
         for w in warnings:
             log.warning("%s", w)
         if frozen:
@@ -189,6 +189,8 @@ class Runner:
         _check_writable(self.run_dir)
         with RunLock(self.run_dir):
             self._check_run_dir()
+            for orphan in self.run_dir.rglob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock
+                orphan.unlink(missing_ok=True)
             started = time.time()
             prep = self.prepare()  # every corpus, audio and model problem surfaces before anything is written
             atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
@@ -247,8 +249,7 @@ class Runner:
         if hasattr(layer_use, "normalized_weights"):
             metrics["layer_weights"] = {"layers": prep.kept_layers,
                                         "weights": layer_use.normalized_weights().detach().cpu().tolist()}
-        for name in ("last.safetensors", "last_state.pt"):
-            (fold_dir / name).unlink(missing_ok=True)
+        (fold_dir / "last_state.pt").unlink(missing_ok=True)
         atomic_write_json(fold_dir / "metrics.json", metrics)  # written last: marks the fold done
         log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
         return metrics

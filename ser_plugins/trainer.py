@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ser_plugins.checkpoint import load_state, load_weights, save_state, save_weights
+from ser_plugins.seeding import set_seed
 from ser_plugins.metrics import classification_metrics
 
 log = logging.getLogger("ser_plugins")
@@ -87,11 +88,11 @@ def balanced_ids(ids: Sequence[str], targets: Dict[str, int], seed: int) -> List
 
 
 def autocast(device: str, precision: str):
-    """Mixed precision context (bf16/fp16) or a no-op for fp32."""
-    if precision == "fp32":
+    """Mixed precision (bf16/fp16) on a CUDA device; a no-op for fp32 and on CPU."""
+    if precision == "fp32" or not str(device).startswith("cuda"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=dtype)
 
 
 @torch.no_grad()
@@ -104,6 +105,10 @@ def evaluate(model: nn.Module, source, ids: Sequence[str], labels: Sequence[str]
         batch = batch.to(device)
         with autocast(device, precision):
             logits = source.forward(model, batch)
+        if not torch.isfinite(logits).all():
+            bad = [batch.ids[i] for i in range(len(batch.ids)) if not torch.isfinite(logits[i]).all()]
+            raise TrainingDiverged(f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]}); "
+                                   "no result is written")
         p = torch.softmax(logits.float(), dim=-1).cpu()
         probs.append(p)
         preds.extend(p.argmax(-1).tolist())
@@ -136,6 +141,8 @@ class FoldTrainer:
         self.on_epoch = on_epoch
         self.progress = progress
         self.nan_steps = 0
+        self.scaler = None
+        self.has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.head.modules())
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
         if self.training["class_weights"]:
@@ -143,39 +150,47 @@ class FoldTrainer:
             return nn.CrossEntropyLoss(weight=w.to(self.device))
         return nn.CrossEntropyLoss()
 
-    def _resume(self, optimizer, scheduler) -> Dict[str, Any]:
+    def _resume(self, optimizer, scheduler, scaler) -> tuple:
+        """``(progress, best weights or None)`` from ``last_state.pt``: one file, written atomically."""
         state_path = self.fold_dir / "last_state.pt"
-        weights_path = self.fold_dir / "last.safetensors"
-        if not (state_path.exists() and weights_path.exists()):
-            return {"epoch": 0, "step": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-        self.model.load_state_dict(load_weights(weights_path), strict=False)
+        fresh = {"epoch": 0, "step": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False, "history": []}
+        if not state_path.exists():
+            return fresh, None
         state = load_state(state_path)
+        self.model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        self.nan_steps = state["progress"].get("nan_steps", 0)
         log.info("fold %s: resuming after epoch %d", self.fold_dir.name, state["progress"]["epoch"])
-        return state["progress"]
+        best = state.get("best")
+        if best is None and (self.fold_dir / "best.safetensors").exists():
+            best = load_weights(self.fold_dir / "best.safetensors")
+        return {**fresh, **state["progress"]}, best
 
     def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int) -> Dict[str, Any]:
         """Train, early-stop on dev UA, restore the best weights; returns the training history."""
         t, model, device = self.training, self.model, self.device
         model.to(device)
         optimizer = build_optimizer(model, t, self.finetune)
-        steps_per_epoch = max(1, math.ceil(len(train_ids) / t["batch_size"] / t["grad_accum"]))
+        batches = self.source.count_batches(train_ids, t["batch_size"], t["max_batch_seconds"], t["max_duration"])
+        steps_per_epoch = max(1, math.ceil(batches / t["grad_accum"]))
         total = t["max_steps"] or t["epochs"] * steps_per_epoch
         scheduler = build_scheduler(optimizer, t["scheduler"], t["warmup_steps"], total)
+        scaler = torch.amp.GradScaler("cuda") if t["precision"] == "fp16" and str(device).startswith("cuda") else None
+        self.scaler = scaler
         loss_fn = self._loss_fn(train_ids)
-        progress = self._resume(optimizer, scheduler)
-        eval_bs = t["eval_batch_size"] or t["batch_size"]
-        if progress["best_ua"] >= 0 and (self.fold_dir / "best.safetensors").exists():
-            best_state = load_weights(self.fold_dir / "best.safetensors")
-        else:
+        progress, best_state = self._resume(optimizer, scheduler, scaler)
+        if best_state is None:
             best_state = trainable_state(model)
+        eval_bs = t["eval_batch_size"] or t["batch_size"]
         bar = tqdm(range(progress["epoch"], t["epochs"]), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
                    disable=not self.progress)
         for epoch in bar:
-            if t["max_steps"] and progress["step"] >= t["max_steps"]:
+            if progress["stopped"] or (t["max_steps"] and progress["step"] >= t["max_steps"]):
                 break
-            torch.manual_seed(seed * 1000 + epoch)
+            set_seed(seed * 1000 + epoch)  # python, numpy (transformers' masking) and torch: resumable by epoch
             ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t["balanced_sampling"] else train_ids
             train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch)
             dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t["precision"])
@@ -190,20 +205,26 @@ class FoldTrainer:
             else:
                 progress["bad_epochs"] += 1
             progress["epoch"] = epoch + 1
-            self._save_last(optimizer, scheduler, progress)
+            progress["nan_steps"] = self.nan_steps
+            progress["stopped"] = t["patience"] is not None and progress["bad_epochs"] >= t["patience"]
+            self._save_last(optimizer, scheduler, progress, best_state)
             bar.set_postfix(loss=f"{train_loss:.3f}", dev_ua=f"{dev['ua']:.3f}")
             if self.on_epoch:
                 self.on_epoch(record)
-            if t["patience"] is not None and progress["bad_epochs"] >= t["patience"]:
+            if progress["stopped"]:
                 break
         model.load_state_dict(best_state, strict=False)
         return {"history": progress["history"], "best_epoch": progress["best_epoch"], "best_dev_ua": progress["best_ua"],
                 "nan_steps": self.nan_steps}
 
-    def _save_last(self, optimizer, scheduler, progress) -> None:
-        save_weights(self.fold_dir / "last.safetensors", trainable_state(self.model))
-        save_state(self.fold_dir / "last_state.pt", {"optimizer": optimizer.state_dict(),
-                                                     "scheduler": scheduler.state_dict(), "progress": progress})
+    def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
+        """Everything needed to resume after this epoch, in ONE atomically written file."""
+        state = {"model": trainable_state(self.model), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "progress": progress,
+                 "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        if not self.recipe["output"]["save_checkpoints"]:
+            state["best"] = best_state  # no best.safetensors on disk: keep the best weights here
+        save_state(self.fold_dir / "last_state.pt", state)
 
     def _train_epoch(self, ids, optimizer, scheduler, loss_fn, progress, seed) -> float:
         t, model = self.training, self.model
@@ -218,37 +239,48 @@ class FoldTrainer:
                                          max_batch_seconds=t["max_batch_seconds"], max_duration=t["max_duration"]):
             if t["max_steps"] and progress["step"] >= t["max_steps"]:
                 break
+            if len(batch.ids) == 1 and self.has_batch_norm:
+                continue  # BatchNorm cannot train on one utterance (a bucket's tail or an over-budget one)
             model.hold_upstream = progress["step"] < warmup
             batch = batch.to(self.device)
             with autocast(self.device, t["precision"]):
                 logits = self.source.forward(model, batch)
             loss = loss_fn(logits.float(), batch.targets)
             if not torch.isfinite(loss):
-                self._non_finite(loss, batch)
-                optimizer.zero_grad(set_to_none=True)
-                accum = 0
+                self._non_finite(loss, batch)  # never backpropagated: accumulated gradients stay valid
                 continue
-            (loss / t["grad_accum"]).backward()
+            scaled = loss / t["grad_accum"]
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             accum += 1
             total += loss.item() * len(batch.ids)
             count += len(batch.ids)
             if accum == t["grad_accum"]:
-                self._step(optimizer, scheduler)
+                self._step(optimizer, scheduler, accum)
                 accum = 0
                 progress["step"] += 1
         if accum:
-            self._step(optimizer, scheduler)
+            self._step(optimizer, scheduler, accum)
             progress["step"] += 1
         model.hold_upstream = False
         if count == 0:
             raise TrainingDiverged(f"fold {self.fold_dir.name}: no finite loss in a whole epoch")
         return total / count
 
-    def _step(self, optimizer, scheduler) -> None:
+    def _step(self, optimizer, scheduler, accumulated: int) -> None:
+        """One optimiser step over ``accumulated`` batches (a partial group is rescaled to a mean)."""
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if accumulated != self.training["grad_accum"]:
+            for p in params:
+                p.grad.mul_(self.training["grad_accum"] / accumulated)
         if self.training["grad_clip"]:
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             nn.utils.clip_grad_norm_(params, self.training["grad_clip"])
-        optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 

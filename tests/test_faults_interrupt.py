@@ -10,7 +10,6 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Dict
@@ -136,12 +135,6 @@ def test_kill_9_during_fold_3_then_resume_matches_an_uninterrupted_run(tiny_demo
     assert all_json_parses(out) == all_json_parses(ref)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: trainer.FoldTrainer._save_last writes last.safetensors and last_state.pt as two separate "
-    "atomic files; a crash between the two leaves epoch-N weights with epoch-(N-1) optimizer state and "
-    "progress, and _resume trusts the pair, so epoch N is trained twice and the fold's results silently "
-    "differ from an uninterrupted run. Record the epoch in both files (e.g. safetensors metadata) and "
-    "restart the epoch/fold on a mismatch, or keep weights and state in one file"))
 def test_a_crash_between_the_two_last_checkpoint_files_does_not_change_the_result(tiny_demo_root, tmp_path):
     import ser_plugins.trainer as trainer_mod
 
@@ -154,7 +147,7 @@ def test_a_crash_between_the_two_last_checkpoint_files_does_not_change_the_resul
     real = trainer_mod.save_state
 
     def die_before_state(path, state):
-        if state["progress"]["epoch"] == 2:  # last.safetensors of epoch 2 is already on disk
+        if state["progress"]["epoch"] == 2:  # die while writing epoch 2's resume state
             raise _Crash()
         real(path, state)
 

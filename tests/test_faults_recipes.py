@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Dict
 
 import pytest
@@ -131,10 +130,6 @@ def test_incompatible_combination_is_refused_before_audio_is_read(tmp_path, caps
     assert not decoded and not (out / "folds").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: an upstream that does not support the finetune mode raises a plain ValueError from "
-    "contracts.Upstream.set_finetune (called by model.build_upstream), which the CLI shows as a traceback "
-    "with exit 1 instead of one error line with exit 2"))
 @pytest.mark.parametrize("mode", ["full", "finetune"])
 def test_unsupported_finetune_mode_is_a_clear_error(tmp_path, capsys, tiny_demo_root, mode):
     path = tmp_path / "r.yaml"
@@ -145,9 +140,6 @@ def test_unsupported_finetune_mode_is_a_clear_error(tmp_path, capsys, tiny_demo_
     assert not (out / "folds").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GAP: recipe._check_values does not check features.projection >= 1; a negative size reaches "
-    "torch.nn.Linear in model.build_head and the CLI shows a RuntimeError traceback (exit 1)"))
 def test_a_negative_projection_size_is_a_recipe_error(tmp_path, capsys, tiny_demo_root):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(with_changes(base(tiny_demo_root), {"features": {"projection": -5}})))

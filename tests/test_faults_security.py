@@ -100,7 +100,6 @@ def test_resuming_a_run_directory_with_a_malicious_training_state_runs_no_code(t
     fold = out / "folds" / "Session1"
     fold.mkdir(parents=True)
     (out / "recipe.yaml").write_text(dump_recipe(recipe))
-    save_weights(fold / "last.safetensors", {})
     marker = tmp_path / "PWNED"
     torch.save({"optimizer": RunsShell(marker), "scheduler": {}, "progress": {"epoch": 1}}, fold / "last_state.pt")
     with pytest.raises(pickle.UnpicklingError):

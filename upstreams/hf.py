@@ -171,6 +171,8 @@ class TransformersEncoderUpstream(Upstream):
         if keep < total:
             self._truncate(keep)
         self.hidden_sizes = [int(config.hidden_size)] * len(self._layer_indices)
+        # a padded batch gives each utterance its features alone only with a mask and no time-wide CNN norm
+        self.batch_invariant = self.use_attention_mask and cnn_norm(model) != "group"
         self._finetune_mode = "frozen"
         self._top_n: Optional[int] = None
         self._frame_mask: Optional[torch.Tensor] = None
