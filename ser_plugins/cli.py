@@ -35,8 +35,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from ser_plugins.model import build_from_recipe
     from ser_plugins.recipe import load_recipe
 
+    from ser_plugins.recipe import plugin_kwargs
+
     recipe = load_recipe(args.recipe, args.override)
-    labels = recipe["corpus"].get("labels") or ["neu", "hap", "ang", "sad"]
+    try:  # the corpus's options are checked too (its utterances are not read)
+        corpus = registry.create("corpus", recipe["corpus"]["name"], **plugin_kwargs(recipe["corpus"]))
+        labels = list(corpus.labels)
+    except FileNotFoundError:
+        labels = recipe["corpus"].get("labels") or ["neu", "hap", "ang", "sad"]
+    except (ValueError, TypeError) as exc:
+        raise registry.PluginError(f"corpus {recipe['corpus']['name']!r}: {exc}") from None
     model = build_from_recipe(recipe, len(labels), labels)
     n_head = sum(p.numel() for p in model.head.parameters())
     n_up = sum(p.numel() for p in model.upstream.parameters())

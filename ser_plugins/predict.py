@@ -1,6 +1,7 @@
 """Emotion predictions for new audio files from a finished run directory."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -44,10 +45,13 @@ class Predictor:
         self.labels = read_json(self.run_dir / "run.json")["labels"]
         self.device = device
         self.upstream = build_upstream(self.recipe).to(device).eval()
+        self.finetuned = self.recipe["finetune"]["mode"] != "frozen"
         self.models = []
         for ckpt in _fold_checkpoints(self.run_dir, fold):
-            head, kept = build_head(self.recipe, self.upstream, len(self.labels))
-            model = SERModel(self.upstream, head, kept, self.labels, self.recipe["finetune"]["mode"])
+            # a fine-tuned fold carries its own upstream weights; a frozen one shares the upstream
+            upstream = copy.deepcopy(self.upstream) if self.finetuned else self.upstream
+            head, kept = build_head(self.recipe, upstream, len(self.labels))
+            model = SERModel(upstream, head, kept, self.labels, self.recipe["finetune"]["mode"])
             missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
             if unexpected or any(not k.startswith("upstream.") for k in missing):
                 raise PredictError(f"{ckpt} does not match the recipe's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -55,25 +59,38 @@ class Predictor:
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[str]) -> List[Dict[str, object]]:
-        """``[{"path", "emotion", "probabilities": {label: p}}]`` for each file."""
+        """``[{"path", "emotion", "probabilities": {label: p}}]`` for each file.
+
+        Files are run one at a time (no padding: a file's prediction never depends on the others),
+        except for the speaker statistics, which pool all given files.
+        """
         waves = [load_audio(p, self.upstream.sample_rate, min_samples=self.upstream.min_samples) for p in paths]
-        wavs, lengths = pad_waves(waves)
-        out = self.upstream(wavs.to(self.device), lengths.to(self.device))
         normalize = self.recipe["features"]["normalize"] == "speaker"
         probs = torch.zeros(len(paths), len(self.labels))
+        shared = [self._hidden(self.upstream, w) for w in waves] if not self.finetuned else None
         for model in self.models:
-            states = model.select_layers(out.hidden_states)
+            outs = shared if shared is not None else [self._hidden(model.upstream, w) for w in waves]
+            states = [model.select_layers(h) for h, _ in outs]
             if normalize:
-                states = [_standardise(s, out.lengths) for s in states]
-            probs += torch.softmax(model.head(states, out.lengths).float(), -1).cpu()
+                states = _standardise_together(states)
+            for i, (st, (_, n)) in enumerate(zip(states, outs)):
+                probs[i] += torch.softmax(model.head(st, n).float(), -1)[0].cpu()
         probs /= len(self.models)
         return [{"path": str(p), "emotion": self.labels[int(pr.argmax())],
                  "probabilities": {lab: float(v) for lab, v in zip(self.labels, pr)}} for p, pr in zip(paths, probs)]
 
+    def _hidden(self, upstream, wave) -> tuple:
+        wavs, lengths = pad_waves([wave])
+        out = upstream(wavs.to(self.device), lengths.to(self.device))
+        return out.hidden_states, out.lengths
 
-def _standardise(states: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Standardise ``[B, T, D]`` with statistics over all valid frames of the batch (one speaker)."""
-    mask = (torch.arange(states.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
-    frames = states.float()[mask.expand_as(states)].view(-1, states.shape[-1])
-    mean, std = frames.mean(0), frames.std(0, unbiased=False).clamp(min=eps)
-    return ((states.float() - mean) / std) * mask
+
+def _standardise_together(states: List[List[torch.Tensor]], eps: float = 1e-5) -> List[List[torch.Tensor]]:
+    """Standardise every layer with statistics over all frames of all the given files (one speaker)."""
+    out = [list(layers) for layers in states]
+    for k in range(len(states[0])):
+        frames = torch.cat([layers[k][0].float() for layers in states], dim=0)
+        mean, std = frames.mean(0), frames.std(0, unbiased=False).clamp(min=eps)
+        for layers in out:
+            layers[k] = (layers[k].float() - mean) / std
+    return out

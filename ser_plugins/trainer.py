@@ -231,7 +231,7 @@ class FoldTrainer:
         model.train()
         if not any(p.requires_grad for p in model.upstream.parameters()):
             model.upstream.eval()
-        total, count = 0.0, 0
+        total, count, singletons = 0.0, 0, 0
         optimizer.zero_grad(set_to_none=True)
         accum = 0
         warmup = self.finetune["frozen_warmup_steps"]
@@ -240,6 +240,7 @@ class FoldTrainer:
             if t["max_steps"] and progress["step"] >= t["max_steps"]:
                 break
             if len(batch.ids) == 1 and self.has_batch_norm:
+                singletons += 1
                 continue  # BatchNorm cannot train on one utterance (a bucket's tail or an over-budget one)
             model.hold_upstream = progress["step"] < warmup
             batch = batch.to(self.device)
@@ -262,6 +263,9 @@ class FoldTrainer:
             self._step(optimizer, scheduler, accum)
             progress["step"] += 1
         model.hold_upstream = False
+        if count == 0 and singletons:
+            raise TrainingDiverged(f"fold {self.fold_dir.name}: every training batch held one utterance, and the head's "
+                                   "BatchNorm needs two; raise training.max_batch_seconds or training.batch_size")
         if count == 0:
             raise TrainingDiverged(f"fold {self.fold_dir.name}: no finite loss in a whole epoch")
         return total / count

@@ -136,12 +136,13 @@ def test_emotions_are_learnable_across_speakers(demo) -> None:
 def test_demo_corpus_plugin_generates_on_first_use(tmp_path: Path) -> None:
     root = tmp_path / "demo_iemocap"
     corpus = DemoCorpus(str(root), utterances_per_speaker=2)
-    assert (root / "Session5").is_dir() and corpus.default_protocol == "session"
-    assert corpus.labels == ["neu", "hap", "ang", "sad"]
+    assert not root.exists()  # constructing (e.g. `ser validate`) writes nothing
+    assert corpus.default_protocol == "session" and corpus.labels == ["neu", "hap", "ang", "sad"]
     n = len(corpus.load())
+    assert (root / "Session5").is_dir()
     assert n > 0 and corpus.problems == []
     before = (root / "summary.json").read_bytes()
-    DemoCorpus(str(root), utterances_per_speaker=3, seed=5)  # existing corpus is read, not regenerated
+    DemoCorpus(str(root), utterances_per_speaker=3, seed=5).load()  # existing corpus is read, not regenerated
     assert (root / "summary.json").read_bytes() == before
     assert len(DemoCorpus(str(root), subset="improvised").load()) < n
 

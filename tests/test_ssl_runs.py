@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from test_hf_upstream import save_tiny  # noqa: E402
 
 from ser_plugins.checkpoint import load_weights  # noqa: E402
 from ser_plugins.model import build_from_recipe  # noqa: E402
+from ser_plugins.predict import Predictor  # noqa: E402
 from ser_plugins.recipe import load_recipe  # noqa: E402
 from ser_plugins.runner import run_recipe  # noqa: E402
 from ser_plugins.trainer import build_optimizer  # noqa: E402
@@ -53,6 +55,14 @@ def test_hf_upstream_runs_end_to_end_in_every_mode(fast_recipe, tiny_hubert, tmp
     assert has_upstream == (mode != "frozen")  # a frozen upstream is not copied into every checkpoint
     run = json.loads((out / "run.json").read_text())
     assert run["upstream"]["config"]["model"] == tiny_hubert
+    predictor = Predictor(out)
+    (model,) = predictor.models
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())  # the fold's own (fine-tuned) upstream
+    assert (model.upstream is predictor.upstream) == (mode == "frozen")
+    wav = next(iter(sorted(Path(fast_recipe["corpus"]["root"]).rglob("*.wav"))))
+    (res,) = predictor.predict_files([str(wav)])
+    assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_optimiser_has_head_and_upstream_groups_with_layer_decay(fast_recipe, tiny_hubert):
