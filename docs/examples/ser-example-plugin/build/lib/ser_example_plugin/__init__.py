@@ -1,1 +1,0 @@
-"""An example third-party ser-plugins distribution."""
