@@ -21,10 +21,10 @@ from ser_plugins.frozen import compute_frozen_features
 from ser_plugins.folds import check_folds, make_folds
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.locking import RunLock
-from ser_plugins.metrics import classification_metrics, mean_std
+from ser_plugins.metrics import mean_std
 from ser_plugins.model import SERModel, build_head, build_upstream, head_sees_only_means
 from ser_plugins.plots import plot_confusion, plot_curves, plot_layer_weights
-from ser_plugins.recipe import RecipeError, dump_recipe, plugin_kwargs
+from ser_plugins.recipe import dump_recipe, plugin_kwargs
 from ser_plugins.seeding import set_seed
 from ser_plugins.trainer import FoldTrainer, evaluate
 

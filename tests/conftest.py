@@ -22,16 +22,10 @@ def tiny_demo_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def fast_recipe(tiny_demo_root) -> Dict:
     """A quick fbank + stats + mlp recipe on the tiny demo corpus."""
-    return copy.deepcopy({
-        "name": "fast",
-        "seed": 0,
-        "corpus": {"name": "iemocap", "root": str(tiny_demo_root)},
-        "upstream": {"name": "fbank", "n_mels": 40},
-        "aggregator": "stats",
-        "classifier": {"name": "mlp", "hidden_sizes": [32]},
-        "training": {"epochs": 3, "batch_size": 16, "patience": None},
-        "output": {"tensorboard": False},
-    })
+    from helpers import recipe_for
+
+    return copy.deepcopy(recipe_for(tiny_demo_root, name="fast", classifier={"hidden_sizes": [32]},
+                                    training={"epochs": 3}))
 
 
 @pytest.fixture

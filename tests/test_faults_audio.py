@@ -23,24 +23,11 @@ from ser_plugins.corpus import Utterance
 from ser_plugins.data import DataError, decode_corpus
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import Runner, RunError, run_recipe
+from helpers import recipe_for
 
 SR = 16000
 
 
-def recipe_for(root: Path, **sections) -> Dict:
-    """A one-epoch fbank + stats + mlp recipe on ``root``; ``sections`` are merged in."""
-    r = {
-        "name": "faults", "seed": 0,
-        "corpus": {"name": "iemocap", "root": str(root)},
-        "upstream": {"name": "fbank", "n_mels": 40},
-        "aggregator": "stats",
-        "classifier": {"name": "mlp", "hidden_sizes": [16]},
-        "training": {"epochs": 1, "batch_size": 16, "patience": None},
-        "output": {"tensorboard": False},
-    }
-    for key, value in sections.items():
-        r[key] = {**r.get(key, {}), **value} if isinstance(value, dict) else value
-    return r
 
 
 def kept_utterances(root: Path) -> List[Utterance]:

@@ -17,21 +17,9 @@ from ser_plugins import cli, registry
 from ser_plugins.folds import ProtocolError
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import RunError, Runner, run_recipe
+from helpers import recipe_for
 
 
-def recipe_for(root: Path, **sections) -> Dict:
-    r = {
-        "name": "faults", "seed": 0,
-        "corpus": {"name": "iemocap", "root": str(root)},
-        "upstream": {"name": "fbank", "n_mels": 40},
-        "aggregator": "stats",
-        "classifier": {"name": "mlp", "hidden_sizes": [16]},
-        "training": {"epochs": 1, "batch_size": 16, "patience": None},
-        "output": {"tensorboard": False},
-    }
-    for key, value in sections.items():
-        r[key] = {**r.get(key, {}), **value} if isinstance(value, dict) else value
-    return r
 
 
 def consensus_lines(txt: Path, labels=("neu", "hap", "ang", "sad")) -> List[int]:

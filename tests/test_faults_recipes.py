@@ -15,18 +15,12 @@ import yaml
 from ser_plugins import cli
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import run_recipe
+from helpers import recipe_for
+
 
 
 def base(root) -> Dict:
-    return {
-        "name": "faults", "seed": 0,
-        "corpus": {"name": "iemocap", "root": str(root)},
-        "upstream": {"name": "fbank", "n_mels": 40},
-        "aggregator": "stats",
-        "classifier": {"name": "mlp", "hidden_sizes": [16]},
-        "training": {"epochs": 1, "batch_size": 16, "patience": None},
-        "output": {"tensorboard": False},
-    }
+    return recipe_for(root)
 
 
 def with_changes(recipe: Dict, changes: Dict) -> Dict:

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from ser_plugins import cli, registry
-from ser_plugins.checkpoint import load_state, load_weights, save_weights
+from ser_plugins.checkpoint import load_state, load_weights
 from ser_plugins.recipe import RecipeError, dump_recipe, load_recipe
 from ser_plugins.runner import run_recipe
 

@@ -42,6 +42,7 @@ MODES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "frozen": {
         "features": {"layer": "weighted_sum", "projection": 256},
         "finetune": {"mode": "frozen"},
+        "data": {"cache_dir": "data/feature_cache"},
         "training": {
             "epochs": 50, "batch_size": 32, "grad_accum": 1, "optimizer": "adamw", "lr": 1.0e-3,
             "weight_decay": 1.0e-4, "scheduler": "cosine", "warmup_steps": 120, "grad_clip": 5.0,
@@ -81,6 +82,7 @@ SUPERB: Dict[str, Any] = {
     "protocol": {"name": "session", "dev": "random", "dev_fraction": 0.2},
     "features": {"layer": "weighted_sum", "projection": 256},
     "finetune": {"mode": "frozen"},
+    "data": {"cache_dir": "data/feature_cache"},
     "aggregator": {"name": "mean"},
     "classifier": {"name": "linear"},
     "training": {
@@ -114,7 +116,9 @@ is trained (the frozen side of the study's fine-tuning factor).
   grad_clip 5.0 (project default), fp32: the head is tiny; the stored features are float16.
   No random crop: the stored hidden states were computed on whole utterances.
   Stored features (all layers, float16): ~25 GB (base) / ~64 GB (large) of RAM for ~7 h of
-    audio; see docs/iemocap.md (features.keep_layers, data.cache_dir).""",
+    audio; see docs/iemocap.md (features.keep_layers, data.cache_dir).
+  data.cache_dir: the upstream's features are computed once and shared on disk by every frozen
+    head of this upstream (and by re-runs); mean-pooling heads store one mean per layer.""",
     "finetune": """\
 Fine-tuned upstream: the transformer (and the CNN-to-transformer projection) is trained, the CNN
 feature encoder stays frozen -- the usual wav2vec 2.0 / HuBERT fine-tuning setting (Baevski et
@@ -158,7 +162,7 @@ ACCURACY, evaluated every 1,000 steps; the runner picks the best dev UA, evaluat
 The random dev split is drawn by the runner (seed + fold), not s3prl's torch.manual_seed(0)."""
 
 SECTION_ORDER = ("name", "description", "seed", "corpus", "protocol", "upstream", "features", "finetune",
-                 "aggregator", "classifier", "training", "output")
+                 "aggregator", "classifier", "training", "data", "output")
 FLOW_SECTIONS = ("corpus", "protocol", "upstream", "aggregator", "classifier", "output")
 
 
