@@ -74,7 +74,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ser_plugins.predict import Predictor
 
-    predictor = Predictor(Path(args.run_dir), args.fold)
+    predictor = Predictor(Path(args.run_dir), args.fold, min_speaker_files=args.min_speaker_files)
     for res in predictor.predict_files(args.files):
         probs = " ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
         print(f"{res['path']}\t{res['emotion']}\t{probs}")
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("files", nargs="+")
     pr.add_argument("--fold", help="use one fold's checkpoint (default: average all folds)")
+    pr.add_argument("--min-speaker-files", type=int, default=10,
+                    help="speaker-normalised runs: with at least this many files, standardise with their own "
+                         "statistics (one speaker); with fewer, use the run's typical speaker statistics")
     pr.set_defaults(func=_cmd_predict)
 
     d = sub.add_parser("demo-corpus", help="generate the synthetic demo corpus in IEMOCAP's layout")

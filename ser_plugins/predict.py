@@ -32,11 +32,15 @@ def _fold_checkpoints(run_dir: Path, fold: Optional[str]) -> List[Path]:
 class Predictor:
     """Loads a run's recipe and fold checkpoints; averages the folds' probabilities (an ensemble).
 
-    With speaker normalisation in the recipe, the features of the given files are standardised
-    with statistics over those files taken together (one unknown speaker).
+    With speaker normalisation in the recipe, the given files are treated as one unknown speaker:
+    with at least ``min_speaker_files`` files their features are standardised with statistics
+    over those files; with fewer (one file's own statistics would erase what the head needs), the
+    run's typical speaker statistics are used.
     """
 
-    def __init__(self, run_dir: Path, fold: Optional[str] = None, device: str = "cpu") -> None:
+    def __init__(self, run_dir: Path, fold: Optional[str] = None, device: str = "cpu",
+                 min_speaker_files: int = 10) -> None:
+        self.min_speaker_files = min_speaker_files
         self.run_dir = Path(run_dir)
         recipe_path = self.run_dir / "recipe.yaml"
         if not recipe_path.exists():
@@ -72,12 +76,22 @@ class Predictor:
             outs = shared if shared is not None else [self._hidden(model.upstream, w) for w in waves]
             states = [model.select_layers(h) for h, _ in outs]
             if normalize:
-                states = _standardise_together(states)
+                states = self._speaker_standardise(states)
             for i, (st, (_, n)) in enumerate(zip(states, outs)):
                 probs[i] += torch.softmax(model.head(st, n).float(), -1)[0].cpu()
         probs /= len(self.models)
         return [{"path": str(p), "emotion": self.labels[int(pr.argmax())],
                  "probabilities": {lab: float(v) for lab, v in zip(self.labels, pr)}} for p, pr in zip(paths, probs)]
+
+    def _speaker_standardise(self, states: List[List[torch.Tensor]]) -> List[List[torch.Tensor]]:
+        if len(states) >= self.min_speaker_files:
+            return _standardise_together(states)
+        path = self.run_dir / "speaker_stats.safetensors"
+        if not path.exists():
+            raise PredictError(f"{path} is missing: pass at least {self.min_speaker_files} files of the speaker")
+        typical = load_weights(path)
+        return [[(layer.float() - typical[f"mean.{k}"]) / typical[f"std.{k}"] for k, layer in enumerate(layers)]
+                for layers in states]
 
     def _hidden(self, upstream, wave) -> tuple:
         wavs, lengths = pad_waves([wave])

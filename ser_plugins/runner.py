@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ser_plugins import registry
 from ser_plugins.batches import FeatureSource, WaveSource
+from ser_plugins.checkpoint import save_weights
 from ser_plugins.data import DataError, decode_corpus
 from ser_plugins.frozen import compute_frozen_features
 from ser_plugins.folds import check_folds, make_folds
@@ -194,6 +195,8 @@ class Runner:
             started = time.time()
             prep = self.prepare()  # every corpus, audio and model problem surfaces before anything is written
             atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(self.recipe))
+            if prep.speaker_stats:
+                save_weights(self.run_dir / "speaker_stats.safetensors", typical_speaker_stats(prep.speaker_stats))
             if self.recipe["finetune"]["mode"] != "frozen":
                 initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
             folds = select_folds(prep.folds, self.fold_selection)
@@ -292,6 +295,20 @@ class Runner:
         atomic_write_json(self.run_dir / "summary.json", summary)
         atomic_write_text(self.run_dir / "results.md", results_markdown(summary))
         return summary
+
+
+def typical_speaker_stats(stats: Dict[str, Dict[str, List[torch.Tensor]]]) -> Dict[str, torch.Tensor]:
+    """Per layer, the mean over speakers of their feature means and standard deviations.
+
+    ``ser predict`` uses them to standardise a new speaker who has too few files for statistics
+    of their own.
+    """
+    speakers = list(stats.values())
+    out = {}
+    for k in range(len(speakers[0]["mean"])):
+        out[f"mean.{k}"] = torch.stack([s["mean"][k] for s in speakers]).mean(0)
+        out[f"std.{k}"] = torch.stack([s["std"][k] for s in speakers]).mean(0)
+    return out
 
 
 def _count(skipped: Dict[str, str]) -> Dict[str, int]:

@@ -74,6 +74,13 @@ def test_predict_prints_emotions_for_files(finished_run, tiny_demo_root):
     for r in res:
         assert r["emotion"] in summary["labels"]
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    # few files: the run's typical speaker statistics (a file's own statistics would erase it)
+    assert (out / "speaker_stats.safetensors").is_file()
+    assert res[0]["probabilities"] != res[1]["probabilities"]
+    alone = Predictor(out).predict_files([str(wavs[0])])[0]
+    assert alone["probabilities"] == pytest.approx(res[0]["probabilities"], abs=1e-5)  # files do not interact
+    together = Predictor(out, min_speaker_files=3).predict_files([str(w) for w in wavs])
+    assert together[0]["probabilities"] != res[0]["probabilities"]  # their own statistics now
     cli = subprocess.run([sys.executable, "-m", "ser_plugins.cli", "predict", str(out), str(wavs[0])],
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
