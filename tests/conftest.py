@@ -50,3 +50,14 @@ def fake_dist(tmp_path, monkeypatch):
         return site
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine (~50x faster)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

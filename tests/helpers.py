@@ -1,8 +1,9 @@
 """Helpers shared by test modules."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 
 def recipe_for(root: Path, **sections) -> Dict:
@@ -19,3 +20,14 @@ def recipe_for(root: Path, **sections) -> Dict:
     for key, value in sections.items():
         r[key] = {**r.get(key, {}), **value} if isinstance(value, dict) else value
     return r
+
+
+class LogCollector(logging.Handler):
+    """Keeps every log record as ``"LEVEL message"`` (for module-scoped fixtures, where caplog is not available)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.events: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.events.append(f"{record.levelname} {record.getMessage()}")

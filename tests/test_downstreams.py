@@ -16,13 +16,7 @@ BUILTIN_AGGREGATORS = {"mean", "stats", "attentive_stats", "self_attention"}
 D = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine (~50x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(seed: int = 0, lengths=(7, 3, 1), pad_value: float = float("nan")):

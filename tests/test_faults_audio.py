@@ -23,7 +23,7 @@ from ser_plugins.corpus import Utterance
 from ser_plugins.data import DataError, decode_corpus
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import Runner, RunError, run_recipe
-from helpers import recipe_for
+from helpers import LogCollector, recipe_for
 
 SR = 16000
 
@@ -104,15 +104,6 @@ USABLE = [  # (case, writer): must be decoded to 16 kHz mono and used
 ]
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.events.append(f"{record.levelname} {record.getMessage()}")
-
-
 @pytest.fixture(scope="module")
 def bad_audio(tmp_path_factory, tiny_demo_root):
     """A copy of the tiny corpus with Session1 files rewritten in every faulty and odd format, and one
@@ -153,7 +144,7 @@ def bad_audio(tmp_path_factory, tiny_demo_root):
             order.append("train")
             return super().fit(*a, **k)
 
-    handler = _Collect()
+    handler = LogCollector()
     logger = logging.getLogger("ser_plugins")
     logger.addHandler(handler)
     out = base / "run"

@@ -17,7 +17,7 @@ from ser_plugins import cli, registry
 from ser_plugins.folds import ProtocolError
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import RunError, Runner, run_recipe
-from helpers import recipe_for
+from helpers import LogCollector, recipe_for
 
 
 
@@ -37,15 +37,6 @@ def edit_line(txt: Path, line_no: int, fn) -> str:
     lines[line_no - 1] = fn(lines[line_no - 1])
     txt.write_text("".join(lines))
     return lines[line_no - 1]
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: List[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.events.append(f"{record.levelname} {record.getMessage()}")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +75,7 @@ def bad_labels(tmp_path_factory, tiny_demo_root):
 
     import ser_plugins.runner as runner_mod
 
-    handler = _Collect()
+    handler = LogCollector()
 
     class SpyTrainer(runner_mod.FoldTrainer):
         def fit(self, *a, **k):

@@ -24,22 +24,14 @@ from ser_plugins.io import atomic_save, atomic_write_json, read_json
 from ser_plugins.locking import LockedError
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import RunError, run_recipe
+from helpers import recipe_for
 
 
 def recipe_dict(root: Path, epochs: int = 1, **sections) -> Dict:
-    r = {
-        "name": "interrupt", "seed": 0,
-        "corpus": {"name": "iemocap", "root": str(root)},
-        "upstream": {"name": "fbank", "n_mels": 40},
-        "aggregator": "stats",
-        "classifier": {"name": "mlp", "hidden_sizes": [16]},
-        "training": {"epochs": epochs, "batch_size": 16, "patience": None},
-        "data": {"num_threads": 1},
-        "output": {"tensorboard": False},
-    }
-    for key, value in sections.items():
-        r[key] = {**r.get(key, {}), **value}
-    return r
+    """The shared quick recipe with ``epochs`` epochs and one torch thread."""
+    data = {"num_threads": 1, **sections.pop("data", {})}
+    training = {"epochs": epochs, **sections.pop("training", {})}
+    return recipe_for(root, name="interrupt", training=training, data=data, **sections)
 
 
 def run_in_process(recipe: Dict, out: Path, **kw):

@@ -15,13 +15,7 @@ WIN, HOP = 400, 160  # 25 ms / 10 ms at 16 kHz
 EXPECTED_DIM = {"fbank": 80, "mfcc": 40, "spectrogram": 201}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a busy 2-core machine (~50x faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _wav(n: int, seed: int = 0) -> torch.Tensor:
