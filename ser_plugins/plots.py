@@ -41,13 +41,16 @@ def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Pat
 
 
 def plot_curves(history: List[Dict[str, float]], path: Path, title: str = "") -> None:
-    """Training loss and dev UA per epoch as a PNG."""
+    """Training and dev loss and dev UA per epoch as a PNG."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(6, 3.5))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:red", label="train loss")
+    if all("dev_loss" in h for h in history):
+        ax1.plot(epochs, [h["dev_loss"] for h in history], "^--", color="tab:orange", label="dev loss")
+    ax1.legend(loc="upper center", fontsize=8)
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss", color="tab:red")
+    ax1.set_ylabel("loss (cross-entropy)", color="tab:red")
     ax2 = ax1.twinx()
     ax2.plot(epochs, [h["dev_ua"] for h in history], "s-", color="tab:blue", label="dev UA")
     ax2.set_ylabel("dev UA", color="tab:blue")

@@ -117,6 +117,8 @@ def evaluate(model: nn.Module, source, ids: Sequence[str], labels: Sequence[str]
     result = classification_metrics(targets, preds, labels)
     result["ids"], result["targets"], result["predictions"] = order, targets, preds
     result["probabilities"] = torch.cat(probs).numpy() if probs else np.zeros((0, len(labels)))
+    picked = result["probabilities"][np.arange(len(targets)), targets] if targets else np.ones(1)
+    result["loss"] = float(-np.log(np.clip(picked, 1e-12, None)).mean())  # cross-entropy, unweighted
     return result
 
 
@@ -194,7 +196,7 @@ class FoldTrainer:
             ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t["balanced_sampling"] else train_ids
             train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch)
             dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t["precision"])
-            record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss,
+            record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss, "dev_loss": dev["loss"],
                       "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": optimizer.param_groups[0]["lr"]}
             progress["history"].append(record)
             if dev["ua"] > progress["best_ua"] + 1e-9:
