@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ser_plugins.contracts import Upstream, UpstreamOutput
-from upstreams.hf_hub import (  # noqa: F401 - re-exported: the hf upstream's public names
+from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,
     WeightsNotFoundError,
     folder_fingerprint,
@@ -29,6 +29,9 @@ from upstreams.hf_hub import (  # noqa: F401 - re-exported: the hf upstream's pu
     weights_not_found,
     _one_line,
 )
+
+__all__ = ["HFUpstream", "TransformersEncoderUpstream", "WeightsNotFoundError", "ModelSource", "locate_model",
+           "normalize_waveforms", "receptive_field", "require_transformers"]
 
 DTypeLike = Union[str, torch.dtype, None]
 
