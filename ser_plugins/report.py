@@ -37,8 +37,8 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
 
 
 def to_markdown(rows: List[Dict[str, object]]) -> str:
-    """Markdown table; metrics as mean ± std in percent, best UA in bold."""
-    best = max((r["ua_mean"] for r in rows), default=None)
+    """Markdown table; metrics as mean ± std in percent, the best UA of the complete runs in bold."""
+    best = max((r["ua_mean"] for r in rows if "partial" not in str(r["folds"])), default=None)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         cells = [str(r[c]) for c in COLUMNS[:7]]
