@@ -139,17 +139,3 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
-
-
-def masked_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Time-average of ``[B, T, D]`` over valid frames only."""
-    mask = lengths_to_mask(lengths, features.shape[1]).unsqueeze(-1)
-    total = features.masked_fill(~mask, 0.0).sum(1)  # masked_fill: NaN/inf padding cannot leak
-    return total / lengths.clamp(min=1).unsqueeze(-1).to(features.dtype)
-
-
-def pad_sequence_lengths(tensors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad a list of ``[T_i, ...]`` tensors to ``[B, T_max, ...]`` and return their lengths."""
-    lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
-    padded = nn.utils.rnn.pad_sequence(list(tensors), batch_first=True)
-    return padded, lengths

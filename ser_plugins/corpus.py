@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,6 @@ class Corpus:
     def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False) -> None:
         """Record a problem met while reading the corpus."""
         self.problems.append(CorpusProblem(str(path), message, line, fatal))
-
-
-def label_counts(utterances: Sequence[Utterance], labels: Sequence[str]) -> dict:
-    """``{label: count}`` in the order of ``labels``."""
-    counts = {lab: 0 for lab in labels}
-    for u in utterances:
-        counts[u.label] = counts.get(u.label, 0) + 1
-    return counts
 
 
 @dataclass

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -27,10 +26,6 @@ class AudioSet:
 
     waves: Dict[str, np.ndarray] = field(default_factory=dict)
     skipped: Dict[str, str] = field(default_factory=dict)  # utterance id -> reason
-
-    def skip_counts(self) -> Dict[str, int]:
-        """``{reason: count}`` of skipped utterances."""
-        return dict(Counter(self.skipped.values()))
 
 
 def decode_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples: int = 1,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -88,9 +87,3 @@ class FeatureCache:
     def stats(self) -> Dict[str, Any]:
         """Hit/miss counts and the cache folder (written to run.json)."""
         return {"dir": str(self.dir), "hits": self.hits, "misses": self.misses}
-
-
-def default_cache_root() -> Path:
-    """``$SER_PLUGINS_CACHE`` or ``~/.cache/ser_plugins/features``."""
-    env = os.environ.get("SER_PLUGINS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ser_plugins" / "features"
