@@ -13,8 +13,8 @@ import torch
 from common import demo_corpus, hubert_base_folder, machine
 
 from ser_plugins import create_corpus, create_upstream
-from ser_plugins.audio import load_audio
-from ser_plugins.data import bucket_batches, pad_waves, padding_fraction
+from ser_plugins.data.audio import load_audio
+from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fraction
 
 
 def random_batches(lengths, budget, seed=0):

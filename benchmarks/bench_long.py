@@ -14,7 +14,7 @@ CHILD = r"""
 import json, resource, sys, time, numpy as np, torch
 sys.path.insert(0, sys.argv[3])
 from ser_plugins import create_upstream
-from ser_plugins.data import extract_features
+from ser_plugins.data.features import extract_features
 up = create_upstream("hf", model=sys.argv[1]).eval()
 seconds = float(sys.argv[2])
 wave = (0.1 * np.random.default_rng(0).standard_normal(int(16000 * seconds))).astype("float32")

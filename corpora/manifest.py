@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set
 
-from ser_plugins.corpus import Corpus, Utterance
+from ser_plugins.contracts import Corpus, Utterance
 
 REQUIRED_COLUMNS = ("path", "label", "speaker")
 OPTIONAL_COLUMNS = ("fold", "split", "session", "start", "end", "id")

@@ -5,8 +5,8 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
-from ser_plugins.contracts import Aggregator, Classifier, Upstream, UpstreamOutput
-from ser_plugins.corpus import Corpus, Utterance
+from ser_plugins.contracts import Aggregator, Classifier, Corpus, Upstream, UpstreamOutput, Utterance
+from ser_plugins.errors import UserError
 from ser_plugins.registry import (
     Preset,
     PluginError,
@@ -27,6 +27,7 @@ __all__ = [
     "PluginError",
     "Upstream",
     "UpstreamOutput",
+    "UserError",
     "Utterance",
     "build_model",
     "create_aggregator",
@@ -37,11 +38,12 @@ __all__ = [
 ]
 
 
-def build_model(recipe_or_dict, num_classes=None):
+def build_model(recipe, num_classes=None, overrides=None):
     """Build the composed SER model (upstream -> layers -> projection -> aggregator -> classifier).
 
-    Accepts a recipe path, a recipe dict, or a ``Recipe``; see ``ser_plugins.model.build_model``.
+    Accepts a recipe path, a recipe mapping or a ``Recipe``, and ``-o``-style overrides
+    (``["aggregator=stats"]``); see ``ser_plugins.model.build_model``.
     """
     from ser_plugins.model import build_model as _build
 
-    return _build(recipe_or_dict, num_classes=num_classes)
+    return _build(recipe, num_classes=num_classes, overrides=overrides)

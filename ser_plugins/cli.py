@@ -1,4 +1,4 @@
-"""The ``ser`` command line: run, list, predict, demo-corpus, report, validate."""
+"""The ``ser`` command line: run, validate, schema, list, predict, demo-corpus, report."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ser_plugins import registry
-
-USER_ERRORS = (
-    "RecipeError", "PluginError", "RunError", "CompositionError", "ProtocolError", "DataError",
-    "LockedError", "PredictError", "TrainingDiverged", "AudioError", "ReportError", "WeightsNotFoundError",
-    "UnsafeCheckpointError", "JSONDecodeError",
-)
+from ser_plugins.errors import UserError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,32 +19,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.override)
     folds = args.folds.split(",") if args.folds else None
     summary = run_recipe(recipe, args.out, folds, args.resume, progress=not args.quiet)
-    from ser_plugins.runner import results_markdown, run_dir_for
+    from ser_plugins.runner import run_dir_for
 
-    print(results_markdown(summary))
+    print(summary.to_markdown())
     print(f"run directory: {run_dir_for(recipe, args.out)}")
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ser_plugins.model import build_from_recipe
+    from ser_plugins.model import build_from_recipe, corpus_labels
     from ser_plugins.recipe import load_recipe
 
-    from ser_plugins.recipe import plugin_kwargs
-
     recipe = load_recipe(args.recipe, args.override)
-    try:  # the corpus's options are checked too (its utterances are not read)
-        corpus = registry.create("corpus", recipe["corpus"]["name"], **plugin_kwargs(recipe["corpus"]))
-        labels = list(corpus.labels)
-    except FileNotFoundError:
-        labels = recipe["corpus"].get("labels") or ["neu", "hap", "ang", "sad"]
-    except (ValueError, TypeError) as exc:
-        raise registry.PluginError(f"corpus {recipe['corpus']['name']!r}: {exc}") from None
-    model = build_from_recipe(recipe, len(labels), labels)
+    labels = corpus_labels(recipe.corpus)  # the corpus's options are checked too (its data is not read)
+    note = ""
+    if labels is None:
+        labels, note = ["class0", "class1"], " (classes unknown until the corpus is read: built with 2)"
+    model = build_from_recipe(recipe, len(labels))
     n_head = sum(p.numel() for p in model.head.parameters())
     n_up = sum(p.numel() for p in model.upstream.parameters())
-    print(f"recipe OK: upstream {recipe['upstream']['name']} ({n_up:,} parameters, {model.upstream.num_layers} layers), "
-          f"head {n_head:,} parameters, finetune {recipe['finetune']['mode']}")
+    print(f"recipe OK: upstream {recipe.upstream.name} ({n_up:,} parameters, {model.upstream.num_layers} layers), "
+          f"head {n_head:,} parameters{note}, finetune {recipe.finetune.mode}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from ser_plugins.recipe import recipe_json_schema
+
+    print(json.dumps(recipe_json_schema(), indent=2))
     return 0
 
 
@@ -82,15 +79,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
-    demo = registry.load("corpus", "demo")
-    summary = demo.generate(args.dir, seed=args.seed, utterances_per_speaker=args.utterances_per_speaker,
-                            overwrite=args.overwrite)
-    print(f"demo corpus written to {args.dir}: {summary}")
+    name = args.corpus
+    if name is None:
+        able = [spec.qualified_name for spec in registry.list_plugins("corpus")
+                if registry.load("corpus", spec.qualified_name).can_generate()]
+        if len(able) != 1:
+            raise registry.PluginError(f"pass --corpus NAME; corpora that can generate their data: {', '.join(able) or 'none'}")
+        name = able[0]
+    corpus_cls = registry.load("corpus", name)
+    if not corpus_cls.can_generate():
+        raise registry.PluginError(f"corpus {name!r} cannot generate its data")
+    summary = corpus_cls.generate(args.dir, seed=args.seed, utterances_per_speaker=args.utterances_per_speaker,
+                                  overwrite=args.overwrite)
+    print(f"{name} corpus written to {args.dir}: {summary}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ser_plugins.report import write_report
+    from ser_plugins.results.report import write_report
 
     table = write_report([Path(d) for d in args.run_dirs], args.out)
     print(table)
@@ -118,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=_cmd_validate)
 
+    sc = sub.add_parser("schema", help="print the recipe JSON Schema (for editors: completion and checks)")
+    sc.set_defaults(func=_cmd_schema)
+
     ls = sub.add_parser("list", help="list installed plugins (nothing is imported unless --check)")
     ls.add_argument("kind", nargs="?", choices=list(registry.KINDS), help="only this kind")
     ls.add_argument("--pattern", default="*", help="glob on plugin names, e.g. '*hubert*'")
@@ -134,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "statistics (one speaker); with fewer, use the run's typical speaker statistics")
     pr.set_defaults(func=_cmd_predict)
 
-    d = sub.add_parser("demo-corpus", help="generate the synthetic demo corpus in IEMOCAP's layout")
+    d = sub.add_parser("demo-corpus", help="generate a synthetic corpus (the demo corpus, in IEMOCAP's layout)")
     d.add_argument("dir")
+    d.add_argument("--corpus", help="corpus plugin that generates its data (default: the only one that can)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--utterances-per-speaker", type=int, default=40)
     d.add_argument("--overwrite", action="store_true")
@@ -159,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        user_error = any(c.__name__ in USER_ERRORS for c in type(exc).__mro__) or isinstance(exc, (FileNotFoundError, FileExistsError))
+        user_error = isinstance(exc, (UserError, FileNotFoundError, FileExistsError))
         if args.debug or not user_error:
             raise
         print(f"error: {exc}", file=sys.stderr)

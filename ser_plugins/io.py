@@ -52,5 +52,10 @@ def atomic_save(path: PathLike, writer: Callable[[Path], None]) -> None:
 
 
 def read_json(path: PathLike) -> Dict[str, Any]:
-    """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+    """Read a JSON file; a damaged one is a ``CorruptFileError`` naming it."""
+    from ser_plugins.errors import CorruptFileError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path}: not valid JSON ({exc}); delete it or restore it") from None

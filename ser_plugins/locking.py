@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ser_plugins.errors import UserError
 
-class LockedError(RuntimeError):
+
+class LockedError(UserError, RuntimeError):
     """Another process holds the lock."""
 
 

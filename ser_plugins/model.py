@@ -10,9 +10,11 @@ from torch import nn
 
 from ser_plugins import registry
 from ser_plugins.contracts import Upstream
+from ser_plugins.errors import UserError
+from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSpec, Recipe
 
 
-class CompositionError(ValueError):
+class CompositionError(UserError, ValueError):
     """A combination of plugins and options that cannot build or cannot learn."""
 
 
@@ -65,43 +67,48 @@ class SERHead(nn.Module):
 
 
 class SERModel(nn.Module):
-    """The composed model: ``forward(wavs, wav_lengths) -> logits``.
+    """The composed model: ``forward(wavs, wav_lengths) -> logits`` or ``forward_features(states, lengths)``.
 
-    ``upstream_layers`` lists the upstream layer indices the head sees (all by default); with a
-    frozen upstream the runner can feed precomputed hidden states to ``head`` directly.
+    ``upstream_layers`` lists the upstream layer indices the head sees. ``frozen_warmup_steps``:
+    during the first optimiser steps of fine-tuning the upstream is held frozen (the trainer passes
+    the step number; the model decides).
     """
 
-    def __init__(self, upstream: Upstream, head: SERHead, upstream_layers: List[int], labels: Sequence[str],
-                 finetune_mode: str = "frozen") -> None:
+    def __init__(self, upstream: Upstream, head: SERHead, upstream_layers: List[int],
+                 frozen_warmup_steps: int = 0) -> None:
         super().__init__()
         self.upstream = upstream
         self.head = head
         self.upstream_layers = list(upstream_layers)
-        self.labels = list(labels)
-        self.finetune_mode = finetune_mode
-        self.hold_upstream = False  # True during the frozen warm-up steps of fine-tuning
+        self.frozen_warmup_steps = frozen_warmup_steps
 
     @property
-    def upstream_frozen(self) -> bool:
-        """True when no upstream parameter is trained (or during the frozen warm-up)."""
-        return self.hold_upstream or not any(p.requires_grad for p in self.upstream.parameters())
+    def upstream_trainable(self) -> bool:
+        """True when some upstream parameter is trained."""
+        return any(p.requires_grad for p in self.upstream.parameters())
 
     def select_layers(self, hidden_states: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The hidden states the head was built for, in order."""
         return [hidden_states[i] for i in self.upstream_layers]
 
-    def extract(self, wavs: torch.Tensor, wav_lengths: torch.Tensor):
-        """Upstream forward (no graph when frozen); returns (selected hidden states, frame lengths)."""
-        ctx = torch.inference_mode() if self.upstream_frozen else contextlib.nullcontext()
-        with ctx:
+    def extract(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, hold_upstream: bool = False):
+        """Upstream forward (no graph when frozen or held); returns (selected hidden states, frame lengths)."""
+        frozen = hold_upstream or not self.upstream_trainable
+        with torch.inference_mode() if frozen else contextlib.nullcontext():
             out = self.upstream(wavs, wav_lengths)
         states = self.select_layers(out.hidden_states)
-        if self.upstream_frozen:
+        if frozen:
             states = [s.clone() for s in states]  # leave inference mode for the trainable head
         return states, out.lengths.clone()
 
-    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        states, lengths = self.extract(wavs, wav_lengths)
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, step: Optional[int] = None) -> torch.Tensor:
+        """Logits for waveforms; ``step`` (training) holds the upstream during the frozen warm-up."""
+        hold = self.training and step is not None and step < self.frozen_warmup_steps
+        states, lengths = self.extract(wavs, wav_lengths, hold_upstream=hold)
+        return self.head(states, lengths)
+
+    def forward_features(self, states: Sequence[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+        """Logits for precomputed hidden states of the kept layers (frozen upstream)."""
         return self.head(states, lengths)
 
 
@@ -115,7 +122,7 @@ def head_sees_only_means(head: SERHead) -> bool:
     linear_use = isinstance(head.layer_use, LayerSelect) or (
         isinstance(head.layer_use, WeightedLayerSum) and not head.layer_use.layer_norm)
     linear_projection = isinstance(head.projection, (nn.Identity, nn.Linear))
-    return bool(getattr(head.aggregator, "uses_only_mean", False)) and linear_use and linear_projection
+    return bool(head.aggregator.uses_only_mean) and linear_use and linear_projection
 
 
 def resolve_layers(layer: Union[str, int], keep_layers: Optional[List[int]], num_layers: int) -> tuple:
@@ -132,15 +139,15 @@ def resolve_layers(layer: Union[str, int], keep_layers: Optional[List[int]], num
     return [idx], 0
 
 
-def check_learnable(upstream: Upstream, aggregator: nn.Module, normalize: Optional[str]) -> None:
+def check_learnable(upstream: Upstream, aggregator: nn.Module) -> None:
     """Refuse combinations that give the same vector for every utterance."""
-    if getattr(upstream, "utterance_normalized", False) and getattr(aggregator, "uses_only_mean", False):
+    if upstream.utterance_normalized and aggregator.uses_only_mean:
         raise CompositionError(
             f"upstream {getattr(upstream, 'plugin_name', type(upstream).__name__)!r} standardises every "
             f"utterance over time, so {getattr(aggregator, 'plugin_name', 'mean')!r} pooling (which keeps only "
             "the time-average) gives the same vector for every utterance and cannot learn. Use "
             "aggregator 'stats' or 'attentive_stats', or drop the upstream's per-utterance normalisation "
-            "(use features.normalize: speaker instead)."
+            "(use features.normalize: speaker or global instead)."
         )
 
 
@@ -154,66 +161,72 @@ def _construct(section: str, build):
         raise CompositionError(f"{section}: {exc}") from None
 
 
-def build_upstream(recipe: Dict[str, Any]) -> Upstream:
-    """The recipe's upstream, with its fine-tuning mode set."""
-    from ser_plugins.recipe import plugin_kwargs
-
-    up_cfg = recipe["upstream"]
-    upstream = _construct("upstream", lambda: registry.create("upstream", up_cfg["name"], **plugin_kwargs(up_cfg)))
-    ft = recipe["finetune"]
+def build_upstream(spec: PluginSpec, finetune: FinetuneConfig) -> Upstream:
+    """The upstream of ``spec`` with the fine-tuning mode of ``finetune`` set."""
+    upstream = _construct("upstream", lambda: registry.create("upstream", spec.name, **spec.options))
     modes = upstream.supported_finetune_modes()
-    if ft["mode"] not in modes:
-        raise CompositionError(f"upstream {up_cfg['name']!r} does not support finetune mode {ft['mode']!r}; "
+    if finetune.mode not in modes:
+        raise CompositionError(f"upstream {spec.name!r} does not support finetune mode {finetune.mode!r}; "
                                f"it supports: {', '.join(modes)}")
-    upstream.set_finetune(ft["mode"], top_n=ft.get("top_n"))
-    if ft["mode"] != "frozen" and ft.get("gradient_checkpointing"):
+    upstream.set_finetune(finetune.mode, top_n=finetune.top_n)
+    if finetune.mode != "frozen" and finetune.gradient_checkpointing:
         upstream.enable_gradient_checkpointing()
     return upstream
 
 
-def build_head(recipe: Dict[str, Any], upstream: Upstream, num_classes: int) -> tuple:
+def build_head(features: FeaturesConfig, aggregator: PluginSpec, classifier: PluginSpec, upstream: Upstream,
+               num_classes: int) -> tuple:
     """``(head, upstream layer indices it reads)`` for ``upstream``: layer use, projection, aggregator, classifier."""
-    from ser_plugins.recipe import plugin_kwargs
-
-    feats = recipe["features"]
-    kept, used = resolve_layers(feats["layer"], feats.get("keep_layers"), upstream.num_layers)
+    kept, used = resolve_layers(features.layer, features.keep_layers, upstream.num_layers)
     sizes = {upstream.hidden_sizes[i] for i in kept}
     if len(sizes) != 1:
         raise CompositionError(f"weighted sum needs layers of one size; kept layers have sizes {sorted(sizes)}")
     dim = sizes.pop()
     layer_use: nn.Module = WeightedLayerSum(len(kept)) if used is None else LayerSelect(used)
     projection: nn.Module = nn.Identity()
-    if feats.get("projection"):
-        projection = nn.Linear(dim, int(feats["projection"]))
-        dim = int(feats["projection"])
-    agg_cfg, cls_cfg = recipe["aggregator"], recipe["classifier"]
-    aggregator = _construct("aggregator", lambda: registry.create("aggregator", agg_cfg["name"], dim, **plugin_kwargs(agg_cfg)))
-    check_learnable(upstream, aggregator, feats.get("normalize"))
-    classifier = _construct("classifier", lambda: registry.create(
-        "classifier", cls_cfg["name"], aggregator.output_dim, num_classes, **plugin_kwargs(cls_cfg)))
-    return SERHead(layer_use, projection, aggregator, classifier), kept
+    if features.projection:
+        projection = nn.Linear(dim, features.projection)
+        dim = features.projection
+    agg = _construct("aggregator", lambda: registry.create("aggregator", aggregator.name, dim, **aggregator.options))
+    check_learnable(upstream, agg)
+    cls = _construct("classifier", lambda: registry.create(
+        "classifier", classifier.name, agg.output_dim, num_classes, **classifier.options))
+    return SERHead(layer_use, projection, agg, cls), kept
 
 
-def build_from_recipe(recipe: Dict[str, Any], num_classes: int, labels: Optional[Sequence[str]] = None) -> SERModel:
-    """Build an ``SERModel`` from a resolved recipe dict."""
-    upstream = build_upstream(recipe)
-    head, kept = build_head(recipe, upstream, num_classes)
-    names = list(labels) if labels is not None else [str(i) for i in range(num_classes)]
-    return SERModel(upstream, head, kept, names, finetune_mode=recipe["finetune"]["mode"])
+def build_from_recipe(recipe: Recipe, num_classes: int) -> SERModel:
+    """Build an ``SERModel`` from a resolved ``Recipe``."""
+    upstream = build_upstream(recipe.upstream, recipe.finetune)
+    head, kept = build_head(recipe.features, recipe.aggregator, recipe.classifier, upstream, num_classes)
+    return SERModel(upstream, head, kept, recipe.finetune.frozen_warmup_steps)
 
 
-def build_model(recipe_or_dict: Union[str, Path, Dict[str, Any]], num_classes: Optional[int] = None,
-                labels: Optional[Sequence[str]] = None) -> SERModel:
-    """Build the composed model from a recipe path or dict, without loading any corpus.
+def corpus_labels(spec: PluginSpec) -> Optional[List[str]]:
+    """The class names of a recipe's corpus without reading its data, or None when they depend on the data."""
+    try:
+        corpus = registry.create("corpus", spec.name, **spec.options)
+    except FileNotFoundError:  # a corpus that reads its data at construction (a manifest file)
+        labels = spec.options.get("labels")
+        return list(labels) if labels else None
+    except (ValueError, TypeError) as exc:
+        raise CompositionError(f"corpus {spec.name!r}: {exc}") from None
+    return list(corpus.labels) or None
 
-    ``num_classes`` defaults to the length of ``labels``, else to the corpus's ``labels`` option,
-    else to 4 (the standard IEMOCAP set).
+
+def build_model(recipe: Union[str, Path, Dict[str, Any], Recipe], num_classes: Optional[int] = None,
+                overrides: Optional[List[str]] = None) -> SERModel:
+    """Build the composed model from a recipe (path, mapping or ``Recipe``) without loading any corpus data.
+
+    ``overrides`` are ``-o``-style ``section.key=value`` strings. ``num_classes`` defaults to the
+    number of the corpus's classes when it can tell without reading data.
     """
     from ser_plugins.recipe import load_recipe
 
-    recipe = load_recipe(recipe_or_dict)
-    if labels is None:
-        labels = recipe["corpus"].get("labels")
+    recipe = load_recipe(recipe, overrides)
     if num_classes is None:
-        num_classes = len(labels) if labels else 4
-    return build_from_recipe(recipe, num_classes, labels)
+        labels = corpus_labels(recipe.corpus)
+        if labels is None:
+            raise CompositionError(f"corpus {recipe.corpus.name!r} cannot tell its classes without its data; "
+                                   "pass num_classes")
+        num_classes = len(labels)
+    return build_from_recipe(recipe, num_classes)

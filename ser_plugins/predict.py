@@ -6,17 +6,18 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import yaml
 
-from ser_plugins.audio import load_audio
-from ser_plugins.checkpoint import load_weights
-from ser_plugins.data import pad_waves
+from ser_plugins.data.audio import load_audio
+from ser_plugins.data.batching import pad_waves
+from ser_plugins.data.normalize import Normalizer
+from ser_plugins.errors import UserError
 from ser_plugins.io import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
-from ser_plugins.recipe import resolve
+from ser_plugins.recipe import RecipeError, resolve, safe_load
+from ser_plugins.training.checkpoint import load_weights
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError, RuntimeError):
     """The run directory cannot be used for prediction."""
 
 
@@ -29,37 +30,62 @@ def _fold_checkpoints(run_dir: Path, fold: Optional[str]) -> List[Path]:
     return ckpts
 
 
+def load_run_recipe(run_dir: Path):
+    """The resolved recipe saved in a run directory (a damaged or foreign file is named in the error)."""
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.exists():
+        raise PredictError(f"{run_dir} is not a run directory (no recipe.yaml)")
+    try:
+        data = safe_load(path.read_text())
+    except Exception as exc:  # noqa: BLE001 - any YAML problem (tags, syntax): not a recipe we wrote
+        raise PredictError(f"{path}: not a readable recipe ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    try:
+        return resolve(data)
+    except RecipeError as exc:
+        raise PredictError(f"{path}: {exc}") from None
+
+
 class Predictor:
     """Loads a run's recipe and fold checkpoints; averages the folds' probabilities (an ensemble).
 
-    With speaker normalisation in the recipe, the given files are treated as one unknown speaker:
-    with at least ``min_speaker_files`` files their features are standardised with statistics
-    over those files; with fewer (one file's own statistics would erase what the head needs), the
-    run's typical speaker statistics are used.
+    With normalisation in the recipe each fold's saved normaliser is applied: ``global`` uses the
+    fold's training statistics; ``speaker`` treats the given files as one unknown speaker: with at
+    least ``min_speaker_files`` files their own statistics are used, with fewer (one file's own
+    statistics would erase what the head needs) the typical statistics of the fold's training
+    speakers.
     """
 
     def __init__(self, run_dir: Path, fold: Optional[str] = None, device: str = "cpu",
                  min_speaker_files: int = 10) -> None:
         self.min_speaker_files = min_speaker_files
         self.run_dir = Path(run_dir)
-        recipe_path = self.run_dir / "recipe.yaml"
-        if not recipe_path.exists():
-            raise PredictError(f"{self.run_dir} is not a run directory (no recipe.yaml)")
-        self.recipe = resolve(yaml.safe_load(recipe_path.read_text()))
+        self.recipe = load_run_recipe(self.run_dir)
         self.labels = read_json(self.run_dir / "run.json")["labels"]
         self.device = device
-        self.upstream = build_upstream(self.recipe).to(device).eval()
-        self.finetuned = self.recipe["finetune"]["mode"] != "frozen"
-        self.models = []
+        r = self.recipe
+        self.upstream = build_upstream(r.upstream, r.finetune).to(device).eval()
+        self.finetuned = r.finetune.mode != "frozen"
+        self.models: List[SERModel] = []
+        self.normalizers: List[Optional[Normalizer]] = []
         for ckpt in _fold_checkpoints(self.run_dir, fold):
             # a fine-tuned fold carries its own upstream weights; a frozen one shares the upstream
             upstream = copy.deepcopy(self.upstream) if self.finetuned else self.upstream
-            head, kept = build_head(self.recipe, upstream, len(self.labels))
-            model = SERModel(upstream, head, kept, self.labels, self.recipe["finetune"]["mode"])
+            head, kept = build_head(r.features, r.aggregator, r.classifier, upstream, len(self.labels))
+            model = SERModel(upstream, head, kept)
             missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
             if unexpected or any(not k.startswith("upstream.") for k in missing):
                 raise PredictError(f"{ckpt} does not match the recipe's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
             self.models.append(model.to(device).eval())
+            self.normalizers.append(self._normalizer(ckpt.parent))
+
+    def _normalizer(self, fold_dir: Path) -> Optional[Normalizer]:
+        if self.recipe.features.normalize is None:
+            return None
+        path = fold_dir / "normalizer.safetensors"
+        if not path.exists():
+            raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
+                               "and its statistics are needed to predict")
+        return Normalizer.load(path)
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[str]) -> List[Dict[str, object]]:
@@ -69,42 +95,30 @@ class Predictor:
         except for the speaker statistics, which pool all given files.
         """
         waves = [load_audio(p, self.upstream.sample_rate, min_samples=self.upstream.min_samples) for p in paths]
-        normalize = self.recipe["features"]["normalize"] == "speaker"
         probs = torch.zeros(len(paths), len(self.labels))
         shared = [self._hidden(self.upstream, w) for w in waves] if not self.finetuned else None
-        for model in self.models:
+        for model, normalizer in zip(self.models, self.normalizers):
             outs = shared if shared is not None else [self._hidden(model.upstream, w) for w in waves]
-            states = [model.select_layers(h) for h, _ in outs]
-            if normalize:
-                states = self._speaker_standardise(states)
+            states = [[s[0] for s in model.select_layers(h)] for h, _ in outs]  # per file, [T, D] per layer
+            if normalizer is not None:
+                states = self._normalise(normalizer, states)
             for i, (st, (_, n)) in enumerate(zip(states, outs)):
-                probs[i] += torch.softmax(model.head(st, n).float(), -1)[0].cpu()
+                logits = model.forward_features([layer.unsqueeze(0) for layer in st], n)
+                probs[i] += torch.softmax(logits.float(), -1)[0].cpu()
         probs /= len(self.models)
         return [{"path": str(p), "emotion": self.labels[int(pr.argmax())],
                  "probabilities": {lab: float(v) for lab, v in zip(self.labels, pr)}} for p, pr in zip(paths, probs)]
 
-    def _speaker_standardise(self, states: List[List[torch.Tensor]]) -> List[List[torch.Tensor]]:
-        if len(states) >= self.min_speaker_files:
-            return _standardise_together(states)
-        path = self.run_dir / "speaker_stats.safetensors"
-        if not path.exists():
-            raise PredictError(f"{path} is missing: pass at least {self.min_speaker_files} files of the speaker")
-        typical = load_weights(path)
-        return [[(layer.float() - typical[f"mean.{k}"]) / typical[f"std.{k}"] for k, layer in enumerate(layers)]
-                for layers in states]
+    def _normalise(self, normalizer: Normalizer, states: List[List[torch.Tensor]]) -> List[List[torch.Tensor]]:
+        speaker = None
+        if normalizer.kind == "speaker" and len(states) >= self.min_speaker_files:
+            normalizer = copy.copy(normalizer)
+            normalizer.speakers_ = {}
+            normalizer.add_speaker("files", states)
+            speaker = "files"
+        return [normalizer.transform(layers, speaker) for layers in states]
 
     def _hidden(self, upstream, wave) -> tuple:
         wavs, lengths = pad_waves([wave])
         out = upstream(wavs.to(self.device), lengths.to(self.device))
         return out.hidden_states, out.lengths
-
-
-def _standardise_together(states: List[List[torch.Tensor]], eps: float = 1e-5) -> List[List[torch.Tensor]]:
-    """Standardise every layer with statistics over all frames of all the given files (one speaker)."""
-    out = [list(layers) for layers in states]
-    for k in range(len(states[0])):
-        frames = torch.cat([layers[k][0].float() for layers in states], dim=0)
-        mean, std = frames.mean(0), frames.std(0, unbiased=False).clamp(min=eps)
-        for layers in out:
-            layers[k] = (layers[k].float() - mean) / std
-    return out

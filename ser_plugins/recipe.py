@@ -1,23 +1,29 @@
-"""Recipes: YAML files that say what to run. Validated before any work starts.
+"""Recipes: YAML files that say what to run, as a typed model validated once before any work.
 
-A recipe has fixed sections (see ``SCHEMA`` and docs/recipes.md). The plugin sections
-(``corpus``, ``upstream``, ``aggregator``, ``classifier``) hold a ``name`` and that plugin's own
-constructor options, which are checked against the plugin's signature.
+A recipe has fixed sections, one pydantic model each (``ProtocolConfig``, ``FeaturesConfig``,
+``FinetuneConfig``, ``TrainingConfig``, ``DataConfig``, ``OutputConfig``) plus four plugin sections
+(``corpus``, ``upstream``, ``aggregator``, ``classifier``: a ``name`` and that plugin's own constructor
+options, checked against its signature). Every value's type and valid range is declared once, here;
+``ser schema`` prints the JSON Schema. Each consumer receives only the section(s) it reads.
 """
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ser_plugins import registry
+from ser_plugins.contracts import FINETUNE_MODES
+from ser_plugins.errors import UserError
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot run; the message names the key."""
 
 
@@ -41,92 +47,202 @@ def safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
 
 
-_NUM = (int, float)
-_OPT_INT = (int, type(None))
-_OPT_NUM = (int, float, type(None))
-_OPT_STR = (str, type(None))
+# --- the enumerations: one source of truth each --------------------------------------------------
+PROTOCOLS: Tuple[str, ...] = ("session", "speaker", "folds", "split")
+DEV_STRATEGIES: Tuple[str, ...] = ("speaker", "random", "split")
+LAYER_USES: Tuple[str, ...] = ("last", "weighted_sum")  # or an integer layer index
+NORMALIZATIONS: Tuple[str, ...] = ("global", "speaker")  # or null / "none"
+TRANSDUCTIVE_NORMALIZATIONS: Tuple[str, ...] = ("speaker",)
+OPTIMIZERS: Tuple[str, ...] = ("adam", "adamw", "sgd")
+SCHEDULERS: Tuple[str, ...] = ("none", "linear", "cosine")
+PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16")
+NAN_POLICIES: Tuple[str, ...] = ("skip", "stop")
+CACHE_DTYPES: Tuple[str, ...] = ("float16", "float32")
+PLUGIN_KINDS: Tuple[str, ...] = tuple(registry.KINDS)  # corpus/upstream/aggregator/classifier sections
 
-# section -> key -> (allowed types, default, allowed values or None)
-SCHEMA: Dict[str, Dict[str, Tuple[tuple, Any, Optional[tuple]]]] = {
-    "protocol": {
-        "name": ((str, type(None)), None, ("session", "speaker", "folds", "split", None)),
-        "dev": ((str,), "speaker", ("speaker", "random", "split")),
-        "dev_fraction": (_NUM, 0.1, None),
-        "num_folds": (_OPT_INT, None, None),
-    },
-    "features": {
-        "layer": ((str, int), "last", None),
-        "projection": (_OPT_INT, None, None),
-        "normalize": ((str, type(None)), None, (None, "none", "speaker")),
-        "keep_layers": ((list, type(None)), None, None),
-    },
-    "finetune": {
-        "mode": ((str,), "frozen", ("frozen", "finetune", "full", "top_n")),
-        "top_n": (_OPT_INT, None, None),
-        "upstream_lr": (_NUM, 5e-5, None),
-        "frozen_warmup_steps": ((int,), 0, None),
-        "layer_decay": (_OPT_NUM, None, None),
-        "gradient_checkpointing": ((bool,), False, None),
-    },
-    "training": {
-        "epochs": ((int,), 30, None),
-        "max_steps": (_OPT_INT, None, None),
-        "batch_size": ((int,), 32, None),
-        "max_batch_seconds": (_OPT_NUM, None, None),
-        "optimizer": ((str,), "adamw", ("adam", "adamw", "sgd")),
-        "lr": (_NUM, 1e-3, None),
-        "weight_decay": (_NUM, 1e-4, None),
-        "scheduler": ((str,), "none", ("none", "linear", "cosine")),
-        "warmup_steps": ((int,), 0, None),
-        "grad_accum": ((int,), 1, None),
-        "grad_clip": (_OPT_NUM, 5.0, None),
-        "patience": (_OPT_INT, 10, None),
-        "class_weights": ((bool,), False, None),
-        "balanced_sampling": ((bool,), False, None),
-        "max_duration": (_OPT_NUM, None, None),
-        "precision": ((str,), "fp32", ("fp32", "bf16", "fp16")),
-        "device": ((str,), "auto", None),
-        "nan_policy": ((str,), "skip", ("skip", "stop")),
-        "max_nan_steps": ((int,), 20, None),
-        "eval_batch_size": (_OPT_INT, None, None),
-    },
-    "data": {
-        "strict": ((bool,), False, None),
-        "precompute": ((bool,), True, None),
-        "extract_batch_seconds": (_NUM, 64, None),
-        "num_threads": (_OPT_INT, None, None),
-        "cache_dir": (_OPT_STR, None, None),
-        "cache_dtype": ((str,), "float16", ("float16", "float32")),
-    },
-    "output": {
-        "dir": (_OPT_STR, None, None),
-        "tensorboard": ((bool,), True, None),
-        "save_checkpoints": ((bool,), True, None),
-    },
+_MAX_STEPS = 10**9
+_MAX_SECONDS = 10**6
+
+
+def _finite(**bounds) -> Any:
+    """A float field that must be finite, within ``bounds`` (pydantic ge/gt/le/lt)."""
+    return Field(allow_inf_nan=False, **bounds)
+
+
+class Section(BaseModel):
+    """Base of the recipe's sections: strict types (no ``"3"`` for 3, no ``true`` for 1), no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ProtocolConfig(Section):
+    """Which utterances train, pick the checkpoint (dev) and test in each fold."""
+
+    name: Optional[Literal[PROTOCOLS]] = None
+    dev: Literal[DEV_STRATEGIES] = "speaker"
+    dev_fraction: float = _finite(default=0.1, gt=0, lt=1)
+    num_folds: Optional[int] = Field(default=None, ge=2, le=10_000)
+
+
+class FeaturesConfig(Section):
+    """How the head reads the upstream: layer use, projection, normalisation, stored layers."""
+
+    layer: Union[Literal[LAYER_USES], int] = "last"
+    projection: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+    normalize: Optional[Literal[NORMALIZATIONS]] = None
+    keep_layers: Optional[List[int]] = None
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _none_is_null(cls, value: Any) -> Any:
+        return None if value == "none" else value
+
+    @property
+    def transductive(self) -> bool:
+        """True when test statistics come from the test speakers' own (unlabelled) audio."""
+        return self.normalize in TRANSDUCTIVE_NORMALIZATIONS
+
+
+class FinetuneConfig(Section):
+    """Whether and how the upstream trains."""
+
+    mode: Literal[FINETUNE_MODES] = "frozen"
+    top_n: Optional[int] = Field(default=None, ge=1, le=10_000)
+    upstream_lr: float = _finite(default=5e-5, gt=0, le=10)
+    frozen_warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)
+    layer_decay: Optional[float] = _finite(default=None, gt=0, le=1)
+    gradient_checkpointing: bool = False
+
+
+class TrainingConfig(Section):
+    """Optimisation of one fold: steps, batches, optimiser, schedule, early stopping, precision."""
+
+    epochs: int = Field(default=30, ge=1, le=1_000_000)
+    max_steps: Optional[int] = Field(default=None, ge=1, le=_MAX_STEPS)
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    max_batch_seconds: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
+    optimizer: Literal[OPTIMIZERS] = "adamw"
+    lr: float = _finite(default=1e-3, gt=0, le=10)
+    weight_decay: float = _finite(default=1e-4, ge=0, le=10)
+    scheduler: Literal[SCHEDULERS] = "none"
+    warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)
+    grad_accum: int = Field(default=1, ge=1, le=100_000)
+    grad_clip: Optional[float] = _finite(default=5.0, gt=0, le=1e6)
+    patience: Optional[int] = Field(default=10, ge=1, le=1_000_000)
+    class_weights: bool = False
+    balanced_sampling: bool = False
+    max_duration: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
+    precision: Literal[PRECISIONS] = "fp32"
+    device: str = "auto"
+    nan_policy: Literal[NAN_POLICIES] = "skip"
+    max_nan_steps: int = Field(default=20, ge=0, le=_MAX_STEPS)
+    eval_batch_size: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
+            raise ValueError(f"{device!r} is not auto, cpu, cuda, cuda:N or mps")
+        return device
+
+
+class DataConfig(Section):
+    """Audio and feature handling: strictness, precomputation, extraction batches, the feature cache."""
+
+    strict: bool = False
+    precompute: bool = True
+    extract_batch_seconds: float = _finite(default=64, gt=0, le=_MAX_SECONDS)
+    num_threads: Optional[int] = Field(default=None, ge=1, le=4096)
+    cache_dir: Optional[str] = None
+    cache_dtype: Literal[CACHE_DTYPES] = "float16"
+
+
+class OutputConfig(Section):
+    """Where and what the run writes."""
+
+    dir: Optional[str] = None
+    tensorboard: bool = True
+    save_checkpoints: bool = True
+
+
+class PluginSpec(BaseModel):
+    """A plugin section: the plugin's ``name`` and its constructor options (checked against its signature)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    options: Dict[str, Any] = Field(default_factory=dict)
+
+    def to_yaml_value(self) -> Dict[str, Any]:
+        """The recipe form: ``{name: ..., option: value, ...}``."""
+        return {"name": self.name, **copy.deepcopy(self.options)}
+
+
+SECTIONS: Dict[str, type] = {
+    "protocol": ProtocolConfig, "features": FeaturesConfig, "finetune": FinetuneConfig,
+    "training": TrainingConfig, "data": DataConfig, "output": OutputConfig,
 }
-PLUGIN_SECTIONS = {"corpus": "corpus", "upstream": "upstream", "aggregator": "aggregator", "classifier": "classifier"}
-TOP_LEVEL = {"name": (str,), "seed": (int,), "description": (str,)}
-REQUIRED_PLUGINS = ("corpus", "upstream", "aggregator", "classifier")
+TOP_LEVEL: Dict[str, type] = {"name": str, "seed": int, "description": str}
 
 
+class Recipe(BaseModel):
+    """A whole, validated recipe. Build it with ``load_recipe``; read it by section (``recipe.training.lr``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    name: str = "run"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    description: Optional[str] = None
+    corpus: PluginSpec
+    upstream: PluginSpec
+    aggregator: PluginSpec
+    classifier: PluginSpec
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        f, ft = self.features, self.finetune
+        if ft.mode == "top_n" and not ft.top_n:
+            raise _Refused("finetune.top_n must be set (>= 1) when finetune.mode is 'top_n'")
+        if f.keep_layers is not None and f.layer != "weighted_sum":
+            pass  # kept layers also bound what the cache stores; harmless with one layer
+        if f.normalize and ft.mode != "frozen":
+            raise _Refused(
+                f"features.normalize: {f.normalize!r} needs a frozen upstream (its statistics are computed "
+                "once from the upstream's features); set finetune.mode: frozen or drop it")
+        if f.normalize and not self.data.precompute:
+            raise _Refused(f"features.normalize: {f.normalize!r} needs data.precompute: true")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The recipe as plain data, in the YAML form (plugin sections flattened)."""
+        out: Dict[str, Any] = {"name": self.name, "seed": self.seed}
+        if self.description is not None:
+            out["description"] = self.description
+        for kind in PLUGIN_KINDS:
+            out[kind] = getattr(self, kind).to_yaml_value()
+        for section in SECTIONS:
+            out[section] = getattr(self, section).model_dump()
+        return out
+
+
+class _Refused(ValueError):
+    """A cross-section rule broken (raised inside validation, re-raised as RecipeError)."""
+
+
+# --- loading -----------------------------------------------------------------------------------
 def _did_you_mean(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _type_names(types: tuple) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def _check_type(where: str, value: Any, types: tuple) -> None:
-    if isinstance(value, bool) and bool not in types:  # bool is an int in Python; not here
-        raise RecipeError(f"{where}: expected {_type_names(types)}, got a boolean ({value!r})")
-    if not isinstance(value, types):
-        raise RecipeError(f"{where}: expected {_type_names(types)}, got {type(value).__name__} ({value!r})")
-
-
 def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a recipe file with ``yaml.safe_load`` (never executes tags)."""
+    """Read a recipe file with a safe loader (never executes tags)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -140,7 +256,10 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML: ``3``, ``1e-4``, ``[1, 2]``, ``null``)."""
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML: ``3``, ``1e-4``, ``[1, 2]``, ``null``).
+
+    ``-o upstream=NAME`` replaces the whole plugin section; ``-o upstream.name=NAME`` keeps its options.
+    """
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
@@ -153,7 +272,7 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            if isinstance(node.get(part), str) and part in PLUGIN_SECTIONS:
+            if isinstance(node.get(part), str) and part in PLUGIN_KINDS:
                 node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -162,118 +281,172 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
     return data
 
 
-def _normalise_plugin_section(name: str, value: Any) -> Dict[str, Any]:
+def _plugin_spec(kind: str, value: Any) -> PluginSpec:
     if isinstance(value, str):
-        return {"name": value}
+        return PluginSpec(name=value)
     if not isinstance(value, dict) or "name" not in value:
-        raise RecipeError(f"{name}: expected a plugin name or a mapping with a 'name' key")
+        raise RecipeError(f"{kind}: expected a plugin name or a mapping with a 'name' key")
     if not isinstance(value["name"], str):
-        raise RecipeError(f"{name}.name: expected str, got {type(value['name']).__name__}")
-    return dict(value)
+        raise RecipeError(f"{kind}.name: expected str, got {type(value['name']).__name__}")
+    return PluginSpec(name=value["name"], options={k: v for k, v in value.items() if k != "name"})
 
 
-def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Dict[str, Any]:
-    """Validate a recipe dict and fill defaults; raise ``RecipeError`` naming the bad key.
+_TYPE_WORDS = {"int_type": "int", "float_type": "int or float", "bool_type": "bool", "string_type": "str",
+               "list_type": "list", "dict_type": "a mapping", "model_type": "a mapping"}
+_BOUND_WORDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _field_range(model: type, key: str) -> str:
+    """The declared range of a numeric field, e.g. ``>= 1 and <= 1000000``, for messages."""
+    info = model.model_fields.get(key)
+    if info is None:
+        return ""
+    parts = []
+    for meta in info.metadata:
+        for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{word} {getattr(meta, attr)}")
+    return " and ".join(parts)
+
+
+def _type_name(value: Any) -> str:
+    return "a boolean" if isinstance(value, bool) else type(value).__name__
+
+
+def _message(where: str, model: type, error: Dict[str, Any], given: Dict[str, Any]) -> str:
+    """One user-facing sentence for a pydantic error on ``where`` (``section.key``)."""
+    kind = error["type"]
+    key = where.split(".")[-1]
+    value = given.get(key, error.get("input"))
+    allowed = _field_range(model, key)
+    if kind == "extra_forbidden":
+        keys = ", ".join(model.model_fields)
+        section = where.rsplit(".", 1)[0]
+        return f"unknown key {where}{_did_you_mean(key, model.model_fields)}; {section} keys: {keys}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "").replace("'", "").replace(" or ", ", ")
+        return f"{where}: {value!r} is not one of {expected}"
+    if kind in _TYPE_WORDS:
+        if isinstance(value, bool):
+            return f"{where}: expected {_TYPE_WORDS[kind]}, got a boolean ({value!r})"
+        return f"{where}: expected {_TYPE_WORDS[kind]}, got {_type_name(value)} ({value!r})"
+    if kind == "finite_number":
+        return f"{where} must be a finite number ({allowed}), got {value!r}"
+    if kind in _BOUND_WORDS:
+        bound = list(error.get("ctx", {}).values())[0]
+        rest = f" (valid range: {allowed})" if " and " in allowed else ""
+        return f"{where} must be {_BOUND_WORDS[kind]} {bound}, got {value!r}{rest}"
+    if kind == "value_error":
+        return f"{where}: {str(error.get('ctx', {}).get('error', error['msg']))}"
+    return f"{where}: {error['msg']} (got {value!r})"
+
+
+def _validate_section(section: str, model: type, given: Any) -> BaseModel:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise RecipeError(f"{section}: expected a mapping, got {type(given).__name__}")
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        errors = exc.errors()
+        # a union (features.layer) reports one error per member: say what the field accepts instead
+        first = errors[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if section == "features" and key == "layer":
+            raise RecipeError(f"features.layer: {given.get('layer')!r} is not 'last', 'weighted_sum' or a layer index") from None
+        raise RecipeError(_message(f"{section}.{key}", model, first, given)) from None
+
+
+def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Recipe:
+    """Validate a recipe mapping and fill defaults; raise ``RecipeError`` naming the bad key.
 
     With ``check_plugins`` the plugin names are resolved through the registry (importing them)
     and their options are checked against the plugins' constructors.
     """
+    if isinstance(data, Recipe):
+        data = data.to_dict()
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a mapping of sections")
-    known = set(TOP_LEVEL) | set(SCHEMA) | set(PLUGIN_SECTIONS)
+    known = set(TOP_LEVEL) | set(SECTIONS) | set(PLUGIN_KINDS)
     for key in data:
         if key not in known:
             raise RecipeError(f"unknown recipe key {key!r}{_did_you_mean(key, known)}; keys: {', '.join(sorted(known))}")
-    out: Dict[str, Any] = {"name": data.get("name", "run"), "seed": data.get("seed", 0)}
-    for key, types in TOP_LEVEL.items():
+    top: Dict[str, Any] = {}
+    for key, typ in TOP_LEVEL.items():
         if key in data:
-            _check_type(key, data[key], types)
-            out[key] = data[key]
-    for section in REQUIRED_PLUGINS:
-        if section not in data:
-            raise RecipeError(f"missing recipe section {section!r}")
-        out[section] = _normalise_plugin_section(section, data[section])
-    for section, fields in SCHEMA.items():
-        given = data.get(section) or {}
-        if not isinstance(given, dict):
-            raise RecipeError(f"{section}: expected a mapping, got {type(given).__name__}")
-        resolved = {}
-        for key, value in given.items():
-            if key not in fields:
-                raise RecipeError(
-                    f"unknown key {section}.{key}{_did_you_mean(key, fields)}; {section} keys: {', '.join(fields)}"
-                )
-        for key, (types, default, choices) in fields.items():
-            value = given.get(key, default)
-            _check_type(f"{section}.{key}", value, types)
-            if choices is not None and value not in choices:
-                raise RecipeError(f"{section}.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-            resolved[key] = value
-        out[section] = resolved
-    _check_values(out)
+            value = data[key]
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise RecipeError(f"{key}: expected {typ.__name__}, got {_type_name(value)} ({value!r})")
+            top[key] = value
+    if "seed" in top and not 0 <= top["seed"] <= 2**32 - 1:
+        raise RecipeError(f"seed must be >= 0 and <= {2**32 - 1}, got {top['seed']}")
+    plugins = {}
+    for kind in PLUGIN_KINDS:
+        if data.get(kind) is None:
+            raise RecipeError(f"missing recipe section {kind!r}")
+        plugins[kind] = _plugin_spec(kind, data[kind])
+    sections = {name: _validate_section(name, model, data.get(name)) for name, model in SECTIONS.items()}
+    try:
+        recipe = Recipe(**top, **plugins, **sections)
+    except ValidationError as exc:
+        raise RecipeError(str(exc.errors()[0].get("ctx", {}).get("error", exc.errors()[0]["msg"]))) from None
     if check_plugins:
-        check_plugin_options(out)
-    return out
+        check_plugin_options(recipe)
+    return recipe
 
 
-def _check_values(r: Dict[str, Any]) -> None:
-    t = r["training"]
-    for key in ("epochs", "batch_size", "grad_accum"):
-        if t[key] < 1:
-            raise RecipeError(f"training.{key} must be >= 1, got {t[key]}")
-    if t["lr"] <= 0:
-        raise RecipeError(f"training.lr must be > 0, got {t['lr']}")
-    if r["features"]["projection"] is not None and r["features"]["projection"] < 1:
-        raise RecipeError(f"features.projection must be >= 1 (or null), got {r['features']['projection']}")
-    keep = r["features"]["keep_layers"]
-    if keep is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in keep):
-        raise RecipeError(f"features.keep_layers must be a list of layer indices, got {keep!r}")
-    if r["data"]["num_threads"] is not None and r["data"]["num_threads"] < 1:
-        raise RecipeError(f"data.num_threads must be >= 1 (or null), got {r['data']['num_threads']}")
-    device = t["device"]
-    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise RecipeError(f"training.device: {device!r} is not auto, cpu, cuda, cuda:N or mps")
-    layer = r["features"]["layer"]
-    if isinstance(layer, str) and layer not in ("last", "weighted_sum"):
-        raise RecipeError(f"features.layer: {layer!r} is not 'last', 'weighted_sum' or a layer index")
-    if r["features"]["normalize"] == "none":
-        r["features"]["normalize"] = None
-    f = r["finetune"]
-    if f["mode"] == "top_n" and not f["top_n"]:
-        raise RecipeError("finetune.top_n must be set (>= 1) when finetune.mode is 'top_n'")
-    if r["features"]["normalize"] == "speaker" and f["mode"] != "frozen":
-        raise RecipeError(
-            "features.normalize: 'speaker' needs a frozen upstream (its statistics are computed "
-            "once from the upstream's features); set finetune.mode: frozen or drop it"
-        )
-    if r["features"]["normalize"] == "speaker" and not r["data"]["precompute"]:
-        raise RecipeError("features.normalize: 'speaker' needs data.precompute: true")
-    if not 0 < r["protocol"]["dev_fraction"] < 1:
-        raise RecipeError("protocol.dev_fraction must be between 0 and 1")
-
-
-def plugin_kwargs(section: Dict[str, Any]) -> Dict[str, Any]:
-    """A plugin section's constructor options (everything but ``name``)."""
-    return {k: v for k, v in section.items() if k != "name"}
-
-
-def check_plugin_options(r: Dict[str, Any]) -> None:
+def check_plugin_options(recipe: Recipe) -> None:
     """Resolve every plugin name and check its options; registry errors become RecipeErrors."""
     reserved = {"aggregator": ("input_dim",), "classifier": ("input_dim", "num_classes")}
-    for section, kind in PLUGIN_SECTIONS.items():
+    for kind in PLUGIN_KINDS:
+        spec: PluginSpec = getattr(recipe, kind)
         try:
-            registry.check_kwargs(kind, r[section]["name"], plugin_kwargs(r[section]), reserved.get(kind, ()))
+            registry.check_kwargs(kind, spec.name, spec.options, reserved.get(kind, ()))
         except registry.PluginError as exc:
-            raise RecipeError(f"{section}: {exc}") from None
+            raise RecipeError(f"{kind}: {exc}") from None
 
 
-def load_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Optional[List[str]] = None,
-                check_plugins: bool = True) -> Dict[str, Any]:
-    """Load (path or dict), apply overrides, validate and fill defaults."""
-    data = load_yaml(source) if isinstance(source, (str, Path)) else copy.deepcopy(source)
+def load_recipe(source: Union[str, Path, Dict[str, Any], Recipe], overrides: Optional[List[str]] = None,
+                check_plugins: bool = True) -> Recipe:
+    """Load (path, mapping or ``Recipe``), apply overrides, validate and fill defaults."""
+    if isinstance(source, Recipe):
+        data = source.to_dict()
+    elif isinstance(source, (str, Path)):
+        data = load_yaml(source)
+    else:
+        data = copy.deepcopy(source)
     return resolve(apply_overrides(data, overrides or []), check_plugins=check_plugins)
 
 
-def dump_recipe(recipe: Dict[str, Any]) -> str:
+def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML (written to every run directory)."""
-    return yaml.safe_dump(recipe, sort_keys=False)
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def recipe_json_schema() -> Dict[str, Any]:
+    """JSON Schema of a recipe (``ser schema``): editors use it to complete and check recipe files."""
+    schema = Recipe.model_json_schema()
+    plugin = {"anyOf": [{"type": "string"}, {"type": "object", "properties": {"name": {"type": "string"}},
+                                                "required": ["name"], "additionalProperties": True}]}
+    for kind in PLUGIN_KINDS:
+        schema["properties"][kind] = {**plugin, "description": f"the {kind} plugin: a name, or a mapping of name and options"}
+    schema["$defs"].pop("PluginSpec", None)
+    schema["title"] = "ser-plugins recipe"
+    return schema
+
+
+def numeric_fields() -> List[Tuple[str, str, Any]]:
+    """Every numeric recipe key as ``(section, key, field info)``: for range checks and their tests."""
+    out = []
+    for section, model in SECTIONS.items():
+        for key, info in model.model_fields.items():
+            ann = str(info.annotation)
+            if ("int" in ann or "float" in ann) and "List" not in ann and "list" not in ann:
+                out.append((section, key, info))
+    return out
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for an int or a finite float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

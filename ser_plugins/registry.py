@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional
 
+from ser_plugins.errors import UserError
+
 KINDS: Dict[str, str] = {
     "upstream": "ser_plugins.upstreams",
     "aggregator": "ser_plugins.aggregators",
@@ -21,7 +23,7 @@ KINDS: Dict[str, str] = {
 }
 
 
-class PluginError(Exception):
+class PluginError(UserError):
     """Base of all registry errors; the message is meant for the user as is."""
 
 

@@ -18,9 +18,9 @@ import soxr
 import torch
 
 from ser_plugins import cli, registry
-from ser_plugins.audio import AudioError, load_audio
-from ser_plugins.corpus import Utterance
-from ser_plugins.data import DataError, decode_corpus
+from ser_plugins.data.audio import AudioError, load_audio
+from ser_plugins.contracts import Utterance
+from ser_plugins.data.decode import DataError, decode_corpus
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import Runner, RunError, run_recipe
 from helpers import LogCollector, recipe_for
@@ -129,7 +129,7 @@ def bad_audio(tmp_path_factory, tiny_demo_root):
     cases["garbage_in_a_later_fold"] = {"id": later.id, "reason": "unreadable"}
 
     # spy: every decode must happen before the first fold starts training
-    import ser_plugins.data as data_mod
+    import ser_plugins.data.decode as data_mod
     import ser_plugins.runner as runner_mod
 
     order: List[str] = []

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ser_plugins import cli, registry
-from ser_plugins.folds import ProtocolError
+from ser_plugins.data.folds import ProtocolError
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import RunError, Runner, run_recipe
 from helpers import LogCollector, recipe_for

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from ser_plugins import cli
-from ser_plugins.checkpoint import load_state
+from ser_plugins.training.checkpoint import load_state
 from ser_plugins.io import atomic_save, atomic_write_json, read_json
 from ser_plugins.locking import LockedError
 from ser_plugins.recipe import load_recipe
@@ -128,7 +128,7 @@ def test_kill_9_during_fold_3_then_resume_matches_an_uninterrupted_run(tiny_demo
 
 
 def test_a_crash_between_the_two_last_checkpoint_files_does_not_change_the_result(tiny_demo_root, tmp_path):
-    import ser_plugins.trainer as trainer_mod
+    import ser_plugins.training.trainer as trainer_mod
 
     recipe = load_recipe(recipe_dict(tiny_demo_root, epochs=4))
     run_in_process(recipe, tmp_path / "ref", folds=["1"])
@@ -219,8 +219,8 @@ CACHE_WORKER = """
 import inspect, sys, time
 from pathlib import Path
 import torch
-from ser_plugins.corpus import Utterance
-from ser_plugins.feature_cache import FeatureCache
+from ser_plugins.contracts import Utterance
+from ser_plugins.data.feature_cache import FeatureCache
 root, wav_dir, go = sys.argv[1:4]
 utts = [Utterance(p.stem, str(p), "neu", "s") for p in sorted(Path(wav_dir).rglob("*.wav"))[:12]]
 def feats(i):
@@ -244,8 +244,8 @@ print("bad", bad)
 
 
 def test_two_processes_sharing_a_feature_cache_never_see_a_partial_entry(tiny_demo_root, tmp_path):
-    from ser_plugins.corpus import Utterance
-    from ser_plugins.feature_cache import FeatureCache
+    from ser_plugins.contracts import Utterance
+    from ser_plugins.data.feature_cache import FeatureCache
 
     cache, go = tmp_path / "cache", tmp_path / "go"
     wav_dir = tiny_demo_root / "Session1" / "sentences" / "wav"

@@ -112,7 +112,7 @@ COMPOSITION_FAULTS = [  # incompatible combinations, found when the model is com
 @pytest.mark.parametrize("case,changes,words", COMPOSITION_FAULTS, ids=[c[0] for c in COMPOSITION_FAULTS])
 def test_incompatible_combination_is_refused_before_audio_is_read(tmp_path, capsys, monkeypatch, tiny_demo_root,
                                                                    case, changes, words):
-    import ser_plugins.data as data_mod
+    import ser_plugins.data.decode as data_mod
 
     decoded = []
     monkeypatch.setattr(data_mod, "load_audio", lambda *a, **k: decoded.append(a) or pytest.fail("audio was read"))

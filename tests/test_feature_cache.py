@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from ser_plugins.corpus import Utterance
-from ser_plugins.feature_cache import FeatureCache
+from ser_plugins.contracts import Utterance
+from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.model import build_head, build_upstream, head_sees_only_means
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import run_recipe
@@ -86,9 +86,9 @@ def test_runs_sharing_a_cache_extract_once_and_agree(fast_recipe, tmp_path):
 def test_mean_shortcut_is_exact(fast_recipe, tmp_path):
     fast_recipe.update(aggregator="mean", features={"projection": 8})
     recipe = load_recipe(fast_recipe)
-    upstream = build_upstream(recipe)
+    upstream = build_upstream(recipe.upstream, recipe.finetune)
     torch.manual_seed(0)
-    head, _ = build_head(recipe, upstream, 4)
+    head, _ = build_head(recipe.features, recipe.aggregator, recipe.classifier, upstream, 4)
     assert head_sees_only_means(head)
     head.eval()  # no dropout
     frames = [torch.randn(2, 9, 40)]

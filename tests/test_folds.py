@@ -1,8 +1,8 @@
 """Protocols: leave-one-session-out, leave-one-speaker-out, fold/split columns, dev strategies."""
 import pytest
 
-from ser_plugins.corpus import Utterance
-from ser_plugins.folds import ProtocolError, check_folds, make_folds
+from ser_plugins.contracts import Utterance
+from ser_plugins.data.folds import ProtocolError, check_folds, make_folds
 
 
 def corpus(n_per_speaker=4):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ser_plugins.metrics import classification_metrics, mean_std
+from ser_plugins.results.metrics import classification_metrics, mean_std
 
 
 def test_metrics_match_hand_computation():

@@ -68,5 +68,5 @@ def test_frozen_upstream_gets_no_gradient():
     model = build_model({**BASE, "upstream": "fbank"})
     wavs, lens = batch()
     model(wavs, lens).sum().backward()
-    assert model.upstream_frozen
+    assert not model.upstream_trainable
     assert all(p.grad is not None for p in model.head.parameters())

@@ -8,8 +8,8 @@ BASE = {"corpus": {"name": "iemocap", "root": "x"}, "upstream": "fbank", "aggreg
 
 def test_defaults_are_filled_and_short_plugin_form_accepted():
     r = load_recipe(BASE)
-    assert r["upstream"] == {"name": "fbank"} and r["training"]["epochs"] == 30
-    assert r["protocol"]["dev"] == "speaker" and r["finetune"]["mode"] == "frozen"
+    assert r.upstream.name == "fbank" and r.upstream.options == {} and r.training.epochs == 30
+    assert r.protocol.dev == "speaker" and r.finetune.mode == "frozen"
 
 
 @pytest.mark.parametrize("bad, words", [

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ser_plugins import registry
-from ser_plugins.recipe import PLUGIN_SECTIONS, load_recipe, load_yaml, plugin_kwargs, safe_load
+from ser_plugins.recipe import PLUGIN_KINDS, load_recipe, load_yaml, safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -44,6 +44,10 @@ def _loadable(kind: str, name: str) -> bool:
     return True
 
 
+def _options(section):
+    return {k: v for k, v in section.items() if k != "name"}
+
+
 def test_recipes_are_found():
     assert ROOT / "recipes" / "demo.yaml" in RECIPES
     assert len(_grid_files()) == 65
@@ -51,7 +55,7 @@ def test_recipes_are_found():
 
 @pytest.mark.parametrize("path", RECIPES, ids=_ids(RECIPES))
 def test_recipe_validates_without_plugins(path):
-    recipe = load_recipe(path, check_plugins=False)
+    recipe = load_recipe(path, check_plugins=False).to_dict()
     text = path.read_text()
     # plain YAML readers see the same values (e.g. no '1e-4' read as a string elsewhere)
     assert yaml.safe_load(text) == safe_load(text)
@@ -66,31 +70,31 @@ def test_recipe_plugin_options(path):
     if upstream in SSL_UPSTREAMS:
         pytest.importorskip("upstreams.presets")
         pytest.importorskip("upstreams.hf")
-    recipe = load_recipe(path, check_plugins=False)
-    loadable = {s: _loadable(kind, recipe[s]["name"]) for s, kind in PLUGIN_SECTIONS.items()}
+    recipe = load_recipe(path, check_plugins=False).to_dict()
+    loadable = {s: _loadable(kind, recipe[s]["name"]) for s, kind in ((k, k) for k in PLUGIN_KINDS)}
     assert loadable["aggregator"] and loadable["classifier"], "built-in downstreams must load"
     if all(loadable.values()):
         load_recipe(path)  # check_plugins=True: names resolve and options match the constructors
         return
-    for section, kind in PLUGIN_SECTIONS.items():
+    for section, kind in ((k, k) for k in PLUGIN_KINDS):
         if loadable[section]:
-            registry.check_kwargs(kind, recipe[section]["name"], plugin_kwargs(recipe[section]),
+            registry.check_kwargs(kind, recipe[section]["name"], _options(recipe[section]),
                                   RESERVED.get(section, ()))
 
 
 @pytest.mark.parametrize("path", _grid_files(), ids=_ids(_grid_files()))
 def test_grid_downstreams_build(path):
     """The aggregator and classifier options construct real modules (value checks, not just names)."""
-    recipe = load_recipe(path, check_plugins=False)
+    recipe = load_recipe(path, check_plugins=False).to_dict()
     dim = recipe["features"]["projection"]
-    agg = registry.create("aggregator", recipe["aggregator"]["name"], dim, **plugin_kwargs(recipe["aggregator"]))
-    registry.create("classifier", recipe["classifier"]["name"], agg.output_dim, 4, **plugin_kwargs(recipe["classifier"]))
+    agg = registry.create("aggregator", recipe["aggregator"]["name"], dim, **_options(recipe["aggregator"]))
+    registry.create("classifier", recipe["classifier"]["name"], agg.output_dim, 4, **_options(recipe["classifier"]))
 
 
 def test_grid_is_complete_and_consistent():
     combos, superb, names = Counter(), {}, set()
     for path in _grid_files():
-        r = load_recipe(path, check_plugins=False)
+        r = load_recipe(path, check_plugins=False).to_dict()
         name = r["name"]
         assert name == path.stem and name not in names
         names.add(name)

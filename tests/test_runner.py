@@ -11,7 +11,7 @@ import pytest
 from ser_plugins.locking import LockedError, RunLock
 from ser_plugins.predict import Predictor
 from ser_plugins.recipe import load_recipe
-from ser_plugins.report import write_report
+from ser_plugins.results.report import write_report
 from ser_plugins.runner import RunError, run_recipe
 
 
@@ -61,7 +61,7 @@ def test_resume_skips_finished_folds_and_matches_an_uninterrupted_run(finished_r
     resumed = run_recipe(recipe, str(out), resume=True, progress=False)
     assert (out / "folds" / "Session1" / "metrics.json").stat().st_mtime_ns == first
     assert resumed["folds"] == summary["folds"]  # same seed, deterministic CPU path
-    changed = dict(recipe, seed=1)
+    changed = recipe.model_copy(update={"seed": 1})
     with pytest.raises(RunError, match="differs"):
         run_recipe(changed, str(out), resume=True, progress=False)
 
@@ -74,8 +74,8 @@ def test_predict_prints_emotions_for_files(finished_run, tiny_demo_root):
     for r in res:
         assert r["emotion"] in summary["labels"]
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
-    # few files: the run's typical speaker statistics (a file's own statistics would erase it)
-    assert (out / "speaker_stats.safetensors").is_file()
+    # few files: the typical statistics of each fold's training speakers (a file's own would erase it)
+    assert all((out / "folds" / f / "normalizer.safetensors").is_file() for f in summary["folds"])
     assert res[0]["probabilities"] != res[1]["probabilities"]
     alone = Predictor(out).predict_files([str(wavs[0])])[0]
     assert alone["probabilities"] == pytest.approx(res[0]["probabilities"], abs=1e-5)  # files do not interact

@@ -14,12 +14,12 @@ pytest.importorskip("transformers")
 
 from test_hf_upstream import save_tiny  # noqa: E402
 
-from ser_plugins.checkpoint import load_weights  # noqa: E402
+from ser_plugins.training.checkpoint import load_weights  # noqa: E402
 from ser_plugins.model import build_from_recipe  # noqa: E402
 from ser_plugins.predict import Predictor  # noqa: E402
 from ser_plugins.recipe import load_recipe  # noqa: E402
 from ser_plugins.runner import run_recipe  # noqa: E402
-from ser_plugins.trainer import build_optimizer  # noqa: E402
+from ser_plugins.training.trainer import build_optimizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_hf_upstream_runs_end_to_end_in_every_mode(fast_recipe, tiny_hubert, tmp
 def test_optimiser_has_head_and_upstream_groups_with_layer_decay(fast_recipe, tiny_hubert):
     recipe = ssl_recipe(fast_recipe, tiny_hubert, "finetune")
     model = build_from_recipe(recipe, 4)
-    opt = build_optimizer(model, recipe["training"], recipe["finetune"])
+    opt = build_optimizer(model, recipe.training, recipe.finetune)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs["head"] == pytest.approx(1e-3)
     ups = [lrs[k] for k in sorted(k for k in lrs if k.startswith("upstream."))]

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from ser_plugins.batches import FeatureSource
+from ser_plugins.data.sources import BatchPlan, FeatureSource
 from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import run_recipe
-from ser_plugins.trainer import FoldTrainer, autocast, build_scheduler
+from ser_plugins.training.trainer import FoldTrainer, autocast, build_scheduler
 
 
 def source(n=40, seed=0):
@@ -22,10 +22,11 @@ def test_schedule_length_counts_the_real_dynamic_batches():
     src = source()
     ids = list(src.features)
     for budget in (None, 0.5, 1.0):
-        planned = src.count_batches(ids, 8, budget)
-        actual = sum(1 for _ in src.batches(ids, 8, shuffle=True, seed=3, max_batch_seconds=budget))
+        plan = BatchPlan(8, max_batch_seconds=budget, shuffle=True, seed=3)
+        planned = src.count_batches(ids, plan)
+        actual = sum(1 for _ in src.batches(ids, plan))
         assert planned == actual
-    assert src.count_batches(ids, 8, 0.5) > src.count_batches(ids, 8, None)
+    assert src.count_batches(ids, BatchPlan(8, 0.5, shuffle=True)) > src.count_batches(ids, BatchPlan(8, shuffle=True))
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():

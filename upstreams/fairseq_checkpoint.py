@@ -28,6 +28,8 @@ from torch import nn
 from upstreams.hf import DTypeLike, TransformersEncoderUpstream, require_transformers
 from upstreams.safe_checkpoint import load_checkpoint, to_plain
 
+from ser_plugins.errors import UserError
+
 DEFAULT_CONV_LAYERS = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2"
 FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 _ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_accurate": "gelu_new", "tanh": "tanh", "linear": "linear"}
@@ -62,7 +64,7 @@ _RENAMES: Tuple[Tuple[str, str], ...] = (
 )
 
 
-class FairseqConversionError(ValueError):
+class FairseqConversionError(UserError, ValueError):
     """The checkpoint is not a supported fairseq wav2vec 2.0 / HuBERT checkpoint."""
 
 

@@ -7,7 +7,7 @@ padding) never enter a valid frame.
 
 Short inputs: an utterance shorter than one window has no complete frame. ``forward`` and
 ``frame_lengths`` reject it with a ``ValueError`` rather than inventing a frame of zeros;
-``min_samples`` (= the window length) announces the limit, so ``ser_plugins.audio.load_audio``
+``min_samples`` (= the window length) announces the limit, so ``ser_plugins.data.audio.load_audio``
 skips such files as ``too_short`` before they reach the model.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ser_plugins.contracts import Upstream, UpstreamOutput
+from ser_plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
 from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,
     WeightsNotFoundError,
@@ -284,7 +284,7 @@ class TransformersEncoderUpstream(Upstream):
     # --- fine-tuning -------------------------------------------------------------------------
     def supported_finetune_modes(self) -> Tuple[str, ...]:
         """``frozen``, ``finetune`` (CNN frozen), ``full`` and ``top_n``."""
-        return ("frozen", "finetune", "full", "top_n")
+        return FINETUNE_MODES
 
     def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
         """Set ``requires_grad`` for ``mode``; ``top_n`` layers train in mode ``top_n``."""

@@ -8,12 +8,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from ser_plugins.errors import UserError
+
 _TRUE = {"1", "true", "yes", "on"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class WeightsNotFoundError(OSError):
+class WeightsNotFoundError(UserError, OSError):
     """The model's files are neither in a local folder nor reachable (offline, wrong path, unknown id)."""
 
 

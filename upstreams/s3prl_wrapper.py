@@ -13,9 +13,10 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ser_plugins.contracts import Upstream, UpstreamOutput
+from ser_plugins.errors import UserError
 
 
-class S3prlUnavailableError(ImportError):
+class S3prlUnavailableError(UserError, ImportError):
     """``s3prl.nn`` cannot be imported (S3PRL missing, or torchaudio missing / mismatched)."""
 
 

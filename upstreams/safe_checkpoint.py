@@ -61,8 +61,7 @@ PathType = Union[str, "PathLike[str]"]
 _GLOBAL_IN_ERROR = re.compile(r"GLOBAL (\S+)")
 
 
-class UnsafeCheckpointError(RuntimeError):
-    """The checkpoint references code outside the allow-list; nothing of it was run."""
+from ser_plugins.errors import UnsafeCheckpointError  # noqa: E402  (one error type, defined in the core)
 
 
 class InertObject:

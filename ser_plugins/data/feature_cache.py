@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ser_plugins.corpus import Utterance
+from ser_plugins.contracts import Utterance
 from ser_plugins.io import atomic_save, atomic_write_json
 
 log = logging.getLogger("ser_plugins")

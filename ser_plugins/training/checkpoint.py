@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError
 from ser_plugins.io import atomic_save
 
 
@@ -19,10 +20,28 @@ def save_weights(path: Path, state: Dict[str, torch.Tensor], metadata: Optional[
 
 
 def load_weights(path: Path) -> Dict[str, torch.Tensor]:
-    """Read a safetensors file into a dict of CPU tensors."""
+    """Read a safetensors file into a dict of CPU tensors; a damaged file is a ``CorruptFileError`` naming it."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError for damaged files
+        raise CorruptFileError(f"{path}: not a readable safetensors file ({exc}); delete it or restore it") from None
+
+
+def read_metadata(path: Path) -> Dict[str, str]:
+    """The string metadata stored in a safetensors file's header."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"{path}: not a readable safetensors file ({exc}); delete it or restore it") from None
 
 
 def save_state(path: Path, state: Dict[str, Any]) -> None:
@@ -30,15 +49,11 @@ def save_state(path: Path, state: Dict[str, Any]) -> None:
     atomic_save(path, lambda tmp: torch.save(state, tmp))
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A training-state file holding something other than tensors and plain data."""
-
-
 def load_state(path: Path) -> Dict[str, Any]:
     """Load what ``save_state`` wrote, with ``weights_only=True`` (refuses arbitrary objects)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsafeCheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                                    f"(it may run code; nothing was executed). {first}") from None
+                                    "(it may run code; nothing was executed). A training state written by "
+                                    "ser-plugins never does: delete the file (the fold restarts) or restore it") from None

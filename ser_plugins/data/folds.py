@@ -13,13 +13,25 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from ser_plugins.corpus import Fold, Utterance
+from ser_plugins.contracts import Utterance
+from ser_plugins.errors import UserError
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """A protocol that cannot be applied to this corpus."""
+
+
+@dataclass
+class Fold:
+    """One fold of a protocol: utterance ids of train, dev and test."""
+
+    name: str
+    train: List[str] = field(default_factory=list)
+    dev: List[str] = field(default_factory=list)
+    test: List[str] = field(default_factory=list)
 
 
 def _group(utterances: Sequence[Utterance], key) -> Dict[str, List[Utterance]]:

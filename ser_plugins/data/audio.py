@@ -6,8 +6,10 @@ from typing import Optional
 
 import numpy as np
 
+from ser_plugins.errors import UserError
 
-class AudioError(ValueError):
+
+class AudioError(UserError, ValueError):
     """An audio file that cannot be used; ``reason`` is a short key for skip counts."""
 
     def __init__(self, path: str, reason: str, detail: str = "") -> None:

@@ -6,12 +6,14 @@ import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ser_plugins.io import atomic_write_text, read_json
+from ser_plugins.errors import UserError
+from ser_plugins.io import atomic_write_text
+from ser_plugins.results.summary import Summary
 
 COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "folds", "WA", "UA", "F1")
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """A directory that holds no finished run."""
 
 
@@ -24,12 +26,12 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
         path = Path(d) / "summary.json"
         if not path.exists():
             raise ReportError(f"{d}: no summary.json (is it a finished run directory?)")
-        s = read_json(path)
-        ms = s["mean_std"]
+        s = Summary.load(path)
+        ms = s.mean_std
         rows.append({
-            "run": Path(d).name, "upstream": s["upstream"], "finetune": s["finetune"], "layer": str(s["layer"]),
-            "aggregator": s["aggregator"], "classifier": s["classifier"],
-            "folds": len(s["folds"]) if s.get("complete", True) else f"{len(s['folds'])} (partial)",
+            "run": Path(d).name, "upstream": s.upstream, "finetune": s.finetune, "layer": str(s.layer),
+            "aggregator": s.aggregator, "classifier": s.classifier,
+            "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",
             **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
             **{f"{k}_std": ms[k]["std"] for k in ("wa", "ua", "macro_f1")},
         })

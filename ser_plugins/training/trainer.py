@@ -12,14 +12,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ser_plugins.checkpoint import load_state, load_weights, save_state, save_weights
-from ser_plugins.seeding import set_seed
-from ser_plugins.metrics import classification_metrics
+from ser_plugins.data.sources import Batch, BatchPlan, BatchSource
+from ser_plugins.errors import UserError
+from ser_plugins.recipe import FinetuneConfig, TrainingConfig
+from ser_plugins.results.metrics import classification_metrics
+from ser_plugins.training.checkpoint import load_state, load_weights, save_state, save_weights
+from ser_plugins.training.seeding import set_seed
 
 log = logging.getLogger("ser_plugins")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Loss became NaN/inf (``nan_policy: stop``, or too many skipped steps)."""
 
 
@@ -32,22 +35,22 @@ def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def build_optimizer(model: nn.Module, training: Dict[str, Any], finetune: Dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, training: TrainingConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
     """Two learning rates: ``training.lr`` for the head, ``finetune.upstream_lr`` for the upstream.
 
     With ``finetune.layer_decay`` the upstream's depth groups get ``upstream_lr * decay**k``, k
     counted down from the top group.
     """
     groups: List[Dict[str, Any]] = [{"params": [p for p in model.head.parameters() if p.requires_grad],
-                                     "lr": training["lr"], "name": "head"}]
+                                     "lr": training.lr, "name": "head"}]
     up_groups = [[p for p in g if p.requires_grad] for g in model.upstream.layer_parameter_groups()]
     up_groups = [g for g in up_groups if g]
-    decay = finetune.get("layer_decay")
+    decay = finetune.layer_decay
     for depth, params in enumerate(up_groups):
         scale = decay ** (len(up_groups) - 1 - depth) if decay else 1.0
-        groups.append({"params": params, "lr": finetune["upstream_lr"] * scale, "name": f"upstream.{depth}"})
-    name = training["optimizer"]
-    wd = training["weight_decay"]
+        groups.append({"params": params, "lr": finetune.upstream_lr * scale, "name": f"upstream.{depth}"})
+    name = training.optimizer
+    wd = training.weight_decay
     if name == "adamw":
         return torch.optim.AdamW(groups, weight_decay=wd)
     if name == "adam":
@@ -95,16 +98,23 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
+def forward_batch(model: nn.Module, batch: Batch, step: Optional[int] = None) -> torch.Tensor:
+    """Logits of ``model`` for a batch: precomputed features go to the head, waveforms through the whole model."""
+    if batch.features:
+        return model.forward_features(batch.inputs, batch.lengths)
+    return model(batch.inputs, batch.lengths, step=step)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, source, ids: Sequence[str], labels: Sequence[str], batch_size: int,
+def evaluate(model: nn.Module, source: BatchSource, ids: Sequence[str], labels: Sequence[str], batch_size: int,
              device: str, precision: str = "fp32") -> Dict[str, Any]:
     """Predict ``ids``; returns metrics plus per-utterance predictions and probabilities."""
     model.eval()
     preds, probs, targets, order = [], [], [], []
-    for batch in source.batches(ids, batch_size, shuffle=False, seed=0):
+    for batch in source.batches(ids, BatchPlan(batch_size)):
         batch = batch.to(device)
         with autocast(device, precision):
-            logits = source.forward(model, batch)
+            logits = forward_batch(model, batch)
         if not torch.isfinite(logits).all():
             bad = [batch.ids[i] for i in range(len(batch.ids)) if not torch.isfinite(logits[i]).all()]
             raise TrainingDiverged(f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]}); "
@@ -129,14 +139,14 @@ class FoldTrainer:
     ``best.safetensors`` whenever dev UA improves.
     """
 
-    def __init__(self, model: nn.Module, source, recipe: Dict[str, Any], labels: Sequence[str], fold_dir: Path,
-                 device: str, on_epoch: Optional[Callable[[Dict[str, float]], None]] = None,
-                 progress: bool = True) -> None:
+    def __init__(self, model: nn.Module, source: BatchSource, training: TrainingConfig, finetune: FinetuneConfig,
+                 labels: Sequence[str], fold_dir: Path, device: str, save_checkpoints: bool = True,
+                 on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True) -> None:
         self.model = model
         self.source = source
-        self.recipe = recipe
-        self.training = recipe["training"]
-        self.finetune = recipe["finetune"]
+        self.training = training
+        self.finetune = finetune
+        self.save_checkpoints = save_checkpoints
         self.labels = list(labels)
         self.fold_dir = Path(fold_dir)
         self.device = device
@@ -147,7 +157,7 @@ class FoldTrainer:
         self.has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.head.modules())
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
-        if self.training["class_weights"]:
+        if self.training.class_weights:
             w = class_weights([self.source.targets[i] for i in train_ids], len(self.labels))
             return nn.CrossEntropyLoss(weight=w.to(self.device))
         return nn.CrossEntropyLoss()
@@ -176,39 +186,39 @@ class FoldTrainer:
         t, model, device = self.training, self.model, self.device
         model.to(device)
         optimizer = build_optimizer(model, t, self.finetune)
-        batches = self.source.count_batches(train_ids, t["batch_size"], t["max_batch_seconds"], t["max_duration"])
-        steps_per_epoch = max(1, math.ceil(batches / t["grad_accum"]))
-        total = t["max_steps"] or t["epochs"] * steps_per_epoch
-        scheduler = build_scheduler(optimizer, t["scheduler"], t["warmup_steps"], total)
-        scaler = torch.amp.GradScaler("cuda") if t["precision"] == "fp16" and str(device).startswith("cuda") else None
+        batches = self.source.count_batches(train_ids, self._plan(seed))
+        steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
+        total = t.max_steps or t.epochs * steps_per_epoch
+        scheduler = build_scheduler(optimizer, t.scheduler, t.warmup_steps, total)
+        scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" and str(device).startswith("cuda") else None
         self.scaler = scaler
         loss_fn = self._loss_fn(train_ids)
         progress, best_state = self._resume(optimizer, scheduler, scaler)
         if best_state is None:
             best_state = trainable_state(model)
-        eval_bs = t["eval_batch_size"] or t["batch_size"]
-        bar = tqdm(range(progress["epoch"], t["epochs"]), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
+        eval_bs = t.eval_batch_size or t.batch_size
+        bar = tqdm(range(progress["epoch"], t.epochs), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
                    disable=not self.progress)
         for epoch in bar:
-            if progress["stopped"] or (t["max_steps"] and progress["step"] >= t["max_steps"]):
+            if progress["stopped"] or (t.max_steps and progress["step"] >= t.max_steps):
                 break
             set_seed(seed * 1000 + epoch)  # python, numpy (transformers' masking) and torch: resumable by epoch
-            ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t["balanced_sampling"] else train_ids
+            ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t.balanced_sampling else train_ids
             train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch)
-            dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t["precision"])
+            dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t.precision)
             record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss, "dev_loss": dev["loss"],
                       "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": optimizer.param_groups[0]["lr"]}
             progress["history"].append(record)
             if dev["ua"] > progress["best_ua"] + 1e-9:
                 progress.update(best_ua=dev["ua"], best_epoch=epoch + 1, bad_epochs=0)
                 best_state = trainable_state(model)
-                if self.recipe["output"]["save_checkpoints"]:
+                if self.save_checkpoints:
                     save_weights(self.fold_dir / "best.safetensors", best_state)
             else:
                 progress["bad_epochs"] += 1
             progress["epoch"] = epoch + 1
             progress["nan_steps"] = self.nan_steps
-            progress["stopped"] = t["patience"] is not None and progress["bad_epochs"] >= t["patience"]
+            progress["stopped"] = t.patience is not None and progress["bad_epochs"] >= t.patience
             self._save_last(optimizer, scheduler, progress, best_state)
             bar.set_postfix(loss=f"{train_loss:.3f}", dev_ua=f"{dev['ua']:.3f}")
             if self.on_epoch:
@@ -224,9 +234,18 @@ class FoldTrainer:
         state = {"model": trainable_state(self.model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "progress": progress,
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None}
-        if not self.recipe["output"]["save_checkpoints"]:
+        if not self.save_checkpoints:
             state["best"] = best_state  # no best.safetensors on disk: keep the best weights here
         save_state(self.fold_dir / "last_state.pt", state)
+
+    def _plan(self, seed: int) -> BatchPlan:
+        """The training batch plan of one epoch (the schedule is counted from the same plan)."""
+        t = self.training
+        return BatchPlan(t.batch_size, t.max_batch_seconds, t.max_duration, shuffle=True, seed=seed)
+
+    def padding_fraction(self, ids: Sequence[str], seed: int) -> float:
+        """Share of padded positions in one epoch of this trainer's training batches."""
+        return self.source.padding_fraction(ids, self._plan(seed))
 
     def _train_epoch(self, ids, optimizer, scheduler, loss_fn, progress, seed) -> float:
         t, model = self.training, self.model
@@ -236,35 +255,31 @@ class FoldTrainer:
         total, count, singletons = 0.0, 0, 0
         optimizer.zero_grad(set_to_none=True)
         accum = 0
-        warmup = self.finetune["frozen_warmup_steps"]
-        for batch in self.source.batches(ids, t["batch_size"], shuffle=True, seed=seed,
-                                         max_batch_seconds=t["max_batch_seconds"], max_duration=t["max_duration"]):
-            if t["max_steps"] and progress["step"] >= t["max_steps"]:
+        for batch in self.source.batches(ids, self._plan(seed)):
+            if t.max_steps and progress["step"] >= t.max_steps:
                 break
             if len(batch.ids) == 1 and self.has_batch_norm:
                 singletons += 1
                 continue  # BatchNorm cannot train on one utterance (a bucket's tail or an over-budget one)
-            model.hold_upstream = progress["step"] < warmup
             batch = batch.to(self.device)
-            with autocast(self.device, t["precision"]):
-                logits = self.source.forward(model, batch)
+            with autocast(self.device, t.precision):
+                logits = forward_batch(model, batch, step=progress["step"])
             loss = loss_fn(logits.float(), batch.targets)
             if not torch.isfinite(loss):
                 self._non_finite(loss, batch)  # never backpropagated: accumulated gradients stay valid
                 continue
-            scaled = loss / t["grad_accum"]
+            scaled = loss / t.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             accum += 1
             total += loss.item() * len(batch.ids)
             count += len(batch.ids)
-            if accum == t["grad_accum"]:
+            if accum == t.grad_accum:
                 self._step(optimizer, scheduler, accum)
                 accum = 0
                 progress["step"] += 1
         if accum:
             self._step(optimizer, scheduler, accum)
             progress["step"] += 1
-        model.hold_upstream = False
         if count == 0 and singletons:
             raise TrainingDiverged(f"fold {self.fold_dir.name}: every training batch held one utterance, and the head's "
                                    "BatchNorm needs two; raise training.max_batch_seconds or training.batch_size")
@@ -277,11 +292,11 @@ class FoldTrainer:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-        if accumulated != self.training["grad_accum"]:
+        if accumulated != self.training.grad_accum:
             for p in params:
-                p.grad.mul_(self.training["grad_accum"] / accumulated)
-        if self.training["grad_clip"]:
-            nn.utils.clip_grad_norm_(params, self.training["grad_clip"])
+                p.grad.mul_(self.training.grad_accum / accumulated)
+        if self.training.grad_clip:
+            nn.utils.clip_grad_norm_(params, self.training.grad_clip)
         if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -294,8 +309,8 @@ class FoldTrainer:
         self.nan_steps += 1
         msg = (f"fold {self.fold_dir.name}: non-finite loss ({loss.item()}) on a batch of "
                f"{len(batch.ids)} utterances (first: {batch.ids[0]})")
-        if self.training["nan_policy"] == "stop":
+        if self.training.nan_policy == "stop":
             raise TrainingDiverged(msg + "; training.nan_policy is 'stop'")
-        if self.nan_steps > self.training["max_nan_steps"]:
-            raise TrainingDiverged(msg + f"; more than training.max_nan_steps={self.training['max_nan_steps']} skipped")
+        if self.nan_steps > self.training.max_nan_steps:
+            raise TrainingDiverged(msg + f"; more than training.max_nan_steps={self.training.max_nan_steps} skipped")
         log.warning("%s; step skipped (%d so far)", msg, self.nan_steps)

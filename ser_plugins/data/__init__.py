@@ -1,0 +1,1 @@
+"""Data: audio, the corpus and its folds, batches, frozen features and their cache, normalisation."""

@@ -1,0 +1,54 @@
+"""The validation pass: every utterance decoded once, unusable audio skipped with a counted reason."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ser_plugins.contracts import Utterance
+from ser_plugins.data.audio import AudioError, load_audio
+from ser_plugins.errors import UserError
+
+log = logging.getLogger("ser_plugins")
+
+
+class DataError(UserError, RuntimeError):
+    """Audio problems that stop a run in strict mode (or when nothing usable is left)."""
+
+
+@dataclass
+class AudioSet:
+    """Decoded, resampled mono audio of every usable utterance, and the skips by reason."""
+
+    waves: Dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)  # utterance id -> reason
+
+
+def decode_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples: int = 1,
+                  strict: bool = False, progress: bool = True) -> AudioSet:
+    """Decode every utterance once (the validation pass): skip unusable audio with a counted reason.
+
+    With ``strict`` the first unusable file raises ``DataError`` instead.
+    """
+    out = AudioSet()
+    for u in tqdm(utterances, desc="decode audio", unit="utt", disable=not progress, leave=False):
+        try:
+            wav = load_audio(u.path, sample_rate, u.start, u.end, min_samples=min_samples)
+        except AudioError as exc:
+            if strict:
+                raise DataError(f"utterance {u.id}: {exc} (data.strict is on)") from None
+            log.warning("skipping utterance %s: %s", u.id, exc)
+            out.skipped[u.id] = exc.reason
+            continue
+        peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+        if peak == 0.0:
+            if strict:
+                raise DataError(f"utterance {u.id}: {u.path} is digital silence (data.strict is on)")
+            log.warning("skipping utterance %s: %s is digital silence", u.id, u.path)
+            out.skipped[u.id] = "silent"
+            continue
+        out.waves[u.id] = wav
+    return out

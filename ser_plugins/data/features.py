@@ -1,0 +1,147 @@
+"""Frozen upstreams: features computed once per utterance (cache hits first, then one extraction pass)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ser_plugins.contracts import Utterance
+from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fraction
+from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
+from ser_plugins.data.feature_cache import FeatureCache
+from ser_plugins.data.normalize import Moments
+
+log = logging.getLogger("ser_plugins")
+
+
+@torch.inference_mode()
+def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], layers: Sequence[int],
+                     max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
+                     dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
+                     stats: Optional[Dict[str, float]] = None, reduce_mean: bool = False,
+                     frame_counts: Optional[Dict[str, int]] = None) -> Dict[str, List[torch.Tensor]]:
+    """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
+
+    Batches are length-bucketed under ``max_batch_samples`` padded samples (an utterance longer
+    than that runs alone), so memory stays bounded. With ``reduce_mean`` only each layer's
+    time-average is kept (``[1, D]`` float32), for heads that see nothing else. ``frame_counts``
+    receives every utterance's number of frames; ``stats`` the padding fraction, the number of
+    batches, the audio seconds and the wall time.
+    """
+    ids = list(waves)
+    lengths = [len(waves[i]) for i in ids]
+    if not upstream.batch_invariant:
+        batch_size = 1  # padding would change the features: each utterance alone, as at prediction time
+    batches = bucket_batches(lengths, batch_size, max_batch_samples)
+    out: Dict[str, List[torch.Tensor]] = {}
+    upstream.eval()
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+           if precision != "fp32" and str(device).startswith("cuda") else None)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(ids), desc="extract features", unit="utt", disable=not progress, leave=False)
+    for b in batches:
+        wavs, wav_lengths = pad_waves([waves[ids[i]] for i in b])
+        if amp is not None:
+            with amp:
+                res = upstream(wavs.to(device), wav_lengths.to(device))
+        else:
+            res = upstream(wavs.to(device), wav_lengths.to(device))
+        frames = res.lengths.cpu()
+        for j, i in enumerate(b):
+            n = int(frames[j])
+            if reduce_mean:
+                # rounded to the storage dtype first: the same numbers as the mean of stored frames
+                out[ids[i]] = [res.hidden_states[k][j, :n].to(dtype).float().mean(0, keepdim=True).cpu() for k in layers]
+            else:
+                out[ids[i]] = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
+            if frame_counts is not None:
+                frame_counts[ids[i]] = n
+        bar.update(len(b))
+    bar.close()
+    if stats is not None:
+        stats.update(padding_fraction=padding_fraction(lengths, batches), batches=len(batches),
+                     audio_seconds=sum(lengths) / upstream.sample_rate,
+                     seconds=time.perf_counter() - t0)
+    return out
+
+
+@dataclass
+class FrozenFeatures:
+    """Per-utterance layer tensors (frames, or ``[1, D]`` means) with frame counts and run notes.
+
+    ``moments`` holds every utterance's frame statistics when a normaliser will need them.
+    """
+
+    features: Dict[str, List[torch.Tensor]]
+    frame_counts: Dict[str, int]
+    skipped: Dict[str, str]
+    means_only: bool
+    notes: Dict[str, Any] = field(default_factory=dict)
+    moments: Optional[Dict[str, Moments]] = None
+
+
+def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int],
+                            data: Any, precision: str, device: str, means_only: bool, need_moments: bool = False,
+                            progress: bool = True) -> FrozenFeatures:
+    """Features of every usable utterance: from the cache when possible, else decoded and extracted once.
+
+    ``data`` is the recipe's data section. ``means_only`` keeps each layer's utterance mean instead
+    of its frames (exact for heads that see only means; the memory of a frozen large model drops
+    from frames to one vector per layer). ``need_moments`` also keeps every utterance's frame
+    statistics (for normalisation), so frames are read before any reduction to means.
+    """
+    reduce_now = means_only and not need_moments
+    dtype = getattr(torch, data.cache_dtype)
+    features: Dict[str, List[torch.Tensor]] = {}
+    frame_counts: Dict[str, int] = {}
+    notes: Dict[str, Any] = {}
+    cache = None
+    if data.cache_dir:
+        identity = dict(upstream.identity(), precision=precision if device.startswith("cuda") else "fp32",
+                        batch_invariant=upstream.batch_invariant)
+        cache = FeatureCache(Path(data.cache_dir), identity, layers, dtype, variant="means" if reduce_now else "frames")
+        for u in utterances:
+            hit = cache.get(u)
+            if hit is not None:
+                features[u.id], frame_counts[u.id] = hit
+    misses = [u for u in utterances if u.id not in features]
+    audio = decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress) if misses else AudioSet()
+    if audio.waves:
+        stats: Dict[str, float] = {}
+        fresh_counts: Dict[str, int] = {}
+        fresh = extract_features(upstream.to(device), audio.waves, layers, device=device,
+                                 max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
+                                 dtype=dtype, progress=progress, precision=precision,
+                                 stats=stats, reduce_mean=reduce_now, frame_counts=fresh_counts)
+        notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
+        skipped = dict(audio.skipped)
+        for uid in [uid for uid, feats in fresh.items() if not all(torch.isfinite(f).all() for f in feats)]:
+            if data.strict:
+                raise DataError(f"utterance {uid}: the upstream gives non-finite features (data.strict is on)")
+            log.warning("skipping utterance %s: the upstream gives non-finite features (NaN/inf)", uid)
+            skipped[uid] = "non_finite_features"
+            del fresh[uid]
+        audio.skipped = skipped
+        if cache is not None:
+            by_id = {u.id: u for u in utterances}
+            for uid, feats in fresh.items():
+                cache.put(by_id[uid], feats, fresh_counts[uid])
+        features.update(fresh)
+        frame_counts.update(fresh_counts)
+        audio.waves.clear()
+    if cache is not None:
+        notes["feature_cache"] = cache.stats()
+    result = FrozenFeatures(features, frame_counts, audio.skipped, means_only, notes)
+    if need_moments:
+        result.moments = {uid: Moments.of(fs) for uid, fs in features.items()}
+        if means_only:
+            result.features = {uid: [f.float().mean(0, keepdim=True) for f in fs] for uid, fs in features.items()}
+    if means_only:
+        notes["mean_shortcut"] = True
+    return result

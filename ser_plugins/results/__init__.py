@@ -1,0 +1,1 @@
+"""Results: metrics, the run summary, plots and the cross-run report."""

@@ -1,0 +1,72 @@
+"""The run summary: one dataclass written as summary.json and results.md, read by ``ser report``."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+from ser_plugins.io import read_json
+
+FoldMetrics = Dict[str, float]  # wa, ua, macro_f1, n
+
+
+@dataclass
+class Summary:
+    """What a run found: per-fold and pooled metrics, mean ± std over folds, and what was skipped."""
+
+    name: str
+    upstream: str
+    finetune: str
+    layer: Union[str, int]
+    aggregator: str
+    classifier: str
+    labels: List[str]
+    folds: Dict[str, FoldMetrics]
+    mean_std: Dict[str, Dict[str, float]]
+    pooled: Dict[str, Any]
+    complete: bool
+    skipped_utterances: Dict[str, int] = field(default_factory=dict)
+    corpus_problems: int = 0
+    fold_warnings: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __getitem__(self, key: str) -> Any:
+        """Read access by summary.json key (``summary["mean_std"]``), as before the dataclass existed."""
+        if key not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form (summary.json)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Summary":
+        """From summary.json's content (unknown keys ignored: newer files stay readable)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def load(cls, path: Path) -> "Summary":
+        """Read a summary.json file."""
+        return cls.from_dict(read_json(path))
+
+    def to_markdown(self) -> str:
+        """The run's results as a markdown table: one row per fold, then mean ± std (results.md)."""
+        lines = [f"# {self.name}", "",
+                 f"upstream `{self.upstream}` ({self.finetune}, layer {self.layer}), "
+                 f"aggregator `{self.aggregator}`, classifier `{self.classifier}`", "",
+                 "| fold | WA | UA | macro-F1 | n |", "|---|---|---|---|---|"]
+        for name, m in self.folds.items():
+            lines.append(f"| {name} | {m['wa']:.4f} | {m['ua']:.4f} | {m['macro_f1']:.4f} | {m['n']} |")
+        ms = self.mean_std
+        lines.append(f"| **mean ± std** | {ms['wa']['mean']:.4f} ± {ms['wa']['std']:.4f} | "
+                     f"{ms['ua']['mean']:.4f} ± {ms['ua']['std']:.4f} | "
+                     f"{ms['macro_f1']['mean']:.4f} ± {ms['macro_f1']['std']:.4f} | |")
+        if self.skipped_utterances:
+            lines += ["", "Skipped utterances by reason: "
+                      + ", ".join(f"{k}: {v}" for k, v in self.skipped_utterances.items())]
+        if not self.complete:
+            lines += ["", "Not all folds were run: this table covers the selected folds only."]
+        return "\n".join(lines) + "\n"

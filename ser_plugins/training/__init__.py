@@ -1,0 +1,1 @@
+"""Training one fold: the trainer, checkpoints, seeding."""
