@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
@@ -437,16 +436,20 @@ def recipe_json_schema() -> Dict[str, Any]:
 
 
 def numeric_fields() -> List[Tuple[str, str, Any]]:
-    """Every numeric recipe key as ``(section, key, field info)``: for range checks and their tests."""
-    out = []
-    for section, model in SECTIONS.items():
-        for key, info in model.model_fields.items():
-            ann = str(info.annotation)
-            if ("int" in ann or "float" in ann) and "List" not in ann and "list" not in ann:
-                out.append((section, key, info))
-    return out
+    """Every numeric recipe key as ``(section, key, field info)``, with its declared range in the metadata.
 
+    ``features.layer`` (a name or a layer index) is not listed: its index is checked against the
+    upstream's layer count when the model is composed.
+    """
+    import typing
 
-def is_finite_number(value: Any) -> bool:
-    """True for an int or a finite float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    def numeric(annotation: Any) -> bool:
+        if annotation in (int, float):
+            return True
+        if typing.get_origin(annotation) is Union:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            return len(args) == 1 and numeric(args[0])
+        return False
+
+    return [(section, key, info) for section, model in SECTIONS.items()
+            for key, info in model.model_fields.items() if numeric(info.annotation)]

@@ -168,3 +168,15 @@ def test_demo_registered_as_corpus_plugin(tmp_path: Path) -> None:
 
     corpus = create_corpus("demo", root=str(tmp_path / "x"), utterances_per_speaker=2)
     assert isinstance(corpus, DemoCorpus) and len(corpus.load()) > 0
+
+
+def test_demo_corpus_command_goes_through_the_corpus_contract(tmp_path: Path, capsys) -> None:
+    from ser_plugins import cli, registry
+
+    assert registry.load("corpus", "demo").can_generate()
+    assert not registry.load("corpus", "iemocap").can_generate()
+    assert cli.main(["demo-corpus", str(tmp_path / "d"), "--utterances-per-speaker", "2"]) == 0
+    assert "demo corpus written" in capsys.readouterr().out
+    assert len(list((tmp_path / "d").rglob("*.wav"))) == 20
+    assert cli.main(["demo-corpus", str(tmp_path / "x"), "--corpus", "iemocap"]) == 2
+    assert "cannot generate" in capsys.readouterr().err

@@ -70,3 +70,9 @@ def test_frozen_upstream_gets_no_gradient():
     model(wavs, lens).sum().backward()
     assert not model.upstream_trainable
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_build_model_takes_cli_style_overrides_and_the_corpus_classes():
+    model = build_model(BASE, overrides=["aggregator=mean", "classifier.dropout=0.2"])
+    assert type(model.head.aggregator).__name__ == "MeanPooling"
+    assert model.head.classifier(torch.zeros(2, 24)).shape == (2, 4)  # the corpus option names 4 classes

@@ -46,14 +46,3 @@ DATA2VEC_LARGE = _hf(
     "facebook/data2vec-audio-large",
     "data2vec-audio Large (313M), Libri-Light 60k h; 24 x 1024, post-LN, layer-norm CNN; normalised input, attention mask",
 )
-
-ALL = {
-    "wav2vec2_base": WAV2VEC2_BASE,
-    "wav2vec2_large": WAV2VEC2_LARGE,
-    "hubert_base": HUBERT_BASE,
-    "hubert_large": HUBERT_LARGE,
-    "wavlm_base_plus": WAVLM_BASE_PLUS,
-    "wavlm_large": WAVLM_LARGE,
-    "data2vec_base": DATA2VEC_BASE,
-    "data2vec_large": DATA2VEC_LARGE,
-}
