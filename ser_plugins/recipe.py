@@ -56,6 +56,7 @@ OPTIMIZERS: Tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULERS: Tuple[str, ...] = ("none", "linear", "cosine")
 PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16")
 NAN_POLICIES: Tuple[str, ...] = ("skip", "stop")
+SELECTIONS: Tuple[str, ...] = ("last", "dev_loss", "dev_ua")  # which epoch's weights a fold keeps
 CACHE_DTYPES: Tuple[str, ...] = ("float16", "float32")
 PLUGIN_KINDS: Tuple[str, ...] = tuple(registry.KINDS)  # corpus/upstream/aggregator/classifier sections
 
@@ -116,18 +117,19 @@ class FinetuneConfig(Section):
 class TrainingConfig(Section):
     """Optimisation of one fold: steps, batches, optimiser, schedule, early stopping, precision."""
 
-    epochs: int = Field(default=30, ge=1, le=1_000_000)
-    max_steps: Optional[int] = Field(default=None, ge=1, le=_MAX_STEPS)
+    max_steps: Optional[int] = Field(default=1500, ge=1, le=_MAX_STEPS)
+    epochs: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     max_batch_seconds: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
     optimizer: Literal[OPTIMIZERS] = "adamw"
-    lr: float = _finite(default=1e-3, gt=0, le=10)
+    lr: float = _finite(default=3e-2, gt=0, le=10)
     weight_decay: float = _finite(default=1e-4, ge=0, le=10)
-    scheduler: Literal[SCHEDULERS] = "none"
+    scheduler: Literal[SCHEDULERS] = "cosine"
     warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)
     grad_accum: int = Field(default=1, ge=1, le=100_000)
     grad_clip: Optional[float] = _finite(default=5.0, gt=0, le=1e6)
-    patience: Optional[int] = Field(default=10, ge=1, le=1_000_000)
+    select: Literal[SELECTIONS] = "last"
+    patience: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     class_weights: bool = False
     balanced_sampling: bool = False
     max_duration: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
@@ -136,6 +138,14 @@ class TrainingConfig(Section):
     nan_policy: Literal[NAN_POLICIES] = "skip"
     max_nan_steps: int = Field(default=20, ge=0, le=_MAX_STEPS)
     eval_batch_size: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _has_a_length(self) -> "TrainingConfig":
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("training needs a length: set training.max_steps or training.epochs (or both)")
+        if self.select == "last" and self.patience is not None:
+            raise ValueError("training.patience (early stopping) needs training.select: dev_loss or dev_ua")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -354,7 +364,7 @@ def _validate_section(section: str, model: type, given: Any) -> BaseModel:
         key = str(first["loc"][0]) if first["loc"] else ""
         if section == "features" and key == "layer":
             raise RecipeError(f"features.layer: {given.get('layer')!r} is not 'last', 'weighted_sum' or a layer index") from None
-        raise RecipeError(_message(f"{section}.{key}", model, first, given)) from None
+        raise RecipeError(_message(f"{section}.{key}" if key else section, model, first, given)) from None
 
 
 def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Recipe:

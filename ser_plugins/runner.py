@@ -13,14 +13,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ser_plugins.contracts import Upstream
 from ser_plugins.data.folds import Fold
 from ser_plugins.data.normalize import Normalizer
 from ser_plugins.data.prepare import Prepared, count_reasons, prepare
+from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import RunError
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.locking import RunLock
 from ser_plugins.model import SERModel, build_head
-from ser_plugins.recipe import Recipe, dump_recipe, safe_load
+from ser_plugins.recipe import Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.results.summary import Summary
@@ -57,6 +59,18 @@ def select_folds(folds: list, selection: Optional[Sequence[str]]) -> list:
             raise RunError(f"--folds: no fold {item!r}; folds are 1..{len(folds)}: {', '.join(f.name for f in folds)}")
         picked.extend(m for m in match if m not in picked)
     return picked
+
+
+def eval_batch_size(training: TrainingConfig, upstream: Upstream, precomputed: bool) -> int:
+    """Evaluation batch size: one utterance at a time when padding would change a running upstream's features.
+
+    Upstreams that are not batch-invariant (no attention mask, time-wide GroupNorm: wav2vec 2.0
+    Base, HuBERT Base) are extracted and predicted one utterance at a time; a fine-tuned one is
+    scored the same way, so test scores never depend on batch-mates.
+    """
+    if not precomputed and not upstream.batch_invariant:
+        return 1
+    return training.eval_batch_size or training.batch_size
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -134,6 +148,8 @@ class Runner:
                 "labels": prep.labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
                                                    "test": len(f.test)} for f in prep.folds],
                 "skipped": count_reasons(prep.skipped), "corpus_problems": len(prep.corpus_problems),
+                "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "normalize": r.features.normalize,
+                               "transductive": r.features.transductive},
                 **prep.notes,
             })
             results = {}
@@ -156,7 +172,7 @@ class Runner:
         speakers = prep.speakers
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
         normalizer.save(fold_dir / "normalizer.safetensors")
-        return prep.source.with_transform(lambda uid, layers: normalizer.transform(layers, speakers[uid]))
+        return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:
         r = self.recipe
@@ -170,13 +186,13 @@ class Runner:
         writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
+        eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=isinstance(source, FeatureSource))
         trainer = FoldTrainer(model, source, r.training, r.finetune, prep.labels, fold_dir, self.device,
-                              r.output.save_checkpoints, on_epoch, self.progress)
+                              r.output.save_checkpoints, on_epoch, self.progress, eval_bs)
         fit = trainer.fit(fold.train, fold.dev, seed)
         if writer:
             writer.close()
-        t = r.training
-        test = evaluate(model, source, fold.test, prep.labels, t.eval_batch_size or t.batch_size, self.device, t.precision)
+        test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, r.training.precision)
         self._write_predictions(fold_dir / "predictions.csv", test, prep)
         plot_confusion(test["confusion"], prep.labels, fold_dir / "confusion.png",
                        f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}")
@@ -220,6 +236,8 @@ class Runner:
             corpus_problems=len(prep.corpus_problems),
             fold_warnings=prep.warnings,
             seconds=round(seconds, 1),
+            protocol=prep.protocol, dev=r.protocol.dev, normalize=r.features.normalize,
+            transductive=r.features.transductive,
         )
         weights = {n: results[n]["layer_weights"]["weights"] for n in results if "layer_weights" in results[n]}
         if weights:

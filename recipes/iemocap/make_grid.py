@@ -44,18 +44,18 @@ MODES: Dict[str, Dict[str, Dict[str, Any]]] = {
         "finetune": {"mode": "frozen"},
         "data": {"cache_dir": "data/feature_cache"},
         "training": {
-            "epochs": 50, "batch_size": 32, "grad_accum": 1, "optimizer": "adamw", "lr": 1.0e-3,
+            "max_steps": None, "epochs": 50, "batch_size": 32, "grad_accum": 1, "optimizer": "adamw", "lr": 1.0e-3,
             "weight_decay": 1.0e-4, "scheduler": "cosine", "warmup_steps": 120, "grad_clip": 5.0,
-            "patience": 10, "max_duration": None, "precision": "fp32",
+            "select": "dev_ua", "patience": 10, "max_duration": None, "precision": "fp32",
         },
     },
     "finetune": {
         "features": {"layer": "weighted_sum", "projection": 256},
         "finetune": {"mode": "finetune", "frozen_warmup_steps": 120, "gradient_checkpointing": False},
         "training": {
-            "epochs": 20, "batch_size": 8, "grad_accum": 4, "optimizer": "adamw", "lr": 1.0e-3,
+            "max_steps": None, "epochs": 20, "batch_size": 8, "grad_accum": 4, "optimizer": "adamw", "lr": 1.0e-3,
             "weight_decay": 1.0e-2, "scheduler": "linear", "warmup_steps": 240, "grad_clip": 1.0,
-            "patience": 5, "max_duration": 15.0, "precision": "bf16",
+            "select": "dev_ua", "patience": 5, "max_duration": 15.0, "precision": "bf16",
         },
     },
 }
@@ -88,7 +88,7 @@ SUPERB: Dict[str, Any] = {
     "training": {
         "epochs": 300, "max_steps": 30000, "batch_size": 32, "grad_accum": 1, "optimizer": "adam",
         "lr": 1.0e-4, "weight_decay": 0.0, "scheduler": "none", "warmup_steps": 0, "grad_clip": 1.0,
-        "patience": None, "precision": "fp32",
+        "select": "dev_ua", "patience": None, "precision": "fp32",
     },
 }
 
@@ -111,8 +111,10 @@ is trained (the frozen side of the study's fine-tuning factor).
     fixed features; cosine decay after a 120-step (~1 epoch) warm-up.
   batch 32, no accumulation: an effective batch of 32, as in SUPERB ER (4 x 8) and the
     finetune cells.
-  epochs 50, patience 10 (early stopping on dev UA): head-only training is cheap and converges
-    more slowly than fine-tuning, so more epochs than the finetune cells.
+  epochs 50 (max_steps null: the length is counted in epochs, ~6,000 steps), select dev_ua with
+    patience 10 (early stopping on dev UA; IEMOCAP's dev speaker has ~500 utterances): head-only
+    training is cheap and converges more slowly than fine-tuning, so more epochs than the
+    finetune cells.
   grad_clip 5.0 (project default), fp32: the head is tiny; the stored features are float16.
   No random crop: the stored hidden states were computed on whole utterances.
   Stored features (all layers, float16): ~25 GB (base) / ~64 GB (large) of RAM for ~7 h of
@@ -137,8 +139,8 @@ al. 2020; Wang et al. 2021) and Morais et al.'s fine-tuned condition.
   grad_clip 1.0, AdamW weight_decay 0.01: fairseq / Hugging Face fine-tuning defaults.
   precision bf16: mixed precision on Ampere or newer GPUs (use -o training.precision=fp16 or
     fp32 on older cards).
-  epochs 20, patience 5 (early stopping on dev UA): fine-tuned SER models peak after a few
-    epochs and then overfit the ~3.9k training utterances.
+  epochs 20 (max_steps null), select dev_ua with patience 5 (early stopping on dev UA):
+    fine-tuned SER models peak after a few epochs and then overfit the ~3.9k training utterances.
   The checkpoint's own dropout and time-masking settings (its config.json) stay on while
   training; the hf upstream sets layerdrop to 0.""",
 }
@@ -155,8 +157,8 @@ with published SUPERB numbers, which are test ACCURACY (= our WA) averaged over 
   SUPERB trains 30,000 optimiser steps of train_batch_size 4 x gradient_accumulate_steps 8 = 32
     utterances. Here: batch 32, grad_accum 1, max_steps 30000 -- the same gradient per step (the
     loss is a batch mean and the head has no batch-dependent layer), 8x fewer micro-steps.
-    epochs 300 only bounds the loop (~110 steps/epoch: 30,000 steps is ~270 epochs); patience
-    null: no early stopping, as in SUPERB.
+    epochs 300 only bounds the loop (~110 steps/epoch: 30,000 steps is ~270 epochs); select
+    dev_ua with patience null: the best dev epoch is kept, no early stopping, as in SUPERB.
 Not expressible in the schema (see docs/iemocap.md): SUPERB picks the checkpoint with the best dev
 ACCURACY, evaluated every 1,000 steps; the runner picks the best dev UA, evaluated every epoch.
 The random dev split is drawn by the runner (seed + fold), not s3prl's torch.manual_seed(0)."""

@@ -42,22 +42,35 @@ def _group(utterances: Sequence[Utterance], key) -> Dict[str, List[Utterance]]:
 
 
 def _speaker_dev(train: List[Utterance], fold_index: int, test_group: str, groups_order: List[str],
-                 group_of) -> tuple:
-    """Hold out one training speaker as dev, rotating deterministically over folds."""
+                 group_of, test: Sequence[Utterance] = (), fold_name: str = "") -> tuple:
+    """Hold out one training speaker as dev, rotating deterministically over folds.
+
+    The dev speaker never speaks in ``test`` (a corpus's own folds or splits may share speakers
+    between train and test; dev must not).
+    """
+    in_test = {u.speaker for u in test}
     speakers = sorted({u.speaker for u in train})
     if len(speakers) < 2:
         raise ProtocolError("dev: 'speaker' needs at least two training speakers; use protocol.dev: random")
+    allowed = [s for s in speakers if s not in in_test]
+    if not allowed:
+        raise ProtocolError(
+            f"fold {fold_name!r}: every training speaker also speaks in the test set ({', '.join(speakers[:10])}"
+            f"{', ...' if len(speakers) > 10 else ''}), so no dev speaker can be speaker-disjoint from test; "
+            "use protocol.dev: random (documented as leaking speakers) or speaker-independent folds")
     # prefer a speaker of the next group (session) so each fold's dev comes from a different place
     order = groups_order[fold_index + 1:] + groups_order[:fold_index + 1]
     by_group = _group(train, group_of)
+    dev_spk = None
     for g in order:
         if g == test_group or g not in by_group:
             continue
-        cands = sorted({u.speaker for u in by_group[g]})
-        dev_spk = cands[fold_index % len(cands)]
-        break
-    else:  # pragma: no cover - the speaker check above makes this unreachable
-        dev_spk = speakers[fold_index % len(speakers)]
+        cands = sorted({u.speaker for u in by_group[g]} - in_test)
+        if cands:
+            dev_spk = cands[fold_index % len(cands)]
+            break
+    if dev_spk is None:
+        dev_spk = allowed[fold_index % len(allowed)]
     dev = [u for u in train if u.speaker == dev_spk]
     return [u for u in train if u.speaker != dev_spk], dev
 
@@ -118,7 +131,7 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speak
             mates = _session_mates(train, test)
             train, dev_set = [u for u in train if u.speaker not in mates], [u for u in train if u.speaker in mates]
         elif dev == "speaker":
-            train, dev_set = _speaker_dev(train, i, name, order, group_of)
+            train, dev_set = _speaker_dev(train, i, name, order, group_of, test, name)
         elif dev == "random":
             train, dev_set = _random_dev(train, dev_fraction, seed + i)
         else:
@@ -139,15 +152,18 @@ def _split_fold(utterances: Sequence[Utterance], dev: str, dev_fraction: float, 
         if dev == "random":
             train, dev_set = _random_dev(train, dev_fraction, seed)
         else:
-            train, dev_set = _speaker_dev(train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker)
+            train, dev_set = _speaker_dev(train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker,
+                                          test, "split")
     return Fold("split", [u.id for u in train], [u.id for u in dev_set], [u.id for u in test])
 
 
-def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequence[str]) -> List[str]:
+def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequence[str],
+                speaker_of: Optional[Dict[str, str]] = None) -> List[str]:
     """Problems that would make a fold meaningless: raises for empty sets, returns warnings.
 
     Raises ``ProtocolError`` for a fold without test, train or dev utterances; warns (returns
-    messages) for a class absent from a fold's training set.
+    messages) for a class absent from a fold's training set and, given ``speaker_of``, for
+    speakers shared between dev and test or between train and test (a corpus's own folds).
     """
     warnings = []
     for f in folds:
@@ -158,4 +174,11 @@ def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequen
         for lab in labels:
             if lab not in present:
                 warnings.append(f"fold {f.name!r}: class {lab!r} has no training utterances")
+        if speaker_of is not None:
+            test = {speaker_of[i] for i in f.test}
+            for part in ("dev", "train"):
+                shared = sorted(test & {speaker_of[i] for i in getattr(f, part)})
+                if shared:
+                    warnings.append(f"fold {f.name!r}: speakers {', '.join(shared[:10])} are in both {part} and test "
+                                    "(not speaker-independent)")
     return warnings

@@ -118,6 +118,16 @@ class Normalizer:
         means, stds = self.statistics(speaker)
         return [(layer.float() - means[k].to(layer.device)) / stds[k].to(layer.device) for k, layer in enumerate(layers)]
 
+    def transform_batch(self, layers: Layers, speakers: Sequence[Optional[str]]) -> Layers:
+        """The standardised layers (float32) of a padded batch: ``[B, T, D]`` per layer, one speaker per row."""
+        stats = [self.statistics(s) for s in speakers]
+        out = []
+        for k, layer in enumerate(layers):
+            mean = torch.stack([m[k] for m, _ in stats]).unsqueeze(1).to(layer.device)
+            std = torch.stack([s[k] for _, s in stats]).unsqueeze(1).to(layer.device)
+            out.append((layer.float() - mean) / std)
+        return out
+
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The statistics used for unseen speakers / all utterances, as tensors (``mean.K``, ``std.K``)."""

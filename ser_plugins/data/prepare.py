@@ -45,6 +45,7 @@ class Prepared:
     warnings: List[str] = field(default_factory=list)
     notes: Dict[str, Any] = field(default_factory=dict)  # extraction / cache figures for run.json
     moments: Optional[Dict[str, Moments]] = None  # per-utterance frame statistics (normalisation)
+    protocol: str = ""  # the fold protocol applied (the recipe's, or the corpus's default)
 
     @property
     def speakers(self) -> Dict[str, str]:
@@ -119,9 +120,11 @@ def prepare(recipe: Recipe, device: str, progress: bool = True) -> Prepared:
     lost = sorted({u.session or u.speaker for u in utterances} - {u.session or u.speaker for u in usable})
     lost_warnings = [f"session {g!r} has no usable utterance left (all skipped): its fold is not run" for g in lost]
     p = recipe.protocol
-    folds = make_folds(usable, p.name or corpus.default_protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
+    protocol = p.name or corpus.default_protocol
+    folds = make_folds(usable, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
     targets = {u.id: labels.index(u.label) for u in usable}
-    warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels)
+    warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels,
+                                           {u.id: u.speaker for u in usable})
     for w in warnings:
         log.warning("%s", w)
     if frozen:
@@ -130,4 +133,4 @@ def prepare(recipe: Recipe, device: str, progress: bool = True) -> Prepared:
     else:
         source = WaveSource(audio.waves, targets, upstream.sample_rate)
     return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept, skipped, problems,
-                    warnings, notes, moments)
+                    warnings, notes, moments, protocol)

@@ -16,7 +16,7 @@ import torch
 
 from ser_plugins.data.batching import bucket_batches, pad_features, pad_waves, padding_fraction, random_crop
 
-Transform = Callable[[str, List[torch.Tensor]], List[torch.Tensor]]
+Transform = Callable[[List[str], List[torch.Tensor]], List[torch.Tensor]]  # (ids, padded layers) -> layers
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class FeatureSource(_BucketedSource):
     """Batches of precomputed hidden states (frozen upstream): the head is all that runs.
 
     ``frame_counts`` holds the original lengths when ``features`` hold utterance means (batching
-    stays the same); ``transform(uid, layers)`` is applied per utterance (normalisation).
+    stays the same); ``transform(ids, layers)`` is applied to each padded batch (normalisation).
     """
 
     def __init__(self, features: Dict[str, List[torch.Tensor]], targets: Dict[str, int], frames_per_second: float,
@@ -136,8 +136,10 @@ class FeatureSource(_BucketedSource):
                 if crop and feats[0].shape[0] > crop:
                     start = rng.randrange(0, feats[0].shape[0] - crop + 1)
                     feats = [f[start:start + crop] for f in feats]
-                per_utt.append(self.transform(u, feats) if self.transform is not None else feats)
+                per_utt.append(feats)
             states, lens = pad_features(per_utt)
+            if self.transform is not None:
+                states = self.transform(uids, states)
             yield Batch(states, lens, torch.tensor([self.targets[u] for u in uids]), uids, features=True)
 
 

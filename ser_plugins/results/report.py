@@ -10,7 +10,10 @@ from ser_plugins.errors import UserError
 from ser_plugins.io import atomic_write_text
 from ser_plugins.results.summary import Summary
 
-COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "folds", "WA", "UA", "F1")
+COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "normalize", "dev", "folds",
+           "WA", "UA", "F1")
+_TEXT = COLUMNS[:9]
+MARK = "†"
 
 
 class ReportError(UserError, RuntimeError):
@@ -31,6 +34,8 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
         rows.append({
             "run": Path(d).name, "upstream": s.upstream, "finetune": s.finetune, "layer": str(s.layer),
             "aggregator": s.aggregator, "classifier": s.classifier,
+            "normalize": s.normalize or "none", "dev": s.dev, "transductive": s.transductive,
+            "comparable": s.speaker_independent_inductive,
             "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",
             **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
             **{f"{k}_std": ms[k]["std"] for k in ("wa", "ua", "macro_f1")},
@@ -39,24 +44,38 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
 
 
 def to_markdown(rows: List[Dict[str, object]]) -> str:
-    """Markdown table; metrics as mean ± std in percent, the best UA of the complete runs in bold."""
-    best = max((r["ua_mean"] for r in rows if "partial" not in str(r["folds"])), default=None)
+    """Markdown table; metrics as mean ± std in percent.
+
+    The best UA among the complete, speaker-independent and non-transductive runs is in bold. Runs
+    with transductive normalisation or a random (speaker-leaking) dev set are marked † and never
+    bolded beside them.
+    """
+    fair = [r for r in rows if "partial" not in str(r["folds"]) and r["comparable"]]
+    best = max((r["ua_mean"] for r in fair), default=None)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [str(r[c]) for c in COLUMNS[:7]]
+        cells = [str(r[c]) for c in _TEXT]
+        if not r["comparable"]:
+            cells[0] += f" {MARK}"
         for key in ("wa", "ua", "macro_f1"):
-            cell = f"{100 * r[f'{key}_mean']:.2f} ± {100 * r[f'{key}_std']:.2f}"
-            if key == "ua" and r["ua_mean"] == best and len(rows) > 1:
+            std = r[f"{key}_std"]
+            cell = f"{100 * r[f'{key}_mean']:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+            if key == "ua" and r["comparable"] and r["ua_mean"] == best and len(rows) > 1:
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
+    if any(not r["comparable"] for r in rows):
+        lines += ["", f"{MARK} transductive normalisation (statistics of the test speakers' own audio) or a random "
+                  "dev set (training speakers in dev): not comparable with speaker-independent, non-transductive "
+                  "runs, and never ranked best beside them."]
+    lines += ["", "± is the sample standard deviation over folds (ddof=1)."]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: List[Dict[str, object]]) -> str:
     """CSV with separate mean and std columns (fractions, not percent)."""
     buf = io.StringIO()
-    fields = list(COLUMNS[:7]) + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
+    fields = list(_TEXT) + ["transductive"] + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)

@@ -4,11 +4,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 from ser_plugins.io import read_json
+from ser_plugins.results.metrics import FOLD_SPREAD
 
 FoldMetrics = Dict[str, float]  # wa, ua, macro_f1, n
+
+
+def _pm(cell: Dict[str, Optional[float]], scale: float = 1.0, digits: int = 4) -> str:
+    """``mean ± std`` (just the mean when std is undefined: one fold)."""
+    mean = f"{scale * cell['mean']:.{digits}f}"
+    return mean if cell.get("std") is None else f"{mean} ± {scale * cell['std']:.{digits}f}"
+
+
+def evaluation_setting(normalize: Optional[str], dev: str) -> str:
+    """A short description of how honest a run's evaluation is, for tables."""
+    parts = [f"normalisation {normalize or 'none'}" + (" (transductive: test speakers' own statistics)"
+                                                        if normalize == "speaker" else "")]
+    parts.append(f"dev {dev}" + (" (random utterances: leaks training speakers)" if dev == "random" else ""))
+    return ", ".join(parts)
 
 
 @dataclass
@@ -30,6 +45,16 @@ class Summary:
     corpus_problems: int = 0
     fold_warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    protocol: str = ""
+    dev: str = "speaker"
+    normalize: Optional[str] = None
+    transductive: bool = False
+    fold_spread: str = FOLD_SPREAD
+
+    @property
+    def speaker_independent_inductive(self) -> bool:
+        """True when nothing of the test speakers (labels or statistics) and no training speaker in dev shaped the result."""
+        return not self.transductive and self.dev != "random"
 
     def __getitem__(self, key: str) -> Any:
         """Read access by summary.json key (``summary["mean_std"]``), as before the dataclass existed."""
@@ -57,13 +82,13 @@ class Summary:
         lines = [f"# {self.name}", "",
                  f"upstream `{self.upstream}` ({self.finetune}, layer {self.layer}), "
                  f"aggregator `{self.aggregator}`, classifier `{self.classifier}`", "",
+                 f"Evaluation: protocol {self.protocol or 'default'}, {evaluation_setting(self.normalize, self.dev)}; "
+                 f"± is the {self.fold_spread.split(';')[0]}.", "",
                  "| fold | WA | UA | macro-F1 | n |", "|---|---|---|---|---|"]
         for name, m in self.folds.items():
             lines.append(f"| {name} | {m['wa']:.4f} | {m['ua']:.4f} | {m['macro_f1']:.4f} | {m['n']} |")
         ms = self.mean_std
-        lines.append(f"| **mean ± std** | {ms['wa']['mean']:.4f} ± {ms['wa']['std']:.4f} | "
-                     f"{ms['ua']['mean']:.4f} ± {ms['ua']['std']:.4f} | "
-                     f"{ms['macro_f1']['mean']:.4f} ± {ms['macro_f1']['std']:.4f} | |")
+        lines.append(f"| **mean ± std** | {_pm(ms['wa'])} | {_pm(ms['ua'])} | {_pm(ms['macro_f1'])} | |")
         if self.skipped_utterances:
             lines += ["", "Skipped utterances by reason: "
                       + ", ".join(f"{k}: {v}" for k, v in self.skipped_utterances.items())]

@@ -132,6 +132,12 @@ def evaluate(model: nn.Module, source: BatchSource, ids: Sequence[str], labels: 
     return result
 
 
+def planned_epochs(max_steps: Optional[int], epochs: Optional[int], steps_per_epoch: int) -> int:
+    """How many epochs a fold runs: enough for ``max_steps`` optimiser steps, at most ``epochs``."""
+    by_steps = math.ceil(max_steps / steps_per_epoch) if max_steps else None
+    return min(n for n in (by_steps, epochs) if n is not None)
+
+
 class FoldTrainer:
     """Trains one fold with early stopping on dev UA and restores the best checkpoint.
 
@@ -141,12 +147,14 @@ class FoldTrainer:
 
     def __init__(self, model: nn.Module, source: BatchSource, training: TrainingConfig, finetune: FinetuneConfig,
                  labels: Sequence[str], fold_dir: Path, device: str, save_checkpoints: bool = True,
-                 on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True) -> None:
+                 on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True,
+                 eval_batch_size: Optional[int] = None) -> None:
         self.model = model
         self.source = source
         self.training = training
         self.finetune = finetune
         self.save_checkpoints = save_checkpoints
+        self.eval_batch_size = eval_batch_size or training.eval_batch_size or training.batch_size
         self.labels = list(labels)
         self.fold_dir = Path(fold_dir)
         self.device = device
@@ -165,7 +173,8 @@ class FoldTrainer:
     def _resume(self, optimizer, scheduler, scaler) -> tuple:
         """``(progress, best weights or None)`` from ``last_state.pt``: one file, written atomically."""
         state_path = self.fold_dir / "last_state.pt"
-        fresh = {"epoch": 0, "step": 0, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0, "stopped": False, "history": []}
+        fresh = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                 "stopped": False, "history": []}
         if not state_path.exists():
             return fresh, None
         state = load_state(state_path)
@@ -182,22 +191,28 @@ class FoldTrainer:
         return {**fresh, **state["progress"]}, best
 
     def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int) -> Dict[str, Any]:
-        """Train, early-stop on dev UA, restore the best weights; returns the training history."""
+        """Train for the step budget (or epochs), keep the weights ``training.select`` picks; returns the history.
+
+        ``select: last`` keeps the final weights (the schedule has decayed); ``dev_loss`` / ``dev_ua``
+        keep the epoch with the best dev cross-entropy / UA, and ``patience`` stops after that many
+        epochs without improvement.
+        """
         t, model, device = self.training, self.model, self.device
         model.to(device)
         optimizer = build_optimizer(model, t, self.finetune)
         batches = self.source.count_batches(train_ids, self._plan(seed))
         steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
-        total = t.max_steps or t.epochs * steps_per_epoch
-        scheduler = build_scheduler(optimizer, t.scheduler, t.warmup_steps, total)
+        epochs = planned_epochs(t.max_steps, t.epochs, steps_per_epoch)
+        total = min(t.max_steps or math.inf, epochs * steps_per_epoch)
+        scheduler = build_scheduler(optimizer, t.scheduler, t.warmup_steps, int(total))
         scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" and str(device).startswith("cuda") else None
         self.scaler = scaler
         loss_fn = self._loss_fn(train_ids)
         progress, best_state = self._resume(optimizer, scheduler, scaler)
         if best_state is None:
             best_state = trainable_state(model)
-        eval_bs = t.eval_batch_size or t.batch_size
-        bar = tqdm(range(progress["epoch"], t.epochs), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
+        eval_bs = self.eval_batch_size
+        bar = tqdm(range(progress["epoch"], epochs), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
                    disable=not self.progress)
         for epoch in bar:
             if progress["stopped"] or (t.max_steps and progress["step"] >= t.max_steps):
@@ -209,11 +224,13 @@ class FoldTrainer:
             record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss, "dev_loss": dev["loss"],
                       "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": optimizer.param_groups[0]["lr"]}
             progress["history"].append(record)
-            if dev["ua"] > progress["best_ua"] + 1e-9:
-                progress.update(best_ua=dev["ua"], best_epoch=epoch + 1, bad_epochs=0)
-                best_state = trainable_state(model)
-                if self.save_checkpoints:
-                    save_weights(self.fold_dir / "best.safetensors", best_state)
+            score = {"last": float(epoch), "dev_loss": -dev["loss"], "dev_ua": dev["ua"]}[t.select]
+            if score > progress["best_score"] + 1e-9:
+                progress.update(best_score=score, best_ua=dev["ua"], best_epoch=epoch + 1, bad_epochs=0)
+                if t.select != "last":  # with 'last' the current weights are the best: saved once, at the end
+                    best_state = trainable_state(model)
+                    if self.save_checkpoints:
+                        save_weights(self.fold_dir / "best.safetensors", best_state)
             else:
                 progress["bad_epochs"] += 1
             progress["epoch"] = epoch + 1
@@ -225,6 +242,10 @@ class FoldTrainer:
                 self.on_epoch(record)
             if progress["stopped"]:
                 break
+        if t.select == "last":
+            best_state = trainable_state(model)
+            if self.save_checkpoints:
+                save_weights(self.fold_dir / "best.safetensors", best_state)
         model.load_state_dict(best_state, strict=False)
         return {"history": progress["history"], "best_epoch": progress["best_epoch"], "best_dev_ua": progress["best_ua"],
                 "nan_steps": self.nan_steps}
@@ -234,7 +255,7 @@ class FoldTrainer:
         state = {"model": trainable_state(self.model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "progress": progress,
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None}
-        if not self.save_checkpoints:
+        if not self.save_checkpoints and self.training.select != "last":
             state["best"] = best_state  # no best.safetensors on disk: keep the best weights here
         save_state(self.fold_dir / "last_state.pt", state)
 

@@ -1,0 +1,114 @@
+"""Accuracy: every built-in head, trained by the runner with its defaults, beside a converged linear model.
+
+For each aggregator x classifier registered by ser-plugins (fbank upstream, the demo recipe's corpus
+and folds) and each normalisation, the runner's mean UA over the 5 leave-one-session-out folds is
+printed beside scikit-learn's ``LogisticRegression(max_iter=5000)`` fitted on the same pooled
+features (the mean of the valid frames, after the same normalisation) of the same training
+utterances of the same folds, and the gap. A second reference column fits the logistic regression on
+train + dev (the runner never trains on dev) for comparison.
+
+Targets (the results issue): mean + linear within 0.01 of the reference; every other head at least
+the reference minus 0.01; the demo recipe at or above the reference for its own normalisation.
+
+    python benchmarks/bench_accuracy.py [--norms none speaker] [--heads mean:linear stats:mlp]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from common import WORK, machine
+
+from ser_plugins import list_plugins
+from ser_plugins.data.normalize import Normalizer
+from ser_plugins.data.prepare import prepare
+from ser_plugins.recipe import load_recipe
+from ser_plugins.runner import run_recipe
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+
+
+def builtin_heads() -> List[Tuple[str, str]]:
+    """Every aggregator x classifier that ser-plugins itself registers."""
+    aggs = [s.name for s in list_plugins("aggregator") if s.dist == "ser-plugins"]
+    clss = [s.name for s in list_plugins("classifier") if s.dist == "ser-plugins"]
+    return [(a, c) for a in aggs for c in clss]
+
+
+def references(norm: str) -> Dict[str, float]:
+    """Mean UA of a converged logistic regression on pooled features: trained on train, and on train + dev."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    recipe = load_recipe(DEMO, ["aggregator=mean", "classifier=linear", f"features.normalize={norm}"])
+    prep = prepare(recipe, "cpu", progress=False)
+    feats, speakers = prep.source.features, prep.speakers
+    scores: Dict[str, List[float]] = {"train": [], "train+dev": []}
+    for fold in prep.folds:
+        normalizer = Normalizer(norm).fit(prep.moments, speakers, fold.train) if norm != "null" else None
+
+        def pooled(ids):
+            rows = []
+            for u in ids:
+                layers = feats[u] if normalizer is None else normalizer.transform(feats[u], speakers[u])
+                rows.append(layers[0].float().mean(0).numpy())
+            return np.stack(rows)
+
+        y = lambda ids: np.array([prep.targets[u] for u in ids])  # noqa: E731
+        for key, ids in (("train", fold.train), ("train+dev", fold.train + fold.dev)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf = LogisticRegression(max_iter=5000).fit(pooled(ids), y(ids))
+            scores[key].append(balanced_accuracy_score(y(fold.test), clf.predict(pooled(fold.test))))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def runner_ua(aggregator: str, classifier: str, norm: str) -> Tuple[float, float]:
+    """(mean UA, seconds) of the runner with the demo recipe's defaults and this head."""
+    out = WORK / "accuracy" / f"{aggregator}-{classifier}-{norm}"
+    shutil.rmtree(out, ignore_errors=True)
+    recipe = load_recipe(DEMO, [f"aggregator={aggregator}", f"classifier={classifier}",
+                                f"features.normalize={norm}", "output.tensorboard=false"])
+    start = time.perf_counter()
+    summary = run_recipe(recipe, str(out), progress=False)
+    return summary.mean_std["ua"]["mean"], time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--norms", nargs="+", default=["null", "speaker"], help="null, global, speaker")
+    parser.add_argument("--heads", nargs="+", help="aggregator:classifier pairs (default: every built-in)")
+    args = parser.parse_args()
+    heads = [tuple(h.split(":")) for h in args.heads] if args.heads else builtin_heads()
+    print(f"machine: {machine()}")
+    print("| normalisation | head | runner UA | reference UA (train) | gap | target | met | reference (train+dev) | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    demo = load_recipe(DEMO)
+    missed = 0
+    for norm in args.norms:
+        ref = references(norm)
+        for agg, cls in heads:
+            ua, seconds = runner_ua(agg, cls, norm)
+            gap = ua - ref["train"]
+            is_demo = (agg, cls, norm) == (demo.aggregator.name, demo.classifier.name, demo.features.normalize)
+            if (agg, cls) == ("mean", "linear"):
+                target, met = "|gap| <= 0.01", abs(gap) <= 0.01
+            elif is_demo:
+                target, met = "gap >= 0 (demo)", gap >= 0
+            else:
+                target, met = "gap >= -0.01", gap >= -0.01
+            missed += not met
+            print(f"| {norm} | {agg} + {cls}{' (demo)' if is_demo else ''} | {ua:.4f} | {ref['train']:.4f} | "
+                  f"{gap:+.4f} | {target} | {'yes' if met else 'NO'} | {ref['train+dev']:.4f} | {seconds:.0f} |",
+                  flush=True)
+    print(f"targets missed: {missed}")
+
+
+if __name__ == "__main__":
+    main()
