@@ -1,4 +1,4 @@
-"""The ``ser`` command line: run, validate, schema, list, predict, demo-corpus, report."""
+"""The ``ser`` command line: run, grid, validate, schema, list, predict, demo-corpus, report."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     print(summary.to_markdown())
     print(f"run directory: {run_dir_for(recipe, args.out)}")
+    return 0
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from ser_plugins.grid import run_grid
+
+    folds = args.folds.split(",") if args.folds else None
+    result = run_grid(args.recipes, Path(args.out), args.override, args.sweep, folds, args.resume,
+                      progress=not args.quiet, cache_dir=args.cache_dir)
+    print(result.report)
+    print(f"{len(result.runs)} runs, {result.forward_passes} upstream forward passes (utterances) in total; "
+          f"grid directory: {args.out}")
     return 0
 
 
@@ -118,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue a run: finished folds are not recomputed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
+
+    g = sub.add_parser("grid", help="run several recipes (and --sweep variants) as one study: shared frozen "
+                                     "extraction, one report")
+    g.add_argument("recipes", nargs="+", help="recipe YAML files")
+    g.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value in every recipe (repeatable)")
+    g.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="run every recipe once per value, e.g. --sweep aggregator=mean,stats (repeatable: all combinations)")
+    g.add_argument("--out", required=True, help="grid directory: one run directory per run, grid.json, report.md/.csv")
+    g.add_argument("--cache-dir", help="feature cache shared by the frozen runs (default: OUT/feature_cache, "
+                                       "unless a recipe sets data.cache_dir)")
+    g.add_argument("--folds", help="comma-separated fold numbers (1-based) or names to run")
+    g.add_argument("--resume", action="store_true", help="continue: finished runs and folds are not recomputed")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    g.set_defaults(func=_cmd_grid)
 
     v = sub.add_parser("validate", help="check a recipe and build its model, without data")
     v.add_argument("recipe")

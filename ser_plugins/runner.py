@@ -98,8 +98,9 @@ class Runner:
     """
 
     def __init__(self, recipe: Recipe, run_dir: Path, folds: Optional[Sequence[str]] = None,
-                 resume: bool = False, progress: bool = True) -> None:
+                 resume: bool = False, progress: bool = True, store_frames: bool = False) -> None:
         self.recipe = recipe
+        self.store_frames = store_frames
         self.run_dir = Path(run_dir)
         self.fold_selection = folds
         self.resume = resume
@@ -126,7 +127,7 @@ class Runner:
 
     def prepare(self) -> Prepared:
         """Load the corpus, decode audio once (validation pass), build folds, extract frozen features."""
-        return prepare(self.recipe, self.device, self.progress)
+        return prepare(self.recipe, self.device, self.progress, self.store_frames)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> Summary:

@@ -109,3 +109,24 @@ def test_mean_shortcut_is_exact(fast_recipe, tmp_path):
     for x, y in zip(rows("short"), rows("full")):
         assert x["id"] == y["id"] and x["prediction"] == y["prediction"]
         assert all(abs(float(x[k]) - float(y[k])) < 1e-3 for k in x if k.startswith("p_"))
+
+
+def test_a_replaced_file_with_the_same_size_and_mtime_is_not_served_stale(tmp_path):
+    import os
+
+    utt = make_wav(tmp_path / "a.wav", seed=0)
+    cache = FeatureCache(tmp_path / "cache", {"class": "X"}, [0], torch.float16)
+    cache.put(utt, [torch.zeros(3, 2)], 3)
+    st = os.stat(utt.path)
+    make_wav(tmp_path / "b.wav", seed=5)  # same length, other samples
+    os.replace(tmp_path / "b.wav", utt.path)
+    os.utime(utt.path, ns=(st.st_atime_ns, st.st_mtime_ns))  # what cp -p does
+    assert os.stat(utt.path).st_size == st.st_size and os.stat(utt.path).st_mtime_ns == st.st_mtime_ns
+    assert cache.get(utt) is None
+
+
+def test_means_entries_are_keyed_by_the_dtype_their_frames_were_rounded_to(tmp_path):
+    ident = {"class": "X"}
+    half = FeatureCache(tmp_path / "cache", ident, [0], torch.float16, variant="means")
+    full = FeatureCache(tmp_path / "cache", ident, [0], torch.float32, variant="means")
+    assert half.dir != full.dir and half.dtype == full.dtype == torch.float32

@@ -8,7 +8,8 @@ BASE = {"corpus": {"name": "iemocap", "root": "x"}, "upstream": "fbank", "aggreg
 
 def test_defaults_are_filled_and_short_plugin_form_accepted():
     r = load_recipe(BASE)
-    assert r.upstream.name == "fbank" and r.upstream.options == {} and r.training.epochs == 30
+    assert r.upstream.name == "fbank" and r.upstream.options == {}
+    assert r.training.max_steps == 1500 and r.training.epochs is None and r.training.select == "last"
     assert r.protocol.dev == "speaker" and r.finetune.mode == "frozen"
 
 

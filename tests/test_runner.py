@@ -90,7 +90,8 @@ def test_predict_prints_emotions_for_files(finished_run, tiny_demo_root):
 def test_report_tables_many_runs(finished_run, tmp_path):
     _, out, summary = finished_run
     md = write_report([out, out], str(tmp_path / "report"))
-    assert md.count("| full | fbank | frozen |") == 2
+    assert md.count("| full † | fbank | frozen |") == 2  # speaker-normalised: transductive, marked
+    assert "| speaker | speaker |" in md  # the normalisation and dev columns
     ua = 100 * summary["mean_std"]["ua"]["mean"]
     assert f"{ua:.2f}" in md
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))

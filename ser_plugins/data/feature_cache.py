@@ -1,10 +1,13 @@
 """On-disk cache of frozen upstream features, shared across epochs, folds, heads and runs.
 
 One safetensors file per utterance, under a folder named by a hash of everything that changes the
-features (upstream identity, kept layers, storage dtype). The file name hashes the audio's
-identity (path, size, mtime, segment). Entries are written to a temporary file and renamed into
-place, so a killed run never leaves a half-written entry, and two runs writing the same entry
-both leave a complete one.
+features (upstream identity, kept layers, storage dtype, and for utterance means the dtype the
+frames were rounded to before averaging). The file name hashes the audio's identity: resolved
+path, size, modification time, segment, and a hash of the file's first and last 4 KiB, so a file
+replaced by another of the same size and preserved mtime (``cp -p``) is caught unless the two
+differ only in the middle. Entries are written to a temporary file and renamed into place, so a
+killed run never leaves a half-written entry, and two runs writing the same entry both leave a
+complete one.
 """
 from __future__ import annotations
 
@@ -26,11 +29,26 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+CONTENT_BLOCK = 4096  # bytes hashed at each end of an audio file
+
+
+def content_digest(path: Path, size: int, block: int = CONTENT_BLOCK) -> str:
+    """A cheap content check: SHA-256 of the first and last ``block`` bytes of the file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(block))
+        if size > block:
+            fh.seek(max(block, size - block))
+            h.update(fh.read(block))
+    return h.hexdigest()[:32]
+
+
 def audio_identity(utt: Utterance) -> Dict[str, Any]:
-    """What identifies an utterance's audio: resolved path, size, mtime and segment bounds."""
+    """What identifies an utterance's audio: resolved path, size, mtime, segment bounds and end blocks' hash."""
     path = Path(utt.path).resolve()
     st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "start": utt.start, "end": utt.end}
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "start": utt.start, "end": utt.end,
+            "content": content_digest(path, st.st_size)}
 
 
 class FeatureCache:
@@ -38,10 +56,14 @@ class FeatureCache:
 
     def __init__(self, root: Path, upstream_identity: Dict[str, Any], layers: Sequence[int], dtype: torch.dtype,
                  variant: str = "frames") -> None:
+        if variant not in ("frames", "means"):
+            raise ValueError(f"feature cache variant {variant!r} is not 'frames' or 'means'")
         self.layers = list(layers)
+        self.variant = variant
         self.dtype = dtype if variant == "frames" else torch.float32
+        # means are averaged from frames rounded to the storage dtype: that dtype is part of the key
         spec = {"upstream": upstream_identity, "layers": self.layers, "dtype": str(self.dtype), "variant": variant,
-                "format": 2}
+                "frames_dtype": str(dtype), "format": 3}
         self.dir = Path(root) / _digest(spec)[:24]
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "spec.json").exists():

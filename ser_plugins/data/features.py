@@ -88,37 +88,48 @@ class FrozenFeatures:
 
 def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int],
                             data: Any, precision: str, device: str, means_only: bool, need_moments: bool = False,
-                            progress: bool = True) -> FrozenFeatures:
+                            progress: bool = True, store_frames: bool = False) -> FrozenFeatures:
     """Features of every usable utterance: from the cache when possible, else decoded and extracted once.
 
     ``data`` is the recipe's data section. ``means_only`` keeps each layer's utterance mean instead
     of its frames (exact for heads that see only means; the memory of a frozen large model drops
     from frames to one vector per layer). ``need_moments`` also keeps every utterance's frame
-    statistics (for normalisation), so frames are read before any reduction to means.
+    statistics (for normalisation). With ``data.cache_dir`` a ``frames`` entry serves every head
+    (means are computed from it exactly); ``means`` entries are written only when nothing needs
+    frames (``store_frames``: a grid knows a later head will).
     """
-    reduce_now = means_only and not need_moments
+    keep_frames = not means_only or need_moments
+    write_frames = keep_frames or store_frames
     dtype = getattr(torch, data.cache_dtype)
     features: Dict[str, List[torch.Tensor]] = {}
     frame_counts: Dict[str, int] = {}
     notes: Dict[str, Any] = {}
-    cache = None
+    frames_cache = means_cache = None
+    from_frames: set = set()
     if data.cache_dir:
         identity = dict(upstream.identity(), precision=precision if device.startswith("cuda") else "fp32",
                         batch_invariant=upstream.batch_invariant)
-        cache = FeatureCache(Path(data.cache_dir), identity, layers, dtype, variant="means" if reduce_now else "frames")
+        frames_cache = FeatureCache(Path(data.cache_dir), identity, layers, dtype, variant="frames")
+        means_cache = None if write_frames else FeatureCache(Path(data.cache_dir), identity, layers, dtype, "means")
         for u in utterances:
-            hit = cache.get(u)
+            hit = frames_cache.get(u)
+            if hit is not None:
+                from_frames.add(u.id)
+            elif means_cache is not None:
+                hit = means_cache.get(u)
             if hit is not None:
                 features[u.id], frame_counts[u.id] = hit
     misses = [u for u in utterances if u.id not in features]
     audio = decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress) if misses else AudioSet()
+    forwards = 0
     if audio.waves:
         stats: Dict[str, float] = {}
         fresh_counts: Dict[str, int] = {}
         fresh = extract_features(upstream.to(device), audio.waves, layers, device=device,
                                  max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
                                  dtype=dtype, progress=progress, precision=precision,
-                                 stats=stats, reduce_mean=reduce_now, frame_counts=fresh_counts)
+                                 stats=stats, reduce_mean=not write_frames, frame_counts=fresh_counts)
+        forwards = len(audio.waves)
         notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
         skipped = dict(audio.skipped)
         for uid in [uid for uid, feats in fresh.items() if not all(torch.isfinite(f).all() for f in feats)]:
@@ -128,20 +139,25 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
             skipped[uid] = "non_finite_features"
             del fresh[uid]
         audio.skipped = skipped
+        cache = frames_cache if write_frames else means_cache
         if cache is not None:
             by_id = {u.id: u for u in utterances}
             for uid, feats in fresh.items():
                 cache.put(by_id[uid], feats, fresh_counts[uid])
+        if write_frames:
+            from_frames.update(fresh)
         features.update(fresh)
         frame_counts.update(fresh_counts)
         audio.waves.clear()
-    if cache is not None:
-        notes["feature_cache"] = cache.stats()
+    notes["upstream_forward_passes"] = forwards  # utterances run through the upstream by this run
+    if data.cache_dir:
+        notes["feature_cache"] = {"dir": str(frames_cache.dir), "hits": len(utterances) - len(misses),
+                                  "misses": len(misses), "written": "frames" if write_frames else "means"}
     result = FrozenFeatures(features, frame_counts, audio.skipped, means_only, notes)
     if need_moments:
         result.moments = {uid: Moments.of(fs) for uid, fs in features.items()}
-        if means_only:
-            result.features = {uid: [f.float().mean(0, keepdim=True) for f in fs] for uid, fs in features.items()}
-    if means_only:
+    if means_only:  # frames (from the cache, or kept for moments / a later head) reduced to exact means
+        result.features = {uid: [f.float().mean(0, keepdim=True) for f in fs] if uid in from_frames or need_moments
+                           else fs for uid, fs in features.items()}
         notes["mean_shortcut"] = True
     return result

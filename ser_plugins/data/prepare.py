@@ -83,6 +83,14 @@ def load_corpus(recipe: Recipe) -> tuple:
     return corpus, utterances, problems
 
 
+def needs_frames(recipe: Recipe) -> bool:
+    """True when a frozen run of ``recipe`` keeps frames: its aggregator sees more than utterance means,
+    or crops or normalisation need them (read from the aggregator class: nothing is built)."""
+    aggregator = registry.load("aggregator", recipe.aggregator.name)
+    return (not getattr(aggregator, "uses_only_mean", False) or bool(recipe.training.max_duration)
+            or recipe.features.normalize is not None)
+
+
 def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> tuple:
     """Build the head once on the meta device (no memory, no random numbers) to refuse bad compositions.
 
@@ -93,8 +101,12 @@ def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> t
     return kept, head_sees_only_means(head)
 
 
-def prepare(recipe: Recipe, device: str, progress: bool = True) -> Prepared:
-    """Load the corpus, decode audio once (validation pass) or extract frozen features once, build folds."""
+def prepare(recipe: Recipe, device: str, progress: bool = True, store_frames: bool = False) -> Prepared:
+    """Load the corpus, decode audio once (validation pass) or extract frozen features once, build folds.
+
+    ``store_frames``: write frame entries to the feature cache even when this run needs only
+    means (a grid whose later heads need frames).
+    """
     if recipe.data.num_threads:
         torch.set_num_threads(recipe.data.num_threads)
     corpus, utterances, problems = load_corpus(recipe)
@@ -109,7 +121,7 @@ def prepare(recipe: Recipe, device: str, progress: bool = True) -> Prepared:
         means_only = sees_only_means and not recipe.training.max_duration
         pre = compute_frozen_features(upstream, utterances, kept, recipe.data, recipe.training.precision, device,
                                       means_only, need_moments=recipe.features.normalize is not None,
-                                      progress=progress)
+                                      progress=progress, store_frames=store_frames)
         usable_ids, skipped, notes, moments = set(pre.features), pre.skipped, pre.notes, pre.moments
     else:
         audio = decode_corpus(utterances, upstream.sample_rate, upstream.min_samples, recipe.data.strict, progress)
