@@ -178,7 +178,9 @@ def load_checkpoint(path: PathType, stub_prefixes: Sequence[str] = STUB_PREFIXES
         except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
             match = _GLOBAL_IN_ERROR.search(str(exc))
             if match is None:
-                detail = " ".join(line for line in str(exc).splitlines() if line.strip())[-300:]
+                # torch's own hint (re-run with weights_only=False) would run the payload: never repeat it
+                detail = " ".join(line for line in str(exc).splitlines()
+                                  if line.strip() and "weights_only" not in line and "torch.load" not in line)[-300:]
                 raise UnsafeCheckpointError(
                     f"refusing to load {str(path)!r}: the weights-only unpickler rejected it ({detail})"
                 ) from None
