@@ -152,7 +152,7 @@ class ManifestCorpus(Corpus):
             shown = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
             self.problem(src, f"{len(lines)} row(s) with label {raw!r}, outside labels {self.labels}, dropped "
                               f"(line{'s' if len(lines) > 1 else ''} {shown})", kind=DROPPED_LABEL, key=raw,
-                         count=len(lines))
+                         count=len(lines), lines=lines)
         present = {u.label for u in out}
         for lab in self.labels:
             if out and lab not in present:
@@ -173,7 +173,7 @@ class ManifestCorpus(Corpus):
             col = clash[0]
             self.problem(str(self.root), f"{what} in {col} {first_row.get(col)!r} and {col} {row.get(col)!r}: the "
                                          "same recording would be in training and test data; list it once",
-                         line, fatal=True, kind=DUPLICATE_AUDIO)
+                         line, fatal=True, kind=DUPLICATE_AUDIO, key=utt_id, lines=(first_line, line))
         else:
             self.problem(str(self.root), f"{what}; both rows are kept (it counts twice)", line,
-                         kind=DUPLICATE_AUDIO)
+                         kind=DUPLICATE_AUDIO, key=utt_id, lines=(first_line, line))

@@ -165,9 +165,10 @@ class Utterance:
 class CorpusProblem:
     """A problem found while reading a corpus: the file, the line (if any) and what is wrong.
 
-    ``kind`` and ``key`` let a run count problems (``kind="dropped_label"``, ``key`` the raw label,
-    ``count`` the rows it covers: written to run.json); ``DROPPED_LABEL`` problems are the recipe's
-    choice of classes, so ``data.strict`` does not turn them into errors.
+    ``kind``, ``key``, ``count`` and ``lines`` let a run count and cite problems: ``DROPPED_LABEL``
+    (``key`` the raw label, ``count`` its rows, written to run.json; the recipe's choice of classes,
+    so ``data.strict`` does not turn it into an error), ``DUPLICATE_AUDIO`` (``key`` the later
+    utterance's id, ``lines`` both lines).
     """
 
     path: str
@@ -177,6 +178,7 @@ class CorpusProblem:
     kind: str = ""
     key: str = ""
     count: int = 1
+    lines: Tuple[int, ...] = ()
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
@@ -221,6 +223,6 @@ class Corpus:
         return getattr(cls.generate, "__func__", None) is not Corpus.generate.__func__
 
     def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False,
-                kind: str = "", key: str = "", count: int = 1) -> None:
-        """Record a problem met while reading the corpus (``kind``/``key``/``count``: see ``CorpusProblem``)."""
-        self.problems.append(CorpusProblem(str(path), message, line, fatal, kind, key, count))
+                kind: str = "", key: str = "", count: int = 1, lines: Sequence[int] = ()) -> None:
+        """Record a problem met while reading the corpus (``kind``, ``key``, ``count``, ``lines``: see ``CorpusProblem``)."""
+        self.problems.append(CorpusProblem(str(path), message, line, fatal, kind, key, count, tuple(lines)))

@@ -100,9 +100,10 @@ class Predictor:
             if unexpected or any(not k.startswith("upstream.") for k in missing):
                 raise PredictError(f"{ckpt} does not match the recipe's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
             self.models.append(model.to(device).eval())
-            self.normalizers.append(self._normalizer(ckpt.parent))
+            self.normalizers.append(self._normalizer(ckpt.parent, [upstream.hidden_sizes[k] for k in kept]))
 
-    def _normalizer(self, fold_dir: Path) -> Optional[Normalizer]:
+    def _normalizer(self, fold_dir: Path, sizes: List[int]) -> Optional[Normalizer]:
+        """The fold's saved normaliser, checked against the feature sizes of the layers it standardises."""
         if self.recipe.features.normalize is None:
             return None
         path = fold_dir / "normalizer.safetensors"
@@ -110,12 +111,17 @@ class Predictor:
             raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
                                "and its statistics are needed to predict")
         try:
-            return Normalizer.load(path)
+            normalizer = Normalizer.load(path)
         except CorruptFileError:
             raise
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # readable safetensors, foreign content
             raise CorruptFileError(f"{path}: not a normaliser that ser wrote ({type(exc).__name__}: {exc}); "
                                    "restore it from the run") from None
+        found = [int(m.shape[-1]) if m.dim() else 0 for m in normalizer.mean_]
+        if found != sizes or [int(s_.shape[-1]) if s_.dim() else 0 for s_ in normalizer.std_] != sizes:
+            raise CorruptFileError(f"{path}: not a normaliser of this run (statistics of feature sizes {found}, "
+                                   f"the model reads {sizes}); restore it from the run")
+        return normalizer
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:

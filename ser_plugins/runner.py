@@ -183,8 +183,11 @@ class Runner:
                                             "continue with ser run --resume")
             raise RunError(f"{exc}{where}") from exc
         finally:
-            if created and locked and not started:
-                self._remove_created(lock, created)
+            if locked and not started:
+                if created:
+                    self._remove_created(lock, created)
+                elif not (self.run_dir / "recipe.yaml").exists():  # a directory of the user's: only our lock files go
+                    lock.remove_files()
 
     def _remove_created(self, lock: RunLock, created: List[Path]) -> None:
         """Undo a run that failed before its first fold: this run created the directory, nothing in it is kept."""

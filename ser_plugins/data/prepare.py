@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ser_plugins import registry
-from ser_plugins.contracts import DROPPED_LABEL, Corpus, CorpusProblem, Upstream, Utterance
+from ser_plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, CorpusProblem, Upstream, Utterance
 from ser_plugins.data.decode import DataError, decode_corpus
 from ser_plugins.data.features import compute_frozen_features
 from ser_plugins.data.folds import Fold, check_folds, make_folds
@@ -111,12 +111,16 @@ def same_audio_groups(utterances: Sequence[Utterance]) -> List[List[Utterance]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def check_same_audio(folds: Sequence[Fold], utterances: Sequence[Utterance]) -> List[str]:
+def check_same_audio(folds: Sequence[Fold], utterances: Sequence[Utterance],
+                     problems: Sequence[CorpusProblem] = ()) -> List[str]:
     """Refuse the same audio in two roles of a fold (train/dev/test leakage); warn about other copies.
 
-    Raises ``PrepareError`` naming both ids; returns warnings for copies that share their role in
-    every fold (the recording counts twice in its set).
+    Raises ``PrepareError`` naming both ids (and, from the corpus's ``duplicate_audio`` problems,
+    both lines); returns warnings for copies that share their role in every fold (the recording
+    counts twice in its set).
     """
+    cited = {p.key: f" ({p.path} lines {' and '.join(map(str, p.lines))})" for p in problems
+             if p.kind == DUPLICATE_AUDIO and p.key and p.lines}
     groups = same_audio_groups(utterances)
     if not groups:
         return []
@@ -132,11 +136,11 @@ def check_same_audio(folds: Sequence[Fold], utterances: Sequence[Utterance]) -> 
                 a, b = roles.get(first.id, "unused"), roles.get(other.id, "unused")
                 if a != b:
                     raise PrepareError(
-                        f"utterances {first.id!r} and {other.id!r} are the same audio ({first.path}"
-                        f"{_segment(first)}) but fold {name!r} puts one in {a} and the other in {b}: the "
-                        "recording would leak between training and evaluation; list it once in the corpus")
-            warnings.append(f"utterances {first.id!r} and {other.id!r} are the same audio ({first.path}"
-                            f"{_segment(first)}); both are used, in the same set of every fold")
+                        f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
+                        f"({first.path}{_segment(first)}) but fold {name!r} puts one in {a} and the other in {b}: "
+                        "the recording would leak between training and evaluation; list it once in the corpus")
+            warnings.append(f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
+                            f"({first.path}{_segment(first)}); both are used, in the same set of every fold")
     return warnings
 
 
@@ -193,7 +197,7 @@ def plan(recipe: Recipe) -> Plan:
     protocol = p.name or corpus.default_protocol
     folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
     check_folds(folds, {u.id: u.label for u in utterances}, labels)  # empty sets raise now; warnings come later
-    check_same_audio(folds, utterances)
+    check_same_audio(folds, utterances, corpus.problems)
     dropped = dropped_labels(corpus.problems)
     if dropped:
         log.warning("corpus: rows dropped for a label outside %s: %s", labels,
@@ -230,7 +234,7 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     p = recipe.protocol
     folds = make_folds(usable, pl.protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
     targets = {u.id: labels.index(u.label) for u in usable}
-    same_audio = check_same_audio(folds, usable)
+    same_audio = check_same_audio(folds, usable, pl.corpus.problems)
     warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels)
     for w in warnings + same_audio:
         log.warning("%s", w)
