@@ -198,7 +198,7 @@ def _user_message(exc: BaseException) -> Optional[str]:
     """
     import pickle
 
-    from ser_plugins.errors import disk_full_errno, refused_pickle
+    from ser_plugins.errors import disk_full_errno, is_refusal, refused_pickle, unpickler_detail
 
     if isinstance(exc, (UserError, FileNotFoundError, FileExistsError)):
         return str(exc)
@@ -207,7 +207,9 @@ def _user_message(exc: BaseException) -> Optional[str]:
         where = getattr(exc, "filename", None)
         return f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} (no room left on the disk, or over a size limit)"
     if isinstance(exc, pickle.UnpicklingError):
-        return str(refused_pickle("a pickled file", exc))
+        if is_refusal(exc):
+            return str(refused_pickle("a pickled file", exc))
+        return f"cannot read a pickled file: {unpickler_detail(exc)} (nothing was executed)"
     return None
 
 

@@ -59,6 +59,19 @@ def disk_full_errno(exc: BaseException) -> Optional[int]:
     return None
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """True when an ``UnpicklingError`` is torch's weights-only unpickler refusing a global (code it would run)."""
+    return bool(_GLOBAL_IN_TEXT.search(str(exc)))
+
+
+def unpickler_detail(exc: BaseException) -> str:
+    """The unpickler's own complaint, one line, without torch's advice to retry with ``weights_only=False``."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not any(w in ln for w in ("weights_only", "Weights only", "torch.load", "file an issue"))]
+    text = " ".join(keep).replace("WeightsUnpickler error:", "").strip()
+    return text or "not a pickle"
+
+
 def refused_pickle(what: str, exc: Optional[BaseException] = None) -> UnsafeCheckpointError:
     """Our own message for a pickle that the weights-only unpickler refused (never PyTorch's hint).
 

@@ -516,3 +516,19 @@ def test_the_lock_does_not_need_fcntl(tmp_path):
                          timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("refused:") and "in use by pid" in res.stdout
+
+
+def test_a_damaged_pickle_is_named_as_damaged_not_as_refused(tmp_path):
+    from upstreams.safe_checkpoint import load_checkpoint
+
+    good = tmp_path / "state.pt"
+    torch.save({"w": torch.ones(1000)}, good)
+    truncated, garbage = tmp_path / "truncated.pt", tmp_path / "garbage.pt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    garbage.write_bytes(b"garbage, not a pickle")
+    for path in (truncated, garbage):
+        with pytest.raises(CorruptFileError, match="not a readable training state") as info:
+            load_state(path)
+        assert str(path) in str(info.value) and "weights_only" not in str(info.value)
+    with pytest.raises(CorruptFileError, match="not a readable checkpoint"):
+        load_checkpoint(truncated)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ser_plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
-from ser_plugins.errors import refused_pickle
+from ser_plugins.errors import CorruptFileError, is_refusal, refused_pickle, unpickler_detail
 from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,
     WeightsNotFoundError,
@@ -455,7 +455,10 @@ class HFUpstream(TransformersEncoderUpstream):
         try:
             encoder = transformers.AutoModel.from_pretrained(target, **load_kwargs)
         except pickle.UnpicklingError as exc:  # a pickled weights file the weights-only unpickler refused
-            raise refused_pickle(f"the weights of {str(model)!r}", exc) from None
+            if is_refusal(exc):
+                raise refused_pickle(f"the weights of {str(model)!r}", exc) from None
+            raise CorruptFileError(f"the weights of {str(model)!r} are not a readable checkpoint "
+                                   f"({unpickler_detail(exc)}); nothing was executed") from None
         except OSError as exc:  # weights file missing from the folder / cache / hub
             raise weights_not_found(str(model), _one_line(exc), revision, cache_dir, offline) from None
         except ValueError as exc:  # no AutoModel class for this config

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError, refused_pickle
+from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError, is_refusal, refused_pickle, unpickler_detail
 from ser_plugins.io import atomic_save
 
 
@@ -58,6 +58,9 @@ def load_state(path: Path) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not is_refusal(exc):  # e.g. "invalid load key": a damaged file, not a refused object
+            raise CorruptFileError(f"{path}: not a readable training state ({unpickler_detail(exc)}); delete it "
+                                   "(the fold restarts from its first epoch) or restore it") from None
         refused = refused_pickle(str(path), exc)
         raise UnsafeCheckpointError(f"{refused}. A training state written by ser-plugins never holds such "
                                     "objects: delete the file (the fold restarts) or restore it") from None
