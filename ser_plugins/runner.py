@@ -162,7 +162,9 @@ class Runner:
         self._check_run_dir()
         _check_writable(self.run_dir)
         planned = plan(self.recipe)
-        select_folds(planned.folds, self.fold_selection)  # --folds against the corpus's folds, before any write
+        # --folds against the corpus's folds, before any write; kept as names (an index must not shift
+        # to another fold when a session loses all its audio)
+        chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
         created = _create_dir(self.run_dir)
         lock = RunLock(self.run_dir)
         started = locked = False
@@ -174,7 +176,11 @@ class Runner:
                     orphan.unlink(missing_ok=True)
                 t0 = time.time()
                 prep = prepare(self.recipe, self.device, self.progress, planned)
-                folds = select_folds(prep.folds, self.fold_selection)
+                lost = [n for n in chosen if n not in {f.name for f in prep.folds}]
+                if lost and self.fold_selection:  # unselected, a lost session's fold is left out with a warning
+                    raise RunError(f"fold {lost[0]!r} has no usable utterances left (all its audio was skipped; "
+                                   "see the warnings above)")
+                folds = [f for f in prep.folds if f.name in chosen]
                 self._write_run_files(prep)
                 started = True
                 return self._run_folds(prep, folds, t0)

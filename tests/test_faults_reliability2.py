@@ -532,3 +532,15 @@ def test_a_damaged_pickle_is_named_as_damaged_not_as_refused(tmp_path):
         assert str(path) in str(info.value) and "weights_only" not in str(info.value)
     with pytest.raises(CorruptFileError, match="not a readable checkpoint"):
         load_checkpoint(truncated)
+
+
+def test_a_fold_number_never_shifts_to_another_fold_when_a_session_loses_its_audio(tiny_demo_root, tmp_path, capsys):
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(tiny_demo_root, root)
+    for wav in (root / "Session3").rglob("*.wav"):
+        wav.write_bytes(b"RIFF-broken")
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_for(root))
+    out = tmp_path / "run"
+    rc, _, err = run_cli(["run", str(recipe), "--out", str(out), "--folds", "3", "-q"], capsys)
+    assert_one_error(rc, err, "fold 'Session3' has no usable utterances left")  # not Session4 trained as "3"
+    assert not out.exists()
