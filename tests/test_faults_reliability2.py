@@ -20,7 +20,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -32,7 +31,7 @@ import yaml
 
 from ser_plugins import cli, registry
 from ser_plugins.data.decode import decode_corpus
-from ser_plugins.data.prepare import PrepareError, plan
+from ser_plugins.data.prepare import plan
 from ser_plugins.errors import CorruptFileError, DiskFullError, UnsafeCheckpointError
 from ser_plugins.io import atomic_write_json, atomic_write_text
 from ser_plugins.locking import LockedError, RunLock

@@ -160,7 +160,6 @@ def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> t
     return kept, head_sees_only_means(head)
 
 
-
 @dataclass
 class Plan:
     """What a run knows before decoding any audio: the corpus read, the upstream built, the folds.
