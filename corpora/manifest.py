@@ -4,9 +4,9 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Set
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ser_plugins.contracts import Corpus, Utterance
+from ser_plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, Utterance
 
 REQUIRED_COLUMNS = ("path", "label", "speaker")
 OPTIONAL_COLUMNS = ("fold", "split", "session", "start", "end", "id")
@@ -17,8 +17,12 @@ class ManifestCorpus(Corpus):
 
     Relative paths resolve against ``audio_root`` (default: the CSV's folder). ``merge`` maps raw
     labels onto classes; ``labels`` keeps only those classes (None: every label in the file, sorted)
-    and ``dropped`` counts the rest per raw label after ``load()``. The default protocol is
-    ``folds`` with a fold column, else ``split`` with a split column, else ``speaker``.
+    and ``dropped`` counts the rest per raw label after ``load()`` (also reported as one counted
+    ``dropped_label`` problem per raw label, with its line numbers). The same audio (resolved path
+    and segment) listed twice is a ``duplicate_audio`` problem naming both lines: fatal when the
+    two rows give different folds or splits (the recording would be in train and test), a warning
+    otherwise. The default protocol is ``folds`` with a fold column, else ``split`` with a split
+    column, else ``speaker``.
     """
 
     def __init__(self, root: str, labels: Optional[Sequence[str]] = None,
@@ -94,6 +98,8 @@ class ManifestCorpus(Corpus):
         """Read the manifest; bad rows and missing audio become problems and are skipped."""
         self.problems = []
         self.dropped = {}
+        dropped_lines: Dict[str, List[int]] = {}
+        seen: Dict[Tuple[str, Optional[float], Optional[float]], Tuple[int, str, Dict[str, str]]] = {}
         out: List[Utterance] = []
         ids: Set[str] = set()
         src = str(self.root)
@@ -114,6 +120,7 @@ class ManifestCorpus(Corpus):
             label = self.merge.get(raw, raw)
             if label not in self.labels:
                 self.dropped[raw] = self.dropped.get(raw, 0) + 1
+                dropped_lines.setdefault(raw, []).append(line)
                 continue
             path = Path(row["path"])
             if not path.is_absolute():
@@ -133,9 +140,19 @@ class ManifestCorpus(Corpus):
                 while utt_id in ids:
                     utt_id, k = f"{stem}_{k}", k + 1
             ids.add(utt_id)
+            same = (str(path.resolve()), start, end)
+            if same in seen:
+                self._duplicate(line, utt_id, row, path, start, end, *seen[same])
+            else:
+                seen[same] = (line, utt_id, row)
             out.append(Utterance(id=utt_id, path=str(path), label=label, speaker=row["speaker"],
                                  session=row.get("session", ""), start=start, end=end,
                                  fold=row.get("fold") or None, split=row.get("split") or None))
+        for raw, lines in dropped_lines.items():
+            shown = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
+            self.problem(src, f"{len(lines)} row(s) with label {raw!r}, outside labels {self.labels}, dropped "
+                              f"(line{'s' if len(lines) > 1 else ''} {shown})", kind=DROPPED_LABEL, key=raw,
+                         count=len(lines), lines=lines)
         present = {u.label for u in out}
         for lab in self.labels:
             if out and lab not in present:
@@ -143,3 +160,20 @@ class ManifestCorpus(Corpus):
         if not out:
             self.problem(src, "no usable utterances in the manifest", fatal=True)
         return out
+
+    def _duplicate(self, line: int, utt_id: str, row: Dict[str, str], path: Path, start: Optional[float],
+                   end: Optional[float], first_line: int, first_id: str, first_row: Dict[str, str]) -> None:
+        """Report a row whose audio (file and segment) an earlier row already lists."""
+        segment = "" if start is None and end is None else f" [{start if start is not None else 0}-" \
+                                                            f"{end if end is not None else 'end'} s]"
+        clash = [col for col in ("fold", "split") if row.get(col, "") != first_row.get(col, "")]
+        what = (f"line {line} lists the same audio as line {first_line} ({path}{segment}; "
+                f"ids {first_id!r} and {utt_id!r})")
+        if clash:
+            col = clash[0]
+            self.problem(str(self.root), f"{what} in {col} {first_row.get(col)!r} and {col} {row.get(col)!r}: the "
+                                         "same recording would be in training and test data; list it once",
+                         line, fatal=True, kind=DUPLICATE_AUDIO, key=utt_id, lines=(first_line, line))
+        else:
+            self.problem(str(self.root), f"{what}; both rows are kept (it counts twice)", line,
+                         kind=DUPLICATE_AUDIO, key=utt_id, lines=(first_line, line))

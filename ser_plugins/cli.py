@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -81,13 +82,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ser_plugins.predict import Predictor
+    from ser_plugins.predict import Predictor, format_results
 
     predictor = Predictor(Path(args.run_dir), args.fold, min_speaker_files=args.min_speaker_files)
-    for res in predictor.predict_files(args.files):
-        probs = " ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
-        print(f"{res['path']}\t{res['emotion']}\t{probs}")
-    return 0
+    results = predictor.predict_files(args.files)
+    sys.stdout.write(format_results(results, predictor.labels, args.format))
+    bad = [r for r in results if r["problem"] is not None]
+    for r in bad:
+        print(f"warning: {r['path']}: not scored: {r['problem']} ({r['detail']})", file=sys.stderr)
+    if bad:
+        print(f"warning: {len(bad)} of {len(results)} files not scored", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
@@ -161,9 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_list)
 
-    pr = sub.add_parser("predict", help="print the emotion and class probabilities of audio files")
+    pr = sub.add_parser(
+        "predict", help="print the emotion and class probabilities of audio files",
+        description="Score audio files with a finished run (the folds' checkpoints averaged). Every readable "
+                    "file is scored; a file that cannot be read or that training would have skipped (silent, "
+                    "constant, non-finite, too short, non-finite features) gets its own line saying why it "
+                    "was not scored. Exit status: 0 when every file was scored, 1 when some file was not "
+                    "(the others are still scored and printed), 2 when the run directory cannot be used.")
     pr.add_argument("run_dir")
     pr.add_argument("files", nargs="+")
+    pr.add_argument("--format", choices=("text", "json", "csv"), default="text",
+                    help="output: text (tab-separated lines, default), json (a list of objects with path, status, "
+                         "emotion, probabilities, problem, detail) or csv (path,status,emotion,problem,detail,p_<label>...)")
     pr.add_argument("--fold", help="use one fold's checkpoint (default: average all folds)")
     pr.add_argument("--min-speaker-files", type=int, default=10,
                     help="speaker-normalised runs: with at least this many files, standardise with their own "
@@ -196,11 +210,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        user_error = isinstance(exc, (UserError, FileNotFoundError, FileExistsError))
-        if args.debug or not user_error:
+        message = _user_message(exc)
+        if args.debug or message is None:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _user_message(exc: BaseException) -> Optional[str]:
+    """The one-line message of an error that is the user's to fix, or None for a bug (keeps its traceback).
+
+    Besides ``UserError``: a missing file, a full disk (named by its errno wherever it was raised) and
+    a pickle the weights-only unpickler refused (with our advice, never PyTorch's ``weights_only=False``).
+    """
+    import pickle
+
+    from ser_plugins.errors import disk_full_errno, is_refusal, refused_pickle, unpickler_detail
+
+    if isinstance(exc, (UserError, FileNotFoundError, FileExistsError)):
+        return str(exc)
+    code = disk_full_errno(exc)
+    if code is not None:
+        where = getattr(exc, "filename", None)
+        return f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} (no room left on the disk, or over a size limit)"
+    if isinstance(exc, pickle.UnpicklingError):
+        if is_refusal(exc):
+            return str(refused_pickle("a pickled file", exc))
+        return f"cannot read a pickled file: {unpickler_detail(exc)} (nothing was executed)"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -163,16 +163,30 @@ class Utterance:
 
 @dataclass(frozen=True)
 class CorpusProblem:
-    """A problem found while reading a corpus: the file, the line (if any) and what is wrong."""
+    """A problem found while reading a corpus: the file, the line (if any) and what is wrong.
+
+    ``kind``, ``key``, ``count`` and ``lines`` let a run count and cite problems: ``DROPPED_LABEL``
+    (``key`` the raw label, ``count`` its rows, written to run.json; the recipe's choice of classes,
+    so ``data.strict`` does not turn it into an error), ``DUPLICATE_AUDIO`` (``key`` the later
+    utterance's id, ``lines`` both lines).
+    """
 
     path: str
     message: str
     line: Optional[int] = None
     fatal: bool = False
+    kind: str = ""
+    key: str = ""
+    count: int = 1
+    lines: Tuple[int, ...] = ()
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
         return f"{where}: {self.message}"
+
+
+DROPPED_LABEL = "dropped_label"  # rows whose label is outside the corpus's labels (counted per raw label)
+DUPLICATE_AUDIO = "duplicate_audio"  # the same audio (file and segment) listed twice
 
 
 class Corpus:
@@ -208,6 +222,7 @@ class Corpus:
         """True when the class overrides ``generate``."""
         return getattr(cls.generate, "__func__", None) is not Corpus.generate.__func__
 
-    def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False) -> None:
-        """Record a problem met while reading the corpus."""
-        self.problems.append(CorpusProblem(str(path), message, line, fatal))
+    def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False,
+                kind: str = "", key: str = "", count: int = 1, lines: Sequence[int] = ()) -> None:
+        """Record a problem met while reading the corpus (``kind``, ``key``, ``count``, ``lines``: see ``CorpusProblem``)."""
+        self.problems.append(CorpusProblem(str(path), message, line, fatal, kind, key, count, tuple(lines)))

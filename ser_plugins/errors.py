@@ -6,7 +6,16 @@ subclasses of ``UserError`` for problems a user can fix (a missing checkpoint, a
 """
 from __future__ import annotations
 
+import errno
 import pickle
+import re
+from typing import Optional
+
+#: errno values meaning "no room left": a full disk, a file-size limit, a disk quota
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if e is not None)
+
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # how Rust libraries (safetensors) report an errno
+_GLOBAL_IN_TEXT = re.compile(r"GLOBAL ([\w.]+)")  # the global torch's weights-only unpickler refused
 
 
 class UserError(Exception):
@@ -23,3 +32,55 @@ class UnsafeCheckpointError(UserError, pickle.UnpicklingError):
 
 class CorruptFileError(UserError):
     """A file of a run directory (JSON, YAML, safetensors) that cannot be read; the message names it."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write failed for lack of room (full disk, file-size limit, quota); the message names the file.
+
+    An ``OSError`` still, so code that catches write errors keeps catching it.
+    """
+
+
+def disk_full_errno(exc: BaseException) -> Optional[int]:
+    """The "no room left" errno behind ``exc`` (searched along its cause/context chain), else None.
+
+    Some writers wrap the ``OSError``: torch.save raises ``RuntimeError`` with the OSError as its
+    context, safetensors puts ``(os error 28)`` in its message.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.errno
+        match = _OS_ERROR_IN_TEXT.search(str(exc))
+        if match and int(match.group(1)) in DISK_FULL_ERRNOS:
+            return int(match.group(1))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when an ``UnpicklingError`` is torch's weights-only unpickler refusing a global (code it would run)."""
+    return bool(_GLOBAL_IN_TEXT.search(str(exc)))
+
+
+def unpickler_detail(exc: BaseException) -> str:
+    """The unpickler's own complaint, one line, without torch's advice to retry with ``weights_only=False``."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not any(w in ln for w in ("weights_only", "Weights only", "torch.load", "file an issue"))]
+    text = " ".join(keep).replace("WeightsUnpickler error:", "").strip()
+    return text or "not a pickle"
+
+
+def refused_pickle(what: str, exc: Optional[BaseException] = None) -> UnsafeCheckpointError:
+    """Our own message for a pickle that the weights-only unpickler refused (never PyTorch's hint).
+
+    PyTorch's message suggests ``weights_only=False``, which would run whatever the file holds; we
+    name the refused global (when torch named it) and say what is safe to do instead.
+    """
+    match = _GLOBAL_IN_TEXT.search(str(exc)) if exc is not None else None
+    named = f" (it references {match.group(1)})" if match else ""
+    return UnsafeCheckpointError(
+        f"refused to load {what}: its pickle holds objects other than tensors and plain data{named}, "
+        "so loading it could run code; nothing was executed. Use a safetensors copy of these weights, "
+        "or convert the file to safetensors on a machine where you trust its source")

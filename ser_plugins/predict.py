@@ -1,16 +1,24 @@
-"""Emotion predictions for new audio files from a finished run directory."""
+"""Emotion predictions for new audio files from a finished run directory.
+
+Every readable file is scored; a file that cannot be read, or that training would have skipped
+(silent, constant, non-finite samples, too short, non-finite features), is reported with its
+reason instead of a score. ``format_results`` writes the results as text, JSON or CSV.
+"""
 from __future__ import annotations
 
 import copy
+import csv
+import io
+import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ser_plugins.data.audio import load_audio
+from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.normalize import Normalizer
-from ser_plugins.errors import UserError
+from ser_plugins.errors import CorruptFileError, UserError
 from ser_plugins.io import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
 from ser_plugins.recipe import RecipeError, resolve, safe_load
@@ -45,13 +53,25 @@ def load_run_recipe(run_dir: Path):
         raise PredictError(f"{path}: {exc}") from None
 
 
+def read_labels(run_dir: Path) -> List[str]:
+    """The class labels saved in a run's run.json (a damaged or foreign file is named in the error)."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        raise PredictError(f"{run_dir} is not a finished run directory (no run.json)")
+    data = read_json(path)
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise CorruptFileError(f"{path}: has no list of class labels (\"labels\"); not a run.json that ser wrote")
+    return labels
+
+
 class Predictor:
     """Loads a run's recipe and fold checkpoints; averages the folds' probabilities (an ensemble).
 
     With normalisation in the recipe each fold's saved normaliser is applied: ``global`` uses the
     fold's training statistics; ``speaker`` treats the given files as one unknown speaker: with at
-    least ``min_speaker_files`` files their own statistics are used, with fewer (one file's own
-    statistics would erase what the head needs) the typical statistics of the fold's training
+    least ``min_speaker_files`` usable files their own statistics are used, with fewer (one file's
+    own statistics would erase what the head needs) the typical statistics of the fold's training
     speakers.
     """
 
@@ -60,7 +80,7 @@ class Predictor:
         self.min_speaker_files = min_speaker_files
         self.run_dir = Path(run_dir)
         self.recipe = load_run_recipe(self.run_dir)
-        self.labels = read_json(self.run_dir / "run.json")["labels"]
+        self.labels = read_labels(self.run_dir)
         self.device = device
         r = self.recipe
         self.upstream = build_upstream(r.upstream, r.finetune).to(device).eval()
@@ -72,53 +92,148 @@ class Predictor:
             upstream = copy.deepcopy(self.upstream) if self.finetuned else self.upstream
             head, kept = build_head(r.features, r.aggregator, r.classifier, upstream, len(self.labels))
             model = SERModel(upstream, head, kept)
-            missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
+            except RuntimeError as exc:  # tensors of the wrong shape: another model's checkpoint
+                raise CorruptFileError(f"{ckpt}: does not fit the recipe's model ({str(exc).splitlines()[-1].strip()})"
+                                       ) from None
             if unexpected or any(not k.startswith("upstream.") for k in missing):
                 raise PredictError(f"{ckpt} does not match the recipe's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
             self.models.append(model.to(device).eval())
-            self.normalizers.append(self._normalizer(ckpt.parent))
+            self.normalizers.append(self._normalizer(ckpt.parent, [upstream.hidden_sizes[k] for k in kept]))
 
-    def _normalizer(self, fold_dir: Path) -> Optional[Normalizer]:
+    def _normalizer(self, fold_dir: Path, sizes: List[int]) -> Optional[Normalizer]:
+        """The fold's saved normaliser, checked against the feature sizes of the layers it standardises."""
         if self.recipe.features.normalize is None:
             return None
         path = fold_dir / "normalizer.safetensors"
         if not path.exists():
             raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
                                "and its statistics are needed to predict")
-        return Normalizer.load(path)
+        try:
+            normalizer = Normalizer.load(path)
+        except CorruptFileError:
+            raise
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # readable safetensors, foreign content
+            raise CorruptFileError(f"{path}: not a normaliser that ser wrote ({type(exc).__name__}: {exc}); "
+                                   "restore it from the run") from None
+        found = [int(m.shape[-1]) if m.dim() else 0 for m in normalizer.mean_]
+        if found != sizes or [int(s_.shape[-1]) if s_.dim() else 0 for s_ in normalizer.std_] != sizes:
+            raise CorruptFileError(f"{path}: not a normaliser of this run (statistics of feature sizes {found}, "
+                                   f"the model reads {sizes}); restore it from the run")
+        return normalizer
 
     @torch.no_grad()
-    def predict_files(self, paths: Sequence[str]) -> List[Dict[str, object]]:
-        """``[{"path", "emotion", "probabilities": {label: p}}]`` for each file.
+    def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
+        """One result per file, in order: ``{"path", "emotion", "probabilities", "problem", "detail"}``.
 
-        Files are run one at a time (no padding: a file's prediction never depends on the others),
-        except for the speaker statistics, which pool all given files.
+        A scored file has ``problem`` None. A file that cannot be read or that training would skip
+        has ``emotion`` and ``probabilities`` None and ``problem`` set to the reason (``unreadable``,
+        ``empty``, ``too_short``, ``non_finite``, ``silent``, ``constant``, ``non_finite_features``,
+        ``non_finite_output``) with a one-line ``detail``. Files are run one at a time (no padding:
+        a file's prediction never depends on the others), except for the speaker statistics, which
+        pool all usable files.
         """
-        waves = [load_audio(p, self.upstream.sample_rate, min_samples=self.upstream.min_samples) for p in paths]
-        probs = torch.zeros(len(paths), len(self.labels))
-        shared = [self._hidden(self.upstream, w) for w in waves] if not self.finetuned else None
+        results: List[Dict[str, Any]] = [{"path": str(p), "emotion": None, "probabilities": None, "problem": None,
+                                          "detail": ""} for p in paths]
+        waves = {}
+        for i, p in enumerate(paths):
+            try:
+                wave = load_audio(str(p), self.upstream.sample_rate, min_samples=self.upstream.min_samples)
+            except AudioError as exc:  # its message is "path: reason (detail)"
+                detail = str(exc)[len(f"{exc.path}: {exc.reason}"):].strip(" ()")
+                self._flag(results[i], exc.reason, detail or exc.reason)
+                continue
+            problem = signal_problem(wave)
+            if problem is not None:
+                self._flag(results[i], *problem)
+                continue
+            waves[i] = wave
+        probs: Dict[int, torch.Tensor] = {i: torch.zeros(len(self.labels)) for i in waves}
+        shared = self._states(self.upstream, waves, results) if not self.finetuned else None
         for model, normalizer in zip(self.models, self.normalizers):
-            outs = shared if shared is not None else [self._hidden(model.upstream, w) for w in waves]
-            states = [[s[0] for s in model.select_layers(h)] for h, _ in outs]  # per file, [T, D] per layer
+            outs = shared if shared is not None else self._states(model.upstream, waves, results)
+            outs = {i: o for i, o in outs.items() if results[i]["problem"] is None}
+            states = {i: [s[0] for s in model.select_layers(h)] for i, (h, _) in outs.items()}  # [T, D] per layer
             if normalizer is not None:
                 states = self._normalise(normalizer, states)
-            for i, (st, (_, n)) in enumerate(zip(states, outs)):
-                logits = model.forward_features([layer.unsqueeze(0) for layer in st], n)
+            for i, st in states.items():
+                logits = model.forward_features([layer.unsqueeze(0) for layer in st], outs[i][1])
                 probs[i] += torch.softmax(logits.float(), -1)[0].cpu()
-        probs /= len(self.models)
-        return [{"path": str(p), "emotion": self.labels[int(pr.argmax())],
-                 "probabilities": {lab: float(v) for lab, v in zip(self.labels, pr)}} for p, pr in zip(paths, probs)]
+        for i, pr in probs.items():
+            if results[i]["problem"] is not None:
+                continue
+            pr = pr / len(self.models)
+            if not torch.isfinite(pr).all():
+                self._flag(results[i], "non_finite_output", "the model gives non-finite probabilities")
+                continue
+            results[i]["emotion"] = self.labels[int(pr.argmax())]
+            results[i]["probabilities"] = {lab: float(v) for lab, v in zip(self.labels, pr)}
+        return results
 
-    def _normalise(self, normalizer: Normalizer, states: List[List[torch.Tensor]]) -> List[List[torch.Tensor]]:
+    @staticmethod
+    def _flag(result: Dict[str, Any], reason: str, detail: str) -> None:
+        result["problem"], result["detail"] = reason, detail
+
+    def _states(self, upstream, waves: Dict[int, Any], results: List[Dict[str, Any]]) -> Dict[int, tuple]:
+        """Hidden states and frame count of each usable file; non-finite features flag the file."""
+        out = {}
+        for i, wave in waves.items():
+            if results[i]["problem"] is not None:
+                continue
+            hidden, frames = self._hidden(upstream, wave)
+            if not all(torch.isfinite(h).all() for h in hidden):
+                self._flag(results[i], "non_finite_features", "the upstream gives non-finite features (NaN/inf)")
+                continue
+            out[i] = (hidden, frames)
+        return out
+
+    def _normalise(self, normalizer: Normalizer, states: Dict[int, List[torch.Tensor]]) -> Dict[int, List[torch.Tensor]]:
         speaker = None
         if normalizer.kind == "speaker" and len(states) >= self.min_speaker_files:
             normalizer = copy.copy(normalizer)
             normalizer.speakers_ = {}
-            normalizer.add_speaker("files", states)
+            normalizer.add_speaker("files", list(states.values()))
             speaker = "files"
-        return [normalizer.transform(layers, speaker) for layers in states]
+        return {i: normalizer.transform(layers, speaker) for i, layers in states.items()}
 
     def _hidden(self, upstream, wave) -> tuple:
         wavs, lengths = pad_waves([wave])
         out = upstream(wavs.to(self.device), lengths.to(self.device))
         return out.hidden_states, out.lengths
+
+
+FORMATS = ("text", "json", "csv")
+
+
+def format_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt: str = "text") -> str:
+    """The results of ``predict_files`` as ``text`` (one tab-separated line per file), ``json`` or ``csv``.
+
+    text: ``path<TAB>emotion<TAB>label=p ...`` for a scored file, ``path<TAB>-<TAB>not scored: reason
+    (detail)`` for the others. json: a list of objects with ``path``, ``status`` (``ok`` or
+    ``error``), ``emotion``, ``probabilities``, ``problem``, ``detail``. csv: a header line
+    ``path,status,emotion,problem,detail,p_<label>...``.
+    """
+    if fmt == "json":
+        rows = [{"path": r["path"], "status": "ok" if r["problem"] is None else "error", "emotion": r["emotion"],
+                 "probabilities": r["probabilities"], "problem": r["problem"], "detail": r["detail"]} for r in results]
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "status", "emotion", "problem", "detail"] + [f"p_{lab}" for lab in labels])
+        for r in results:
+            ok = r["problem"] is None
+            probs = [f"{r['probabilities'][lab]:.5f}" for lab in labels] if ok else [""] * len(labels)
+            w.writerow([r["path"], "ok" if ok else "error", r["emotion"] or "", r["problem"] or "", r["detail"]] + probs)
+        return buf.getvalue()
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    lines = []
+    for r in results:
+        if r["problem"] is None:
+            probs = " ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
+            lines.append(f"{r['path']}\t{r['emotion']}\t{probs}")
+        else:
+            lines.append(f"{r['path']}\t-\tnot scored: {r['problem']} ({r['detail']})")
+    return "\n".join(lines) + ("\n" if lines else "")

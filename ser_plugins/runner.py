@@ -4,7 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -16,9 +19,9 @@ from tqdm.auto import tqdm
 from ser_plugins.contracts import Upstream
 from ser_plugins.data.folds import Fold
 from ser_plugins.data.normalize import Normalizer
-from ser_plugins.data.prepare import Prepared, count_reasons, prepare
+from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
-from ser_plugins.errors import RunError
+from ser_plugins.errors import DiskFullError, RunError
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.locking import RunLock
 from ser_plugins.model import SERModel, build_head
@@ -74,13 +77,46 @@ def eval_batch_size(training: TrainingConfig, upstream: Upstream, precomputed: b
 
 
 def _check_writable(run_dir: Path) -> None:
+    """Refuse a run directory that cannot be written, without creating it.
+
+    A 64 KiB probe is written and removed in the directory, or (when it does not exist yet) in
+    its nearest existing parent: a full disk, a read-only folder or a file in the way shows now.
+    """
+    target = run_dir
+    while not target.exists() and target.parent != target:
+        target = target.parent
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
-        probe.write_bytes(b"\0" * 65536)
-        probe.unlink()
+        if not target.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(target))
+        fd, probe = tempfile.mkstemp(prefix=".ser-write-probe.", dir=target)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        finally:
+            os.unlink(probe)
     except OSError as exc:
         raise RunError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}") from None
+
+
+def _create_dir(run_dir: Path) -> List[Path]:
+    """Create ``run_dir`` (and missing parents); returns the directories this call created, deepest first.
+
+    Empty when the directory already existed (or another process created it at the same moment).
+    """
+    missing = []
+    d = run_dir.parent
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir()
+    except FileExistsError:
+        return []
+    except OSError as exc:
+        raise RunError(f"cannot write to the run directory {run_dir}: {exc.strerror or exc}") from None
+    return [run_dir] + missing
 
 
 def _environment() -> Dict[str, Any]:
@@ -127,43 +163,91 @@ class Runner:
 
     def prepare(self) -> Prepared:
         """Load the corpus, decode audio once (validation pass), build folds, extract frozen features."""
-        return prepare(self.recipe, self.device, self.progress, self.store_frames)
+        return prepare(self.recipe, self.device, self.progress, store_frames=self.store_frames)
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> Summary:
-        """Train and test every selected fold, then write the summary; returns it."""
-        r = self.recipe
+        """Train and test every selected fold, then write the summary; returns it.
+
+        Everything that needs no audio decoding (the recipe against a previous run, the output
+        directory, the corpus, the upstream, the folds and ``--folds``) is checked before the run
+        directory is created; a failure before the first fold starts removes what this run
+        created, so a corrected rerun is not refused.
+        """
+        self._check_run_dir()
         _check_writable(self.run_dir)
-        with RunLock(self.run_dir):
-            self._check_run_dir()
-            for orphan in self.run_dir.rglob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock
-                orphan.unlink(missing_ok=True)
-            started = time.time()
-            prep = self.prepare()  # every corpus, audio and model problem surfaces before anything is written
-            folds = select_folds(prep.folds, self.fold_selection)
-            atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(r))
+        planned = plan(self.recipe)
+        # --folds against the corpus's folds, before any write; kept as names (an index must not shift
+        # to another fold when a session loses all its audio)
+        chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
+        created = _create_dir(self.run_dir)
+        lock = RunLock(self.run_dir)
+        started = locked = False
+        try:
+            with lock:
+                locked = True
+                self._check_run_dir()  # again, under the lock: another run may have started meanwhile
+                for orphan in self.run_dir.rglob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock
+                    orphan.unlink(missing_ok=True)
+                t0 = time.time()
+                prep = prepare(self.recipe, self.device, self.progress, planned, self.store_frames)
+                lost = [n for n in chosen if n not in {f.name for f in prep.folds}]
+                if lost and self.fold_selection:  # unselected, a lost session's fold is left out with a warning
+                    raise RunError(f"fold {lost[0]!r} has no usable utterances left (all its audio was skipped; "
+                                   "see the warnings above)")
+                folds = [f for f in prep.folds if f.name in chosen]
+                self._write_run_files(prep)
+                started = True
+                return self._run_folds(prep, folds, t0)
+        except DiskFullError as exc:
+            where = "" if not started else (f"; finished folds in {self.run_dir} are intact: free some space and "
+                                            "continue with ser run --resume")
+            raise RunError(f"{exc}{where}") from exc
+        finally:
+            if locked and not started:
+                if created:
+                    self._remove_created(lock, created)
+                elif not (self.run_dir / "recipe.yaml").exists():  # a directory of the user's: only our lock files go
+                    lock.remove_files()
+
+    def _remove_created(self, lock: RunLock, created: List[Path]) -> None:
+        """Undo a run that failed before its first fold: this run created the directory, nothing in it is kept."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        lock.remove_files()
+        for d in created[1:]:  # parents this run created, if they are empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    def _write_run_files(self, prep: Prepared) -> None:
+        r = self.recipe
+        atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(r))
+        atomic_write_json(self.run_dir / "run.json", {
+            "environment": _environment(), "device": self.device, "upstream": prep.upstream.identity(),
+            "labels": prep.labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
+                                               "test": len(f.test)} for f in prep.folds],
+            "skipped": count_reasons(prep.skipped), "corpus_problems": len(prep.corpus_problems),
+            "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "normalize": r.features.normalize,
+                           "transductive": r.features.transductive},
+            **prep.notes,
+        })
+
+    def _run_folds(self, prep: Prepared, folds: List[Fold], t0: float) -> Summary:
+        r = self.recipe
+        if r.finetune.mode != "frozen":
+            initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
+        results = {}
+        for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
+            done = self.run_dir / "folds" / fold.name / "metrics.json"
+            if done.exists():
+                log.info("fold %s already finished; skipping", fold.name)
+                results[fold.name] = read_json(done)
+                continue
             if r.finetune.mode != "frozen":
-                initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
-            atomic_write_json(self.run_dir / "run.json", {
-                "environment": _environment(), "device": self.device, "upstream": prep.upstream.identity(),
-                "labels": prep.labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
-                                                   "test": len(f.test)} for f in prep.folds],
-                "skipped": count_reasons(prep.skipped), "corpus_problems": len(prep.corpus_problems),
-                "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "normalize": r.features.normalize,
-                               "transductive": r.features.transductive},
-                **prep.notes,
-            })
-            results = {}
-            for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
-                done = self.run_dir / "folds" / fold.name / "metrics.json"
-                if done.exists():
-                    log.info("fold %s already finished; skipping", fold.name)
-                    results[fold.name] = read_json(done)
-                    continue
-                if r.finetune.mode != "frozen":
-                    prep.upstream.load_state_dict(initial_upstream)
-                results[fold.name] = self._run_fold(prep, fold, prep.folds.index(fold))
-            return self._summarise(prep, results, time.time() - started)
+                prep.upstream.load_state_dict(initial_upstream)
+            results[fold.name] = self._run_fold(prep, fold, prep.folds.index(fold))
+        return self._summarise(prep, results, time.time() - t0)
 
     def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: Path):
         """The batch source of one fold: the shared features through this fold's normaliser (if any)."""

@@ -13,12 +13,14 @@ hub cache, offline rules). See ``docs/self_supervised.md``.
 """
 from __future__ import annotations
 
+import pickle
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ser_plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
+from ser_plugins.errors import CorruptFileError, is_refusal, refused_pickle, unpickler_detail
 from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,
     WeightsNotFoundError,
@@ -452,6 +454,11 @@ class HFUpstream(TransformersEncoderUpstream):
             load_kwargs["attn_implementation"] = attn_implementation
         try:
             encoder = transformers.AutoModel.from_pretrained(target, **load_kwargs)
+        except pickle.UnpicklingError as exc:  # a pickled weights file the weights-only unpickler refused
+            if is_refusal(exc):
+                raise refused_pickle(f"the weights of {str(model)!r}", exc) from None
+            raise CorruptFileError(f"the weights of {str(model)!r} are not a readable checkpoint "
+                                   f"({unpickler_detail(exc)}); nothing was executed") from None
         except OSError as exc:  # weights file missing from the folder / cache / hub
             raise weights_not_found(str(model), _one_line(exc), revision, cache_dir, offline) from None
         except ValueError as exc:  # no AutoModel class for this config

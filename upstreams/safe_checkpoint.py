@@ -61,7 +61,7 @@ PathType = Union[str, "PathLike[str]"]
 _GLOBAL_IN_ERROR = re.compile(r"GLOBAL (\S+)")
 
 
-from ser_plugins.errors import UnsafeCheckpointError  # noqa: E402  (one error type, defined in the core)
+from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError, unpickler_detail  # noqa: E402  (one error type, defined in the core)
 
 
 class InertObject:
@@ -145,8 +145,12 @@ def _is_zip(path: PathType) -> bool:
 
 
 def _load_with(path: PathType, allowed: List[Any]) -> Any:
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as exc:  # a truncated or damaged file (not a refusal)
+        raise CorruptFileError(f"{str(path)!r}: not a readable checkpoint ({str(exc).splitlines()[0].split('. ')[0][:200]}); "
+                               "download or copy it again") from None
 
 
 def load_checkpoint(path: PathType, stub_prefixes: Sequence[str] = STUB_PREFIXES) -> Any:
@@ -178,7 +182,7 @@ def load_checkpoint(path: PathType, stub_prefixes: Sequence[str] = STUB_PREFIXES
         except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
             match = _GLOBAL_IN_ERROR.search(str(exc))
             if match is None:
-                detail = " ".join(line for line in str(exc).splitlines() if line.strip())[-300:]
+                detail = unpickler_detail(exc)[-300:]  # never torch's hint to retry with weights_only=False
                 raise UnsafeCheckpointError(
                     f"refusing to load {str(path)!r}: the weights-only unpickler rejected it ({detail})"
                 ) from None

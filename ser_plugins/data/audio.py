@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -58,3 +58,20 @@ def load_audio(
     if wav.shape[0] < min_samples:
         raise AudioError(path, "too_short", f"{wav.shape[0]} samples < {min_samples} at {sample_rate} Hz")
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def signal_problem(wav: np.ndarray) -> Optional[Tuple[str, str]]:
+    """``(reason, description)`` for decoded audio that holds no signal, else None.
+
+    ``silent``: every sample is zero (digital silence). ``constant``: a DC level with no variation
+    (zero variance; resampler edges, the first and last 2 %, are ignored). Both give features that
+    carry nothing about the speaker's emotion; training skips them and ``ser predict`` flags them.
+    """
+    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+    if peak == 0.0:
+        return "silent", "digital silence"
+    edge = wav.shape[0] // 50 if wav.shape[0] >= 100 else 0
+    core = wav[edge:wav.shape[0] - edge]
+    if float(np.ptp(core)) <= 1e-5 * peak:
+        return "constant", f"a constant (DC) signal at {float(core.mean()):.3g}, no variation"
+    return None

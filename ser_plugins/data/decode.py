@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ser_plugins.contracts import Utterance
-from ser_plugins.data.audio import AudioError, load_audio
+from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.errors import UserError
 
 log = logging.getLogger("ser_plugins")
@@ -31,6 +31,8 @@ def decode_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples
                   strict: bool = False, progress: bool = True) -> AudioSet:
     """Decode every utterance once (the validation pass): skip unusable audio with a counted reason.
 
+    Reasons: those of ``load_audio`` plus ``silent`` and ``constant`` (``signal_problem``).
+
     With ``strict`` the first unusable file raises ``DataError`` instead.
     """
     out = AudioSet()
@@ -43,12 +45,13 @@ def decode_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples
             log.warning("skipping utterance %s: %s", u.id, exc)
             out.skipped[u.id] = exc.reason
             continue
-        peak = float(np.max(np.abs(wav))) if wav.size else 0.0
-        if peak == 0.0:
+        problem = signal_problem(wav)
+        if problem is not None:
+            reason, what = problem
             if strict:
-                raise DataError(f"utterance {u.id}: {u.path} is digital silence (data.strict is on)")
-            log.warning("skipping utterance %s: %s is digital silence", u.id, u.path)
-            out.skipped[u.id] = "silent"
+                raise DataError(f"utterance {u.id}: {u.path} is {what} (data.strict is on)")
+            log.warning("skipping utterance %s: %s is %s", u.id, u.path, what)
+            out.skipped[u.id] = reason
             continue
         out.waves[u.id] = wav
     return out

@@ -1,17 +1,24 @@
 """Preparation of a run: corpus -> usable utterances (audio decoded or features extracted once) -> folds.
 
-Every corpus, audio and composition problem surfaces here, before anything is trained or written.
+Two steps. ``plan`` does everything that needs no audio decoding (the corpus read and checked, the
+upstream built, the composition checked, the folds built from every listed utterance, the same
+audio in two folds refused), so a runner can call it before it creates the run directory.
+``prepare`` then decodes the audio once (or extracts frozen features once) and builds the final
+folds from the usable utterances. Every corpus, audio and composition problem surfaces in one of
+the two, before anything is trained or written.
 """
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ser_plugins import registry
-from ser_plugins.contracts import Upstream, Utterance
+from ser_plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, CorpusProblem, Upstream, Utterance
 from ser_plugins.data.decode import DataError, decode_corpus
 from ser_plugins.data.features import compute_frozen_features
 from ser_plugins.data.folds import Fold, check_folds, make_folds
@@ -62,7 +69,11 @@ def count_reasons(skipped: Dict[str, str]) -> Dict[str, int]:
 
 
 def load_corpus(recipe: Recipe) -> tuple:
-    """``(corpus, utterances, problems)``: the recipe's corpus read, fatal problems raised."""
+    """``(corpus, utterances, problems)``: the recipe's corpus read, fatal problems raised.
+
+    Rows dropped for a label outside the corpus's labels are warned about and counted, but not an
+    error under ``data.strict`` (choosing the classes is the recipe's business).
+    """
     spec = recipe.corpus
     try:
         corpus = registry.create("corpus", spec.name, **spec.options)
@@ -75,12 +86,69 @@ def load_corpus(recipe: Recipe) -> tuple:
         log.warning("corpus: %s", p)
     if fatal:
         raise PrepareError("corpus problems stop the run:\n  " + "\n  ".join(fatal))
-    if recipe.data.strict and problems:
-        raise PrepareError("corpus problems (data.strict is on):\n  " + "\n  ".join(problems))
+    strict = [str(p) for p in corpus.problems if p.kind != DROPPED_LABEL]
+    if recipe.data.strict and strict:
+        raise PrepareError("corpus problems (data.strict is on):\n  " + "\n  ".join(strict))
     unknown = sorted({u.label for u in utterances} - set(corpus.labels))
     if unknown:
         raise PrepareError(f"corpus {spec.name!r} returned labels {unknown} outside its label set {list(corpus.labels)}")
     return corpus, utterances, problems
+
+
+def dropped_labels(problems: Sequence[CorpusProblem]) -> Dict[str, int]:
+    """Rows dropped for a label outside the corpus's labels, counted per raw label."""
+    out: Dict[str, int] = {}
+    for p in problems:
+        if p.kind == DROPPED_LABEL:
+            out[p.key] = out.get(p.key, 0) + p.count
+    return out
+
+
+def same_audio_groups(utterances: Sequence[Utterance]) -> List[List[Utterance]]:
+    """Utterances that are the same audio (resolved file path and segment), two or more per group."""
+    groups: Dict[Tuple[str, Any, Any], List[Utterance]] = defaultdict(list)
+    for u in utterances:
+        groups[(str(Path(u.path).resolve()), u.start, u.end)].append(u)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def check_same_audio(folds: Sequence[Fold], utterances: Sequence[Utterance],
+                     problems: Sequence[CorpusProblem] = ()) -> List[str]:
+    """Refuse the same audio in two roles of a fold (train/dev/test leakage); warn about other copies.
+
+    Raises ``PrepareError`` naming both ids (and, from the corpus's ``duplicate_audio`` problems,
+    both lines); returns warnings for copies that share their role in every fold (the recording
+    counts twice in its set).
+    """
+    cited = {p.key: f" ({p.path} lines {' and '.join(map(str, p.lines))})" for p in problems
+             if p.kind == DUPLICATE_AUDIO and p.key and p.lines}
+    groups = same_audio_groups(utterances)
+    if not groups:
+        return []
+    role_in = []
+    for f in folds:
+        roles = {uid: part for part in ("train", "dev", "test") for uid in getattr(f, part)}
+        role_in.append((f.name, roles))
+    warnings = []
+    for group in groups:
+        first = group[0]
+        for other in group[1:]:
+            for name, roles in role_in:
+                a, b = roles.get(first.id, "unused"), roles.get(other.id, "unused")
+                if a != b:
+                    raise PrepareError(
+                        f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
+                        f"({first.path}{_segment(first)}) but fold {name!r} puts one in {a} and the other in {b}: "
+                        "the recording would leak between training and evaluation; list it once in the corpus")
+            warnings.append(f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
+                            f"({first.path}{_segment(first)}); both are used, in the same set of every fold")
+    return warnings
+
+
+def _segment(u: Utterance) -> str:
+    if u.start is None and u.end is None:
+        return ""
+    return f" [{u.start if u.start is not None else 0}-{u.end if u.end is not None else 'end'} s]"
 
 
 def needs_frames(recipe: Recipe) -> bool:
@@ -101,11 +169,30 @@ def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> t
     return kept, head_sees_only_means(head)
 
 
-def prepare(recipe: Recipe, device: str, progress: bool = True, store_frames: bool = False) -> Prepared:
-    """Load the corpus, decode audio once (validation pass) or extract frozen features once, build folds.
+@dataclass
+class Plan:
+    """What a run knows before decoding any audio: the corpus read, the upstream built, the folds.
 
-    ``store_frames``: write frame entries to the feature cache even when this run needs only
-    means (a grid whose later heads need frames).
+    ``folds`` are built from every listed utterance: their names are the corpus's folds (``--folds``
+    is checked against them); the folds actually run are rebuilt from the usable utterances.
+    """
+
+    corpus: Corpus
+    utterances: List[Utterance]
+    problems: List[str]
+    labels: List[str]
+    upstream: Upstream
+    kept_layers: List[int]
+    sees_only_means: bool
+    folds: List[Fold]
+    protocol: str  # the recipe's, else the corpus's default
+    dropped: Dict[str, int] = field(default_factory=dict)  # rows dropped per raw label (outside the labels)
+
+
+def plan(recipe: Recipe) -> Plan:
+    """Everything that needs no audio decoding: corpus, upstream, composition, folds, same-audio leakage.
+
+    Raises a ``UserError`` subclass for any problem found; writes nothing.
     """
     if recipe.data.num_threads:
         torch.set_num_threads(recipe.data.num_threads)
@@ -114,15 +201,39 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, store_frames: bo
     set_seed(recipe.seed)
     upstream = build_upstream(recipe.upstream, recipe.finetune)
     kept, sees_only_means = check_composition(recipe, upstream, len(labels))
+    p = recipe.protocol
+    protocol = p.name or corpus.default_protocol
+    folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
+    check_folds(folds, {u.id: u.label for u in utterances}, labels)  # empty sets raise now; warnings come later
+    check_same_audio(folds, utterances, corpus.problems)
+    dropped = dropped_labels(corpus.problems)
+    if dropped:
+        log.warning("corpus: rows dropped for a label outside %s: %s", labels,
+                    ", ".join(f"{k}: {v}" for k, v in dropped.items()))
+    return Plan(corpus, list(utterances), problems, labels, upstream, kept, sees_only_means, folds, protocol, dropped)
+
+
+def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optional[Plan] = None,
+            store_frames: bool = False) -> Prepared:
+    """Decode audio once (validation pass) or extract frozen features once, then build the folds.
+
+    ``planned`` is the result of ``plan(recipe)`` (computed here when not given). ``store_frames``:
+    write frame entries to the feature cache even when this run needs only means (a grid whose
+    later heads need frames).
+    """
+    pl = planned if planned is not None else plan(recipe)
+    if recipe.data.num_threads:
+        torch.set_num_threads(recipe.data.num_threads)
+    utterances, labels, upstream, kept = pl.utterances, pl.labels, pl.upstream, pl.kept_layers
     frozen = recipe.finetune.mode == "frozen" and recipe.data.precompute
     notes: Dict[str, Any] = {}
     moments = None
     if frozen:
-        means_only = sees_only_means and not recipe.training.max_duration
+        means_only = pl.sees_only_means and not recipe.training.max_duration
         pre = compute_frozen_features(upstream, utterances, kept, recipe.data, recipe.training.precision, device,
                                       means_only, need_moments=recipe.features.normalize is not None,
                                       progress=progress, store_frames=store_frames)
-        usable_ids, skipped, notes, moments = set(pre.features), pre.skipped, pre.notes, pre.moments
+        usable_ids, skipped, notes, moments = set(pre.features), pre.skipped, dict(pre.notes), pre.moments
     else:
         audio = decode_corpus(utterances, upstream.sample_rate, upstream.min_samples, recipe.data.strict, progress)
         usable_ids, skipped = set(audio.waves), audio.skipped
@@ -132,17 +243,19 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, store_frames: bo
     lost = sorted({u.session or u.speaker for u in utterances} - {u.session or u.speaker for u in usable})
     lost_warnings = [f"session {g!r} has no usable utterance left (all skipped): its fold is not run" for g in lost]
     p = recipe.protocol
-    protocol = p.name or corpus.default_protocol
-    folds = make_folds(usable, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
+    folds = make_folds(usable, pl.protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
     targets = {u.id: labels.index(u.label) for u in usable}
+    same_audio = check_same_audio(folds, usable, pl.corpus.problems)
     warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels,
                                            {u.id: u.speaker for u in usable})
-    for w in warnings:
+    for w in warnings + same_audio:
         log.warning("%s", w)
+    notes["dropped_labels"] = dict(pl.dropped)
+    notes["duplicate_audio"] = same_audio
     if frozen:
         source: BatchSource = FeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length,
                                             pre.frame_counts if pre.means_only else None)
     else:
         source = WaveSource(audio.waves, targets, upstream.sample_rate)
-    return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept, skipped, problems,
-                    warnings, notes, moments, protocol)
+    return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept, skipped,
+                    pl.problems, warnings, notes, moments, pl.protocol)

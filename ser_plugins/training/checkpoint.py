@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError
+from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError, is_refusal, refused_pickle, unpickler_detail
 from ser_plugins.io import atomic_save
 
 
@@ -46,7 +46,11 @@ def read_metadata(path: Path) -> Dict[str, str]:
 
 def save_state(path: Path, state: Dict[str, Any]) -> None:
     """Save optimiser/scheduler state and progress (tensors, numbers, lists, dicts only), atomically."""
-    atomic_save(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a Python file: a failed write keeps its OSError (full disk) as the cause
+            torch.save(state, fh)
+
+    atomic_save(path, write)
 
 
 def load_state(path: Path) -> Dict[str, Any]:
@@ -54,6 +58,14 @@ def load_state(path: Path) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data "
-                                    "(it may run code; nothing was executed). A training state written by "
-                                    "ser-plugins never does: delete the file (the fold restarts) or restore it") from None
+        if not is_refusal(exc):  # e.g. "invalid load key": a damaged file, not a refused object
+            raise CorruptFileError(f"{path}: not a readable training state ({unpickler_detail(exc)}); delete it "
+                                   "(the fold restarts from its first epoch) or restore it") from None
+        refused = refused_pickle(str(path), exc)
+        raise UnsafeCheckpointError(f"{refused}. A training state written by ser-plugins never holds such "
+                                    "objects: delete the file (the fold restarts) or restore it") from None
+    except (RuntimeError, EOFError, OSError) as exc:  # truncated or foreign file (not a torch.save zip)
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFileError(f"{path}: not a readable training state ({type(exc).__name__}); delete it "
+                               "(the fold restarts from its first epoch) or restore it") from None
