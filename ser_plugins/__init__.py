@@ -37,11 +37,13 @@ __all__ = [
 ]
 
 
-def build_model(recipe_or_dict, num_classes=None):
+def build_model(recipe_or_dict, num_classes=None, labels=None, overrides=None):
     """Build the composed SER model (upstream -> layers -> projection -> aggregator -> classifier).
 
-    Accepts a recipe path, a recipe dict, or a ``Recipe``; see ``ser_plugins.model.build_model``.
+    Accepts a recipe path, a recipe dict, or a ``Recipe``; ``overrides`` are the command line's
+    ``-o`` items, e.g. ``build_model("recipes/demo.yaml", overrides=["aggregator=stats"])``. See
+    ``ser_plugins.model.build_model``.
     """
     from ser_plugins.model import build_model as _build
 
-    return _build(recipe_or_dict, num_classes=num_classes)
+    return _build(recipe_or_dict, num_classes=num_classes, labels=labels, overrides=overrides)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ser_plugins.audio import AudioError, load_audio
+from ser_plugins.boundary import check_upstream_output
 from ser_plugins.corpus import Utterance
 
 log = logging.getLogger("ser_plugins")
@@ -156,6 +157,7 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
                 res = upstream(wavs.to(device), wav_lengths.to(device))
         else:
             res = upstream(wavs.to(device), wav_lengths.to(device))
+        check_upstream_output(upstream, res, wav_lengths.to(device))
         frames = res.lengths.cpu()
         for j, i in enumerate(b):
             n = int(frames[j])

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from ser_plugins import registry
+from ser_plugins.boundary import (check_aggregator_declaration, check_aggregator_output, check_classifier_output,
+                                  check_upstream_declaration, check_upstream_output)
 from ser_plugins.contracts import Upstream
 
 
@@ -61,7 +63,11 @@ class SERHead(nn.Module):
 
     def forward(self, hidden_states: Sequence[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
         feats = self.projection(self.layer_use(hidden_states).float())
-        return self.classifier(self.aggregator(feats, lengths))
+        pooled = self.aggregator(feats, lengths)
+        check_aggregator_output(self.aggregator, pooled, feats)
+        logits = self.classifier(pooled)
+        check_classifier_output(self.classifier, logits, pooled)
+        return logits
 
 
 class SERModel(nn.Module):
@@ -95,6 +101,7 @@ class SERModel(nn.Module):
         ctx = torch.inference_mode() if self.upstream_frozen else contextlib.nullcontext()
         with ctx:
             out = self.upstream(wavs, wav_lengths)
+            check_upstream_output(self.upstream, out, wav_lengths)
         states = self.select_layers(out.hidden_states)
         if self.upstream_frozen:
             states = [s.clone() for s in states]  # leave inference mode for the trainable head
@@ -160,6 +167,7 @@ def build_upstream(recipe: Dict[str, Any]) -> Upstream:
 
     up_cfg = recipe["upstream"]
     upstream = _construct("upstream", lambda: registry.create("upstream", up_cfg["name"], **plugin_kwargs(up_cfg)))
+    check_upstream_declaration(upstream)
     ft = recipe["finetune"]
     modes = upstream.supported_finetune_modes()
     if ft["mode"] not in modes:
@@ -188,6 +196,7 @@ def build_head(recipe: Dict[str, Any], upstream: Upstream, num_classes: int) -> 
         dim = int(feats["projection"])
     agg_cfg, cls_cfg = recipe["aggregator"], recipe["classifier"]
     aggregator = _construct("aggregator", lambda: registry.create("aggregator", agg_cfg["name"], dim, **plugin_kwargs(agg_cfg)))
+    check_aggregator_declaration(aggregator)
     check_learnable(upstream, aggregator, feats.get("normalize"))
     classifier = _construct("classifier", lambda: registry.create(
         "classifier", cls_cfg["name"], aggregator.output_dim, num_classes, **plugin_kwargs(cls_cfg)))
@@ -203,15 +212,16 @@ def build_from_recipe(recipe: Dict[str, Any], num_classes: int, labels: Optional
 
 
 def build_model(recipe_or_dict: Union[str, Path, Dict[str, Any]], num_classes: Optional[int] = None,
-                labels: Optional[Sequence[str]] = None) -> SERModel:
+                labels: Optional[Sequence[str]] = None, overrides: Optional[List[str]] = None) -> SERModel:
     """Build the composed model from a recipe path or dict, without loading any corpus.
 
+    ``overrides`` are the command line's ``-o`` items (``["aggregator=stats", "features.layer=3"]``).
     ``num_classes`` defaults to the length of ``labels``, else to the corpus's ``labels`` option,
     else to 4 (the standard IEMOCAP set).
     """
     from ser_plugins.recipe import load_recipe
 
-    recipe = load_recipe(recipe_or_dict)
+    recipe = load_recipe(recipe_or_dict, overrides)
     if labels is None:
         labels = recipe["corpus"].get("labels")
     if num_classes is None:

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from ser_plugins.audio import load_audio
+from ser_plugins.boundary import check_upstream_output
 from ser_plugins.checkpoint import load_weights
 from ser_plugins.data import pad_waves
 from ser_plugins.io import read_json
@@ -96,6 +97,7 @@ class Predictor:
     def _hidden(self, upstream, wave) -> tuple:
         wavs, lengths = pad_waves([wave])
         out = upstream(wavs.to(self.device), lengths.to(self.device))
+        check_upstream_output(upstream, out, lengths.to(self.device))
         return out.hidden_states, out.lengths
 
 
