@@ -19,7 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "ser-examp
 
 
 @pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory):
+def plugin_site(tmp_path_factory):
+    """The example distribution pip-installed into a folder of its own (a site-packages)."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     source = build / "ser-example-plugin"
@@ -27,9 +28,20 @@ def plugin_env(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(source)], check=True, cwd=build,
                    env={**os.environ, "PIP_NO_INPUT": "1"})
+    return target
+
+
+def env_with(site: Path) -> dict:
+    """The environment of a process that sees ``site`` as installed packages."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(target)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(site)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
+
+
+@pytest.fixture(scope="module")
+def plugin_env(plugin_site):
+    return env_with(plugin_site)
 
 
 def ser(args, env, **kw):
@@ -56,3 +68,33 @@ def test_a_demo_run_uses_the_third_party_plugins(plugin_env, fast_recipe, tmp_pa
     assert 0.0 <= summary["mean_std"]["ua"]["mean"] <= 1.0
     run = json.loads((out / "run.json").read_text())
     assert run["upstream"]["class"] == "ser_example_plugin.upstream.FrameEnergyUpstream"
+
+
+def test_the_example_plugin_checks_itself_with_one_call(plugin_env, tmp_path):
+    """What a third party's own test suite does: docs/examples/ser-example-plugin/tests/test_contract.py."""
+    shutil.copytree(EXAMPLE / "tests", tmp_path / "tests")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=tmp_path,
+                         env=plugin_env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 passed" in res.stdout
+
+
+def test_editing_the_installed_plugin_recomputes_its_cached_features(plugin_site, fast_recipe, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(plugin_site, site)  # a private installed copy to edit
+    env = env_with(site)
+    recipe = dict(fast_recipe, upstream="frame_energy", aggregator="max_pool", data={"cache_dir": str(tmp_path / "cache")})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    def run(name):
+        res = ser(["run", str(path), "--out", str(tmp_path / name), "--folds", "1", "-q"], env)
+        assert res.returncode == 0, res.stderr
+        return json.loads((tmp_path / name / "run.json").read_text())["feature_cache"]
+
+    first, second = run("r1"), run("r2")
+    assert (first["hits"], second["hits"], second["misses"]) == (0, 100, 0)  # the cache serves a second process
+    module = site / "ser_example_plugin" / "upstream.py"
+    module.write_text(module.read_text().replace("+ 1e-8", "+ 1e-6"))  # same version, other features
+    third = run("r3")
+    assert (third["hits"], third["misses"]) == (0, 100)
