@@ -175,6 +175,7 @@ def test_a_plugin_may_pin_its_source_fingerprint(energy_plugin):
 
 def test_editing_an_installed_plugin_invalidates_its_cache_entries(energy_plugin, fast_recipe, tmp_path):
     fast_recipe.update(upstream="energy", data={"cache_dir": str(tmp_path / "cache")})
+    fast_recipe["training"]["epochs"] = 1
 
     def run(name):
         run_recipe(load_recipe(fast_recipe), str(tmp_path / name), folds=["1"], progress=False)

@@ -83,7 +83,8 @@ def test_editing_the_installed_plugin_recomputes_its_cached_features(plugin_site
     site = tmp_path / "site"
     shutil.copytree(plugin_site, site)  # a private installed copy to edit
     env = env_with(site)
-    recipe = dict(fast_recipe, upstream="frame_energy", aggregator="max_pool", data={"cache_dir": str(tmp_path / "cache")})
+    recipe = dict(fast_recipe, upstream="frame_energy", aggregator="max_pool", data={"cache_dir": str(tmp_path / "cache")},
+                  training={**fast_recipe["training"], "epochs": 1})
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
 
