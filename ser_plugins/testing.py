@@ -46,8 +46,10 @@ class _Checks:
         except ContractCheckError:
             raise
         except Exception as exc:  # a boundary error or the plugin's own exception
+            who = describe(self.plugin, self.kind)
             detail = str(exc) if isinstance(exc, PluginContractError) else f"raised {type(exc).__name__}: {exc}"
-            raise ContractCheckError(f"{describe(self.plugin, self.kind)} failed check {name!r}: {detail}") from exc
+            detail = detail[len(who):].lstrip() if detail.startswith(who) else detail
+            raise ContractCheckError(f"{who} failed check {name!r}: {detail}") from exc
         self.report.append(f"{name} (skipped: {skipped})" if skipped else name)
 
     def fail(self, name: str, expected: Any, got: Any) -> ContractCheckError:

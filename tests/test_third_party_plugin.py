@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,33 @@ def test_editing_the_installed_plugin_recomputes_its_cached_features(plugin_site
     module.write_text(module.read_text().replace("+ 1e-8", "+ 1e-6"))  # same version, other features
     third = run("r3")
     assert (third["hits"], third["misses"]) == (0, 100)
+
+
+def test_a_pyproject_toml_registration_is_found(tmp_path):
+    """The ``[project.entry-points."ser_plugins.upstreams"]`` form shown in docs/plugins.md."""
+    project = tmp_path / "pyproject-plugin"
+    shutil.copytree(EXAMPLE / "ser_example_plugin", project / "ser_example_plugin")
+    (project / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "ser-pyproject-plugin"
+        version = "0.2.0"
+        dependencies = ["ser-plugins", "torch"]
+
+        [project.entry-points."ser_plugins.upstreams"]
+        frame_energy_toml = "ser_example_plugin.upstream:FrameEnergyUpstream"
+
+        [project.entry-points."ser_plugins.aggregators"]
+        max_pool_toml = "ser_example_plugin.aggregator:MaxPooling"
+    """))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(project)], check=True, cwd=tmp_path,
+                   env={**os.environ, "PIP_NO_INPUT": "1"})
+    res = ser(["list", "--json", "--pattern", "*_toml"], env_with(target), check=True)
+    specs = {(s["kind"], s["name"]): (s["dist"], s["version"]) for s in json.loads(res.stdout)}
+    assert specs == {("upstream", "frame_energy_toml"): ("ser-pyproject-plugin", "0.2.0"),
+                     ("aggregator", "max_pool_toml"): ("ser-pyproject-plugin", "0.2.0")}
