@@ -5,6 +5,7 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
+from ser_plugins.boundary import PluginContractError
 from ser_plugins.contracts import Aggregator, Classifier, Upstream, UpstreamOutput
 from ser_plugins.corpus import Corpus, Utterance
 from ser_plugins.registry import (
@@ -24,6 +25,7 @@ __all__ = [
     "Classifier",
     "Corpus",
     "Preset",
+    "PluginContractError",
     "PluginError",
     "Upstream",
     "UpstreamOutput",

@@ -198,6 +198,21 @@ def test_a_run_with_lengths_one_frame_short_stops_before_training(faulty, tmp_pa
     assert not (out / "summary.json").exists() and not (out / "run.json").exists()
 
 
+def test_ser_predict_checks_the_upstream_too(faulty, tmp_path, tiny_demo_root, capsys):
+    path = _recipe(tmp_path, tiny_demo_root)
+    out = tmp_path / "run"
+    assert cli.main(["run", str(path), "--out", str(out), "--folds", "1", "-q"]) == 0
+    wav = sorted(tiny_demo_root.rglob("*.wav"))[0]
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), str(wav)]) == 0
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    saved["upstream"]["fault"] = "lengths_long"  # the installed plugin changed its behaviour since the run
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), str(wav)]) == 2
+    assert NAMED in _error_line(capsys)
+
+
 def test_a_fine_tuned_upstream_is_checked_on_every_step(faulty):
     from ser_plugins.model import SERModel, build_head
 
