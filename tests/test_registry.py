@@ -153,3 +153,10 @@ def test_check_kwargs_names_the_bad_option():
 def test_ser_list_cli_shows_kind_name_and_distribution():
     out = subprocess.run([sys.executable, "-m", "ser_plugins.cli", "list"], capture_output=True, text=True, check=True).stdout
     assert "upstream" in out and "fbank" in out and "ser-plugins" in out and "classifier" in out
+
+
+def test_overriding_a_plugin_section_replaces_it_and_overriding_its_name_keeps_the_options():
+    from ser_plugins.recipe import load_recipe
+
+    assert load_recipe(RECIPES / "demo.yaml", ["upstream=mfcc"])["upstream"] == {"name": "mfcc"}
+    assert load_recipe(RECIPES / "demo.yaml", ["upstream.name=mfcc"])["upstream"] == {"name": "mfcc", "n_mels": 80}
