@@ -355,11 +355,11 @@ def check_aggregator(plugin: Any, /, *, input_dim: int = 8, devices: Optional[Se
 
     for device in _devices(devices):
         c.run(f"device:{device}", lambda d=device: _check_module_device(
-            agg, d, on_device, check_aggregator_output, 10 * atol, 10 * rtol))
+            agg, "aggregator", d, on_device, check_aggregator_output, 10 * atol, 10 * rtol))
     return c.report
 
 
-def _check_module_device(module: Any, device: torch.device, call: Callable, check: Callable,
+def _check_module_device(module: Any, kind: str, device: torch.device, call: Callable, check: Callable,
                          atol: float, rtol: float) -> None:
     with torch.no_grad():
         reference, _ = call(module, torch.device("cpu"))
@@ -371,7 +371,7 @@ def _check_module_device(module: Any, device: torch.device, call: Callable, chec
             module.to("cpu")
     diff = _close(res, reference, atol, rtol)
     if diff:
-        raise ContractCheckError(f"{describe(module, 'plugin')} failed check 'device:{device}': "
+        raise ContractCheckError(f"{describe(module, kind)} failed check 'device:{device}': "
                                  f"expected the same output as on the CPU, got {diff}")
 
 
@@ -434,7 +434,7 @@ def check_classifier(plugin: Any, /, *, input_dim: int = 8, num_classes: int = 4
     c.run("gradients", gradients)
     for device in _devices(devices):
         c.run(f"device:{device}", lambda d=device: _check_module_device(
-            clf, d, lambda m, dev: (m(x.to(dev)), x.to(dev)),
+            clf, "classifier", d, lambda m, dev: (m(x.to(dev)), x.to(dev)),
             lambda m, res, inp: check_classifier_output(m, res, inp, num_classes), 10 * atol, 10 * rtol))
     return c.report
 

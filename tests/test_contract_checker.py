@@ -40,7 +40,10 @@ class FramedMean(Upstream):
         feats = self.proj(torch.stack([frames.mean(-1), frames.abs().mean(-1)], -1))
         if self.fault == "no_gradient":
             feats = feats.detach()
-        return UpstreamOutput([feats], self.frame_lengths(wav_lengths))
+        lengths = self.frame_lengths(wav_lengths)
+        if self.fault == "lengths_elsewhere":  # e.g. built on the CPU while the input is on the GPU
+            lengths = lengths.to("meta")
+        return UpstreamOutput([feats], lengths)
 
 
 class AllFramesMean(Aggregator):
@@ -139,6 +142,12 @@ def test_corpus_checks(tiny_demo_root, tmp_path):
 def test_options_of_a_class_are_checked_like_a_recipe():
     with pytest.raises(PluginError, match="has no option 'falt' \\(did you mean 'fault'\\?\\)"):
         check_upstream(FramedMean, falt="none")
+
+
+def test_outputs_must_stay_on_the_inputs_device():
+    with pytest.raises(ContractCheckError, match="lengths device: expected the input's device cpu, got meta"):
+        check_upstream(FramedMean, fault="lengths_elsewhere")
+    assert check_upstream(FramedMean, devices=["cpu"])[-1] == "device:cpu"  # the per-device pass (CUDA on a GPU)
 
 
 def test_an_instance_is_checked_without_a_second_one():
