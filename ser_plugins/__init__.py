@@ -5,6 +5,7 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
+from ser_plugins.boundary import PluginContractError
 from ser_plugins.contracts import Aggregator, Classifier, Corpus, Upstream, UpstreamOutput, Utterance
 from ser_plugins.errors import UserError
 from ser_plugins.registry import (
@@ -24,6 +25,7 @@ __all__ = [
     "Classifier",
     "Corpus",
     "Preset",
+    "PluginContractError",
     "PluginError",
     "Upstream",
     "UpstreamOutput",

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ser_plugins.boundary import check_upstream_output
 from ser_plugins.data.audio import load_audio
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.normalize import Normalizer
@@ -121,4 +122,5 @@ class Predictor:
     def _hidden(self, upstream, wave) -> tuple:
         wavs, lengths = pad_waves([wave])
         out = upstream(wavs.to(self.device), lengths.to(self.device))
+        check_upstream_output(upstream, out, lengths.to(self.device))
         return out.hidden_states, out.lengths
