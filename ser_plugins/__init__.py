@@ -5,7 +5,6 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
-from ser_plugins.contracts import Aggregator, Classifier, Upstream, UpstreamOutput
 from ser_plugins.corpus import Corpus, Utterance
 from ser_plugins.registry import (
     Preset,
@@ -35,6 +34,19 @@ __all__ = [
     "create_upstream",
     "list_plugins",
 ]
+
+
+_CONTRACTS = ("Aggregator", "Classifier", "Upstream", "UpstreamOutput")
+
+
+def __getattr__(name: str):
+    """The plugin contracts, imported on first use: ``ser_plugins`` itself never imports torch
+    (the ONNX engine, ``ser predict --engine onnx``, runs without it)."""
+    if name in _CONTRACTS:
+        from ser_plugins import contracts
+
+        return getattr(contracts, name)
+    raise AttributeError(f"module 'ser_plugins' has no attribute {name!r}")
 
 
 def build_model(recipe_or_dict, num_classes=None):
