@@ -88,7 +88,8 @@ def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], d
                    path: Optional[Path], input_names: Sequence[str], output_names: Sequence[str]):
     import warnings
 
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    for name in ("torch.onnx", "onnxscript", "onnx_ir"):  # the exporter's progress chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.onnx.export(module, example, None, dynamo=True, input_names=list(input_names),
