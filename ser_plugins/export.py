@@ -90,24 +90,40 @@ def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], d
 
     for name in ("torch.onnx", "onnxscript", "onnx_ir"):  # the exporter's progress chatter
         logging.getLogger(name).setLevel(logging.WARNING)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        program = torch.onnx.export(module, example, None, dynamo=True, input_names=list(input_names),
-                                    output_names=list(output_names), dynamic_shapes=dynamic, verbose=False,
-                                    optimize=True)
+    trace_log = logging.getLogger("torch.__trace")  # torch's structured trace: debug records whenever a
+    trace_level = trace_log.level                    # handler is attached (pytest's); not needed here
+    trace_log.setLevel(logging.WARNING)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(module, example, None, dynamo=True, input_names=list(input_names),
+                                        output_names=list(output_names), dynamic_shapes=dynamic, verbose=False,
+                                        optimize=True)
+    finally:
+        trace_log.setLevel(trace_level)
     if path is not None:
         program.save(str(path), external_data=False)
     return program
 
 
 def _torchscript_export(graph: FoldGraph, example: torch.Tensor, path: Path) -> None:
+    """The TorchScript-based exporter (a trace). A trace records one path through the Python code, so any
+    ``TracerWarning`` (a tensor value turned into a Python number or branch) refuses the export: the
+    graph would be right only for inputs like the example, which a few check utterances cannot rule out."""
     import warnings
 
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         torch.onnx.export(graph, (example,), str(path), dynamo=False, input_names=["waveform"],
                           output_names=["probabilities"],
                           dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "probabilities": {0: "batch"}})
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if tracer:
+        first = tracer[0]
+        where = f"{Path(first.filename).name}:{first.lineno}"
+        raise ExportError(f"the trace holds Python values computed from tensors ({where}: "
+                          f"{str(first.message).splitlines()[0][:200]}), so it would be valid only for inputs "
+                          "like the example")
 
 
 def _example(graph: FoldGraph, batch: int = 2, seconds: float = 1.0) -> torch.Tensor:
