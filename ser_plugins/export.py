@@ -80,8 +80,10 @@ def _one_line(exc: BaseException) -> str:
         first = next((ln.strip() for ln in str(inner).splitlines() if ln.strip()), "")
         reason = f"{type(inner).__name__}: {first}"
     reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    reason = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", reason)  # "<class 'a.b.Error'>" -> "Error"
+    reason = reason.split("[Caused by")[0].strip()
     where = re.search(r"The following call raised this error:\s*\n\s*(File \"[^\"]+\", line \d+, in \S+)", text)
-    return reason[:400] + (f" (at {where.group(1)})" if where else "")
+    return reason[:300] + (f" (at {where.group(1)})" if where else "")
 
 
 def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], dynamic: Dict[str, Dict[int, Any]],

@@ -217,3 +217,53 @@ def test_onnx_engine_runs_without_torch_or_training_code(fbank_run, tmp_path, ti
     assert path == wav and emotion == want["emotion"]
     got = dict(kv.split("=") for kv in probs.split())
     assert all(abs(float(got[k]) - v) < 1e-3 for k, v in want["probabilities"].items())  # printed to 3 decimals
+
+
+@pytest.mark.parametrize("upstream", [
+    {"name": "mfcc", "n_mfcc": 20, "n_mels": 40},
+    {"name": "spectrogram", "normalize": "utterance"},
+    "w2v2_large",  # tiny wav2vec 2.0 Large-like: layer-norm CNN, pre-LN, normalised input, attention mask
+], ids=["mfcc", "spectrogram", "w2v2_large"])
+def test_more_upstreams_export_equal(tmp_path, tiny_demo_root, one_torch_thread, upstream):
+    """Exportability of further upstreams, on an untrained model (a random head)."""
+    import torch
+
+    from ser_plugins.export import check_waves, export_graph, verify
+    from ser_plugins.inference_graph import FoldGraph
+    from ser_plugins.model import build_model
+
+    if upstream == "w2v2_large":
+        pytest.importorskip("transformers")
+        from test_hf_upstream import save_tiny
+
+        upstream = {"name": "hf", "model": save_tiny(str(tmp_path / "w2v2_large"), "w2v2_large")}
+    recipe = recipe_for(tiny_demo_root, name="x")
+    recipe.update(upstream=upstream, aggregator="attentive_stats", features={"layer": "weighted_sum"} if
+                  upstream["name"] == "hf" else {})
+    torch.manual_seed(0)
+    graph = FoldGraph(build_model(recipe, labels=["a", "b", "c", "d"])).eval()
+    used, _ = export_graph(graph, tmp_path / "m.onnx")
+    waves = check_waves(graph.sample_rate, graph.min_samples)
+    with torch.no_grad():
+        reference = np.stack([graph(torch.from_numpy(w)[None]).numpy()[0] for w in waves]).astype(np.float64)
+    assert used == "dynamo" and verify(tmp_path / "m.onnx", waves, reference, DEFAULT_ATOL, threads=1) <= DEFAULT_ATOL
+
+
+def test_plain_python_example_in_deploy_doc_runs(fbank_run, tmp_path, tiny_demo_root, one_torch_thread):
+    import ast
+    import re
+    import shutil
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", doc, re.S) if "onnxruntime" in block]
+    assert len(code.strip().splitlines()) <= 10
+    export_run(fbank_run, tmp_path / "export", threads=1)
+    wav = demo_wavs(tiny_demo_root, 3)[1]
+    shutil.copy(wav, tmp_path / "utterance.wav")
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; assert 'torch' not in sys.modules\n"],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    want = Predictor(fbank_run).predict_files([wav])[0]
+    label, probs = out.strip().split(" ", 1)
+    probs = ast.literal_eval(probs)
+    assert label == want["emotion"] and list(probs) == list(want["probabilities"])
+    assert all(abs(probs[k] - v) <= 5e-4 + 1e-6 for k, v in want["probabilities"].items())  # printed to 3 decimals
