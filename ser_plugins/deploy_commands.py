@@ -47,7 +47,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
 
 def wants_deploy_predict(args: argparse.Namespace) -> bool:
     """True when ``ser predict`` must go through this module (ONNX engine or sliding windows)."""
-    return args.engine == "onnx" or args.window is not None or args.hop is not None
+    return args.engine == "onnx" or args.window is not None or args.hop is not None or args.vad != "none"
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -79,8 +79,9 @@ def predict_command(args: argparse.Namespace) -> int:
     """``ser predict`` with ``--engine onnx`` and/or ``--window``."""
     from ser_plugins.timeline import TimelineError, analyse_recording
 
-    if args.window is None and args.hop is not None:
-        raise TimelineError("--hop needs --window")
+    for given, name in ((args.hop is not None, "--hop"), (args.vad != "none", "--vad")):
+        if given and args.window is None:
+            raise TimelineError(f"{name} needs --window")
     if args.batch_size < 1:
         raise TimelineError(f"--batch-size must be at least 1, got {args.batch_size}")
     scorer = _scorer(args)
