@@ -5,8 +5,8 @@ change the cost) and exported with ``ser export``: log-mel fbank + stats + MLP, 
 randomly initialised HuBERT-base (frozen) + weighted sum + attentive stats + MLP. For each, one
 utterance of each length is scored by the fold's PyTorch graph (``FoldGraph`` under
 ``torch.inference_mode``, the computation ``ser predict`` runs) and by the exported ONNX file in
-onnxruntime (``OnnxPredictor``); each timing is the median of ``--repeats`` runs after one warm-up,
-both engines with the same number of threads.
+onnxruntime (``OnnxPredictor``); each timing is the median of ``--repeats`` runs after one warm-up
+(the two engines alternate), both with the same number of threads.
 """
 from __future__ import annotations
 
@@ -38,15 +38,18 @@ def train_and_export(name: str, recipe_extra: dict, root: Path, work: Path) -> t
     return run_dir, export_dir
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def median_times(fns, repeats: int) -> list:
+    """Median wall time of each ``fn()`` over ``repeats`` rounds after one warm-up; the functions
+    alternate within each round, so a change in machine load hits them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -83,8 +86,7 @@ def main() -> None:
                 with torch.inference_mode():
                     graph(x)
 
-            t_torch = median_time(torch_run, args.repeats)
-            t_ort = median_time(lambda: engine.probabilities(wave), args.repeats)
+            t_torch, t_ort = median_times([torch_run, lambda: engine.probabilities(wave)], args.repeats)
             with torch.inference_mode():
                 diff = float(np.max(np.abs(graph(x).numpy() - engine.probabilities(wave))))
             rows.append((name, seconds, t_torch / seconds, t_ort / seconds, t_torch / t_ort, diff))
@@ -92,7 +94,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, seconds, a, b, ratio, diff in rows:
         print(f"| {name} | {seconds:g} s | {a:.4f} | {b:.4f} | {ratio:.2f} x | {diff:.1e} |")
-    print(f"(median of {args.repeats} runs after one warm-up, batch of 1 utterance)")
+    print(f"(median of {args.repeats} alternating runs after one warm-up, batch of 1 utterance)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Needs the optional extra: ``pip install 'ser-plugins[onnx]'`` (onnx, onnxruntime
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,7 +22,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import yaml
 
 from ser_plugins.inference_graph import NORMALISER_FILE, FoldGraph, fold_names, load_fold_graphs
 from ser_plugins.io import atomic_write_json
@@ -90,11 +90,14 @@ def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], d
                    path: Optional[Path], input_names: Sequence[str], output_names: Sequence[str]):
     import warnings
 
-    for name in ("torch.onnx", "onnxscript", "onnx_ir"):  # the exporter's progress chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
-    trace_log = logging.getLogger("torch.__trace")  # torch's structured trace: debug records whenever a
-    trace_level = trace_log.level                    # handler is attached (pytest's); not needed here
-    trace_log.setLevel(logging.WARNING)
+    # the exporter's chatter ("torchvision is not installed", optimiser notes) and torch's structured trace
+    # (debug records whenever a handler is attached, e.g. pytest's): quiet while exporting, restored after
+    quiet = {"torch.onnx": logging.ERROR, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING,
+             "torch.__trace": logging.WARNING}
+    loggers = [logging.getLogger(name) for name in quiet]
+    levels = [lg.level for lg in loggers]
+    for lg, level in zip(loggers, quiet.values()):
+        lg.setLevel(level)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -102,7 +105,8 @@ def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], d
                                         output_names=list(output_names), dynamic_shapes=dynamic, verbose=False,
                                         optimize=True)
     finally:
-        trace_log.setLevel(trace_level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     if path is not None:
         program.save(str(path), external_data=False)
     return program
@@ -318,8 +322,8 @@ def _sidecar(graph: FoldGraph, predictor, run_dir: Path, fold: str, exporter: st
 
 
 def _plain(obj: Any) -> Any:
-    """A JSON-safe copy (YAML round trip of the resolved recipe keeps only plain data)."""
-    return yaml.safe_load(yaml.safe_dump(obj, default_flow_style=False)) if obj is not None else None
+    """A JSON-safe copy: tuples become lists, anything else unusual its ``str``."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def export_fold(run_dir: Path, fold: str, out: Path, atol: float = DEFAULT_ATOL, exporter: str = "auto",
@@ -351,7 +355,7 @@ def export_fold(run_dir: Path, fold: str, out: Path, atol: float = DEFAULT_ATOL,
         os.replace(onnx_tmp, out / ONNX_FILE)
         atomic_write_json(out / SIDECAR, meta)
         _readable(out / SIDECAR)
-    log.info("fold %s exported to %s (%s exporter, max |diff| %.2e)", fold, out, used, worst)
+    log.debug("fold %s exported to %s (%s exporter, max |diff| %.2e)", fold, out, used, worst)
     return ExportResult(fold, out, used, worst, [len(w) for w in waves])
 
 
