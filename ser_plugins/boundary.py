@@ -4,7 +4,8 @@ A plugin that breaks its contract (see docs/plugins.md) stops the run with one
 ``PluginContractError`` line naming the plugin, its distribution and what was wrong (expected vs
 got), instead of a traceback from deep inside the runner or, worse, silently wrong results. The
 checks look at shapes, dtypes and devices (no synchronisation) and compare the frame lengths
-with the plugin's own ``frame_lengths()`` rule (one small device-to-host read per batch).
+with the plugin's own ``frame_lengths()`` rule (one small device-to-host read per batch). They are
+skipped while ``ser export`` traces a model (see ``_tracing``).
 """
 from __future__ import annotations
 
@@ -84,6 +85,13 @@ def check_aggregator_declaration(aggregator: Any) -> None:
 
 
 # --- outputs (checked on every call) ----------------------------------------------------------------
+def _tracing() -> bool:
+    """True while ``torch.export`` / ``torch.onnx`` trace the model (``ser export``): the checks read
+    concrete sizes and values, which would pin the exported graph's dynamic axes. An export is
+    verified against ``ser predict``, which runs the checks, before anything is written."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
                           batch_size: Optional[int] = None) -> None:
     """Raise ``PluginContractError`` unless ``output`` is a valid ``UpstreamOutput`` for this input.
@@ -92,6 +100,8 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
     (one T for all), on the input's device; ``lengths`` an integer tensor ``[B]`` on that device
     with ``1 <= lengths <= T`` and equal to ``upstream.frame_lengths(wav_lengths)``.
     """
+    if _tracing():
+        return
     kind = "upstream"
     batch = int(wav_lengths.shape[0]) if batch_size is None else int(batch_size)
     device = wav_lengths.device
@@ -157,6 +167,8 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
 
 def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor) -> None:
     """Raise ``PluginContractError`` unless ``output`` is a floating ``[B, output_dim]`` tensor on the input's device."""
+    if _tracing():
+        return
     kind = "aggregator"
     batch = int(features.shape[0])
     dim = getattr(aggregator, "output_dim", None)
@@ -173,6 +185,8 @@ def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor
 def check_classifier_output(classifier: Any, output: Any, inputs: torch.Tensor,
                             num_classes: Optional[int] = None) -> None:
     """Raise ``PluginContractError`` unless ``output`` is a floating ``[B, C]`` tensor on the input's device."""
+    if _tracing():
+        return
     kind = "classifier"
     batch = int(inputs.shape[0])
     want: List[Any] = [batch, num_classes if num_classes is not None else "C"]

@@ -1,4 +1,4 @@
-"""The ``ser`` command line: run, validate, schema, list, predict, demo-corpus, report."""
+"""The ``ser`` command line: run, validate, schema, list, predict, export, demo-corpus, report."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ser_plugins import registry
+from ser_plugins import deploy_commands, registry
 from ser_plugins.errors import UserError
 
 
@@ -85,6 +85,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if deploy_commands.wants_deploy_predict(args):  # --engine onnx, --window: no torch import on the ONNX path
+        return deploy_commands.predict_command(args)
     from ser_plugins.predict import Predictor
 
     predictor = Predictor(Path(args.run_dir), args.fold, min_speaker_files=args.min_speaker_files)
@@ -159,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-speaker-files", type=int, default=10,
                     help="speaker-normalised runs: with at least this many files, standardise with their own "
                          "statistics (one speaker); with fewer, use the run's typical speaker statistics")
+    deploy_commands.add_predict_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
+
+    deploy_commands.add_export_parser(sub)
 
     d = sub.add_parser("demo-corpus", help="generate a synthetic corpus (the demo corpus, in IEMOCAP's layout)")
     d.add_argument("dir")

@@ -25,7 +25,10 @@ class UpstreamOutput:
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
     """Boolean mask ``[B, T]`` that is True on valid (non-padded) positions."""
-    max_len = int(lengths.max().item()) if max_len is None else int(max_len)
+    if max_len is None:
+        max_len = int(lengths.max().item())
+    elif not isinstance(max_len, torch.SymInt):  # a symbolic size stays symbolic (export)
+        max_len = int(max_len)
     positions = torch.arange(max_len, device=lengths.device)
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
 

@@ -10,7 +10,7 @@ import torch
 from ser_plugins.boundary import check_upstream_output
 from ser_plugins.data.audio import load_audio
 from ser_plugins.data.batching import pad_waves
-from ser_plugins.data.normalize import Normalizer
+from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
 from ser_plugins.errors import UserError
 from ser_plugins.io import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
@@ -82,7 +82,7 @@ class Predictor:
     def _normalizer(self, fold_dir: Path) -> Optional[Normalizer]:
         if self.recipe.features.normalize is None:
             return None
-        path = fold_dir / "normalizer.safetensors"
+        path = fold_dir / NORMALIZER_FILE
         if not path.exists():
             raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
                                "and its statistics are needed to predict")
