@@ -90,9 +90,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from ser_plugins.predict import Predictor
 
     predictor = Predictor(Path(args.run_dir), args.fold, min_speaker_files=args.min_speaker_files)
-    for res in predictor.predict_files(args.files):
-        probs = " ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
-        print(f"{res['path']}\t{res['emotion']}\t{probs}")
+    deploy_commands.print_predictions(predictor.predict_files(args.files))
     return 0
 
 

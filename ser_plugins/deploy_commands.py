@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterable
 
 
 def add_export_parser(sub: Any) -> None:
@@ -43,6 +43,13 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--batch-size", type=int, default=8, help="windows scored together (default 8)")
     pr.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: its own choice)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def print_predictions(results: Iterable[Dict[str, Any]]) -> None:
+    """One line per file, as ``ser predict`` prints it: path, emotion, ``label=probability`` pairs."""
+    for res in results:
+        probs = " ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
+        print(f"{res['path']}\t{res['emotion']}\t{probs}")
 
 
 def wants_deploy_predict(args: argparse.Namespace) -> bool:
@@ -86,9 +93,7 @@ def predict_command(args: argparse.Namespace) -> int:
         raise TimelineError(f"--batch-size must be at least 1, got {args.batch_size}")
     scorer = _scorer(args)
     if args.window is None:
-        for res in scorer.predict_files(args.files):
-            probs = " ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
-            print(f"{res['path']}\t{res['emotion']}\t{probs}")
+        print_predictions(scorer.predict_files(args.files))
         return 0
     hop = args.hop if args.hop is not None else min(1.0, args.window)
     vad_db = args.vad_db if args.vad == "energy" else None

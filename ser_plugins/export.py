@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ser_plugins.boundary import describe
 from ser_plugins.data.normalize import NORMALIZER_FILE
 from ser_plugins.errors import UserError
 from ser_plugins.inference_graph import FoldGraph, fold_names, load_fold_graphs
@@ -144,11 +145,6 @@ def _graph_dims(graph: FoldGraph) -> Dict[str, Dict[int, Any]]:
                          1: torch.export.Dim("samples", min=max(graph.min_samples, 2))}}
 
 
-def _describe(kind: str, plugin: torch.nn.Module) -> str:
-    name = getattr(plugin, "plugin_name", None) or type(plugin).__name__
-    return f"{kind} {name!r} ({type(plugin).__module__}.{type(plugin).__qualname__})"
-
-
 class _UpstreamPart(torch.nn.Module):
     def __init__(self, graph: FoldGraph) -> None:
         super().__init__()
@@ -181,10 +177,10 @@ def diagnose(graph: FoldGraph) -> str:
         feats = graph.head.projection(graph.head.layer_use(states).float())
         pooled = graph.head.aggregator(feats, out.lengths)
     parts = [
-        (_describe("upstream", graph.upstream), _UpstreamPart(graph), (wave,), _graph_dims(graph)),
-        (_describe("aggregator", graph.head.aggregator), _AggregatorPart(graph.head.aggregator), (feats,),
+        (describe(graph.upstream, "upstream"), _UpstreamPart(graph), (wave,), _graph_dims(graph)),
+        (describe(graph.head.aggregator, "aggregator"), _AggregatorPart(graph.head.aggregator), (feats,),
          {"features": {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("frames", min=2)}}),
-        (_describe("classifier", graph.head.classifier), graph.head.classifier, (pooled,),
+        (describe(graph.head.classifier, "classifier"), graph.head.classifier, (pooled,),
          {"x": {0: torch.export.Dim("batch", min=1)}}),
     ]
     for label, module, example, dims in parts:

@@ -230,10 +230,13 @@ def accepted_kwargs(builder: Callable) -> Optional[List[str]]:
     return [p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
 
 
-def _unknown_option(kind: str, name: str, key: str, accepted: List[str]) -> PluginError:
-    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return PluginError(f"{kind} {name!r} has no option {key!r}{hint}; options: {', '.join(accepted) or '(none)'}")
+def _refuse_unknown(kind: str, name: str, kwargs: Dict[str, Any], accepted: List[str]) -> None:
+    """Raise ``PluginError`` for the first key of ``kwargs`` not in ``accepted``, with a close match as a hint."""
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PluginError(f"{kind} {name!r} has no option {key!r}{hint}; options: {', '.join(accepted) or '(none)'}")
 
 
 def check_kwargs(kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple = ()) -> None:
@@ -242,10 +245,7 @@ def check_kwargs(kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple =
     accepted = accepted_kwargs(builder)
     if accepted is None:
         return
-    accepted = [a for a in accepted if a not in reserved]
-    for key in kwargs:
-        if key not in accepted:
-            raise _unknown_option(kind, name, key, accepted)
+    _refuse_unknown(kind, name, kwargs, [a for a in accepted if a not in reserved])
 
 
 def resolved_options(kind: str, name: str, builder: Callable, args: tuple, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -262,10 +262,7 @@ def resolved_options(kind: str, name: str, builder: Callable, args: tuple, kwarg
                                                          inspect.Parameter.POSITIONAL_OR_KEYWORD)][:len(args)]
     accepted = accepted_kwargs(builder)
     if accepted is not None:
-        accepted = [a for a in accepted if a not in positional]
-        for key in kwargs:
-            if key not in accepted:
-                raise _unknown_option(kind, name, key, accepted)
+        _refuse_unknown(kind, name, kwargs, [a for a in accepted if a not in positional])
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:

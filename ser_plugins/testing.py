@@ -55,6 +55,21 @@ class _Checks:
     def fail(self, name: str, expected: Any, got: Any) -> ContractCheckError:
         return ContractCheckError(f"{describe(self.plugin, self.kind)} failed check {name!r}: expected {expected}, got {got}")
 
+    def parameter_gradients(self) -> Optional[str]:
+        """After a backward pass: the trainable parameters got finite gradients, not all zero (then cleared).
+
+        Returns the skip note for a plugin without trainable parameters.
+        """
+        params = [p for p in self.plugin.parameters() if p.requires_grad]
+        grads = [p.grad for p in params if p.grad is not None]
+        if params and (not grads or not any(bool(g.abs().sum() > 0) for g in grads)):
+            raise self.fail("gradients", "non-zero gradients on the trainable parameters", "none")
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise self.fail("gradients", "finite parameter gradients", "NaN/inf")
+        for p in params:
+            p.grad = None
+        return None if params else "no trainable parameters"
+
 
 def _build(kind: str, plugin: Any, args: tuple, kwargs: dict) -> Tuple[Any, Optional[Callable[[], Any]]]:
     """``(instance, factory for another instance or None)`` from a name, a class/factory or an instance."""
@@ -316,15 +331,7 @@ def check_aggregator(plugin: Any, /, *, input_dim: int = 8, devices: Optional[Se
                 raise c.fail("gradients", f"no gradient on utterance {i}'s padded frames", "a non-zero gradient")
             if not bool(grad[i, :n].abs().sum() > 0):
                 raise c.fail("gradients", f"a gradient on utterance {i}'s valid frames", "none")
-        params = [p for p in agg.parameters() if p.requires_grad]
-        grads = [p.grad for p in params if p.grad is not None]
-        if params and (not grads or not any(bool(g.abs().sum() > 0) for g in grads)):
-            raise c.fail("gradients", "non-zero gradients on the trainable parameters", "none")
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            raise c.fail("gradients", "finite parameter gradients", "NaN/inf")
-        for p in params:
-            p.grad = None
-        return None if params else "no trainable parameters"
+        return c.parameter_gradients()
 
     c.run("gradients", gradients)
 
@@ -421,15 +428,7 @@ def check_classifier(plugin: Any, /, *, input_dim: int = 8, num_classes: int = 4
             clf.eval()
         if inp.grad is None or not bool(inp.grad.abs().sum() > 0):
             raise c.fail("gradients", "a gradient on the input vectors", "none")
-        params = [p for p in clf.parameters() if p.requires_grad]
-        grads = [p.grad for p in params if p.grad is not None]
-        if params and (not grads or not any(bool(g.abs().sum() > 0) for g in grads)):
-            raise c.fail("gradients", "non-zero gradients on the trainable parameters", "none")
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            raise c.fail("gradients", "finite parameter gradients", "NaN/inf")
-        for p in params:
-            p.grad = None
-        return None if params else "no trainable parameters"
+        return c.parameter_gradients()
 
     c.run("gradients", gradients)
     for device in _devices(devices):

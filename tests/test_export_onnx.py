@@ -176,7 +176,8 @@ def test_unexportable_plugin_is_named_and_nothing_is_written(tiny_demo_root, tmp
     with pytest.raises(ExportError) as err:
         export_run(run, tmp_path / "export", threads=1)
     msg = str(err.value)
-    assert "aggregator 'loud_max' (loud_pool.LoudMax) cannot be exported" in msg and "plugins.md" in msg
+    assert "aggregator 'loud_max' (distribution 'loud-pool', loud_pool.LoudMax) cannot be exported" in msg
+    assert "plugins.md" in msg
     assert "TorchScript exporter:" in msg  # the fallback was tried and failed too
     assert not (tmp_path / "export").exists()
 
