@@ -37,7 +37,7 @@ def valid_frames(features: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.T
     lengths = torch.as_tensor(lengths, device=features.device).long()
     if lengths.shape != (batch,):
         raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > frames):
+    if batch and not torch.compiler.is_exporting() and (int(lengths.min()) < 1 or int(lengths.max()) > frames):
         raise ValueError(
             f"lengths must be between 1 and the {frames} frames of features, got "
             f"min {int(lengths.min())}, max {int(lengths.max())}"

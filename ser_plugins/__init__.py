@@ -5,7 +5,6 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
-from ser_plugins.contracts import Aggregator, Classifier, Corpus, Upstream, UpstreamOutput, Utterance
 from ser_plugins.errors import UserError
 from ser_plugins.registry import (
     Preset,
@@ -24,6 +23,7 @@ __all__ = [
     "Classifier",
     "Corpus",
     "Preset",
+    "PluginContractError",
     "PluginError",
     "Upstream",
     "UpstreamOutput",
@@ -36,6 +36,22 @@ __all__ = [
     "create_upstream",
     "list_plugins",
 ]
+
+#: names imported on first use, with their module: they need torch
+_LAZY = {
+    "Aggregator": "contracts", "Classifier": "contracts", "Corpus": "contracts", "Upstream": "contracts",
+    "UpstreamOutput": "contracts", "Utterance": "contracts", "PluginContractError": "boundary",
+}
+
+
+def __getattr__(name: str):
+    """The plugin contracts, imported on first use: ``ser_plugins`` itself never imports torch
+    (the ONNX engine, ``ser predict --engine onnx``, runs without it)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"ser_plugins.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ser_plugins' has no attribute {name!r}")
 
 
 def build_model(recipe, num_classes=None, overrides=None):

@@ -1,4 +1,4 @@
-"""The ``ser`` command line: run, grid, validate, schema, list, predict, demo-corpus, report."""
+"""The ``ser`` command line: run, grid, validate, schema, list, predict, export, demo-corpus, report."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ser_plugins import registry
+from ser_plugins import deploy_commands, registry
 from ser_plugins.errors import UserError
 
 
@@ -49,10 +49,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if labels is None:
         labels, note = ["class0", "class1"], " (classes unknown until the corpus is read: built with 2)"
     model = build_from_recipe(recipe, len(labels))
+    from ser_plugins.probe import probe_model
+
+    probe_model(model, len(labels))  # one forward pass on synthetic audio: every plugin boundary is checked
     n_head = sum(p.numel() for p in model.head.parameters())
     n_up = sum(p.numel() for p in model.upstream.parameters())
     print(f"recipe OK: upstream {recipe.upstream.name} ({n_up:,} parameters, {model.upstream.num_layers} layers), "
-          f"head {n_head:,} parameters{note}, finetune {recipe.finetune.mode}")
+          f"head {n_head:,} parameters{note}, finetune {recipe.finetune.mode}; "
+          "one forward pass on synthetic audio OK")
     return 0
 
 
@@ -69,19 +73,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([s.__dict__ for s in specs], indent=2))
         return 0
     width = max([len(s.name) for s in specs] + [4])
+    broken = 0
     for s in specs:
         line = f"{s.kind:<11} {s.name:<{width}}  {s.dist}"
         if args.check:
+            from ser_plugins.probe import probe_plugin
+
             try:
-                registry.load(s.kind, s.qualified_name)
-                line += "  ok"
-            except registry.PluginError as exc:
-                line += f"  BROKEN: {exc}"
+                line += f"  {probe_plugin(s)}"
+            except Exception as exc:  # a broken third-party plugin may raise anything: report it, go on
+                broken += 1
+                message = str(exc) if isinstance(exc, registry.PluginError) else f"{type(exc).__name__}: {exc}"
+                line += "  BROKEN: " + " ".join(message.split())
         print(line)
+    if not args.check:
+        return 0
+    from ser_plugins.probe import report_clashes
+
+    ambiguous = report_clashes(args.kind, args.pattern)
+    if broken or ambiguous:
+        print(f"{broken} broken plugin(s), {ambiguous} ambiguous name(s)", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if deploy_commands.wants_deploy_predict(args):  # --engine onnx, --window: no torch import on the ONNX path
+        return deploy_commands.predict_command(args)
     from ser_plugins.predict import Predictor, format_results
 
     predictor = Predictor(Path(args.run_dir), args.fold, min_speaker_files=args.min_speaker_files)
@@ -162,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list installed plugins (nothing is imported unless --check)")
     ls.add_argument("kind", nargs="?", choices=list(registry.KINDS), help="only this kind")
     ls.add_argument("--pattern", default="*", help="glob on plugin names, e.g. '*hubert*'")
-    ls.add_argument("--check", action="store_true", help="import every plugin and report broken ones")
+    ls.add_argument("--check", action="store_true",
+                    help="import every plugin, run each that builds from its defaults once on synthetic input, "
+                         "report broken ones and name clashes (exit 1 when any is broken or ambiguous)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_list)
 
@@ -182,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-speaker-files", type=int, default=10,
                     help="speaker-normalised runs: with at least this many files, standardise with their own "
                          "statistics (one speaker); with fewer, use the run's typical speaker statistics")
+    deploy_commands.add_predict_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
+
+    deploy_commands.add_export_parser(sub)
 
     d = sub.add_parser("demo-corpus", help="generate a synthetic corpus (the demo corpus, in IEMOCAP's layout)")
     d.add_argument("dir")

@@ -25,7 +25,10 @@ class UpstreamOutput:
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: Optional[int] = None) -> torch.Tensor:
     """Boolean mask ``[B, T]`` that is True on valid (non-padded) positions."""
-    max_len = int(lengths.max().item()) if max_len is None else int(max_len)
+    if max_len is None:
+        max_len = int(lengths.max().item())
+    elif not isinstance(max_len, torch.SymInt):  # a symbolic size stays symbolic (export)
+        max_len = int(max_len)
     positions = torch.arange(max_len, device=lengths.device)
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
@@ -106,14 +109,28 @@ class Upstream(nn.Module):
     def identity(self) -> Dict[str, Any]:
         """Everything that changes the features: used as a cache key and written to run records.
 
-        The default is the class and its constructor config; upstreams with weights add the
-        weights' identity (hub id + revision, or a file hash).
+        The default is the class, its full config (constructor defaults included), its
+        distribution and version, and a fingerprint of its source (``source_fingerprint()``);
+        upstreams with weights add the weights' identity (hub id + revision, or a file hash).
         """
+        from ser_plugins.fingerprint import distribution_of, resolved_config
+
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "config": dict(getattr(self, "config", {}) or {}),
+            "config": resolved_config(self),
             "sample_rate": self.sample_rate,
+            "distribution": distribution_of(self),
+            "source": self.source_fingerprint(),
         }
+
+    def source_fingerprint(self) -> str:
+        """Hash of the plugin's code (the ``.py`` files of the modules defining its class and bases).
+
+        Override to widen it (code in other folders) or to pin it (e.g. return a release tag).
+        """
+        from ser_plugins.fingerprint import source_fingerprint
+
+        return source_fingerprint(type(self))
 
 
 class Aggregator(nn.Module):

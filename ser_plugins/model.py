@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from ser_plugins import registry
+from ser_plugins.boundary import (check_aggregator_declaration, check_aggregator_output, check_classifier_output,
+                                  check_upstream_declaration, check_upstream_output)
 from ser_plugins.contracts import Upstream
 from ser_plugins.errors import UserError
 from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSpec, Recipe
@@ -63,7 +65,11 @@ class SERHead(nn.Module):
 
     def forward(self, hidden_states: Sequence[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
         feats = self.projection(self.layer_use(hidden_states).float())
-        return self.classifier(self.aggregator(feats, lengths))
+        pooled = self.aggregator(feats, lengths)
+        check_aggregator_output(self.aggregator, pooled, feats)
+        logits = self.classifier(pooled)
+        check_classifier_output(self.classifier, logits, pooled)
+        return logits
 
 
 class SERModel(nn.Module):
@@ -96,6 +102,7 @@ class SERModel(nn.Module):
         frozen = hold_upstream or not self.upstream_trainable
         with torch.inference_mode() if frozen else contextlib.nullcontext():
             out = self.upstream(wavs, wav_lengths)
+            check_upstream_output(self.upstream, out, wav_lengths)
         states = self.select_layers(out.hidden_states)
         if frozen:
             states = [s.clone() for s in states]  # leave inference mode for the trainable head
@@ -164,6 +171,7 @@ def _construct(section: str, build):
 def build_upstream(spec: PluginSpec, finetune: FinetuneConfig) -> Upstream:
     """The upstream of ``spec`` with the fine-tuning mode of ``finetune`` set."""
     upstream = _construct("upstream", lambda: registry.create("upstream", spec.name, **spec.options))
+    check_upstream_declaration(upstream)
     modes = upstream.supported_finetune_modes()
     if finetune.mode not in modes:
         raise CompositionError(f"upstream {spec.name!r} does not support finetune mode {finetune.mode!r}; "
@@ -188,6 +196,7 @@ def build_head(features: FeaturesConfig, aggregator: PluginSpec, classifier: Plu
         projection = nn.Linear(dim, features.projection)
         dim = features.projection
     agg = _construct("aggregator", lambda: registry.create("aggregator", aggregator.name, dim, **aggregator.options))
+    check_aggregator_declaration(agg)
     check_learnable(upstream, agg)
     cls = _construct("classifier", lambda: registry.create(
         "classifier", classifier.name, agg.output_dim, num_classes, **classifier.options))

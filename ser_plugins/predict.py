@@ -15,9 +15,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ser_plugins.boundary import check_upstream_output
 from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.data.batching import pad_waves
-from ser_plugins.data.normalize import Normalizer
+from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
 from ser_plugins.errors import CorruptFileError, UserError
 from ser_plugins.io import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
@@ -106,7 +107,7 @@ class Predictor:
         """The fold's saved normaliser, checked against the feature sizes of the layers it standardises."""
         if self.recipe.features.normalize is None:
             return None
-        path = fold_dir / "normalizer.safetensors"
+        path = fold_dir / NORMALIZER_FILE
         if not path.exists():
             raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
                                "and its statistics are needed to predict")
@@ -200,6 +201,7 @@ class Predictor:
     def _hidden(self, upstream, wave) -> tuple:
         wavs, lengths = pad_waves([wave])
         out = upstream(wavs.to(self.device), lengths.to(self.device))
+        check_upstream_output(upstream, out, lengths.to(self.device))
         return out.hidden_states, out.lengths
 
 

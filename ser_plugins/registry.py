@@ -9,9 +9,16 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import logging
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+log = logging.getLogger("ser_plugins")
+
+#: the project's own distribution: its plugin names win a clash with a third party's
+CORE_DIST = "ser-plugins"
 
 from ser_plugins.errors import UserError
 
@@ -64,11 +71,17 @@ class PluginSpec:
     name: str
     value: str
     dist: str
+    version: str = ""
 
     @property
     def qualified_name(self) -> str:
         """``dist:name``, unique even when two distributions use the same name."""
         return f"{self.dist}:{self.name}"
+
+
+def normalize_dist(name: str) -> str:
+    """A distribution name in its normalised form (PEP 503): ``ser_plugins`` -> ``ser-plugins``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _check_kind(kind: str) -> str:
@@ -83,11 +96,12 @@ def _discover(kind: str) -> List[PluginSpec]:
     specs: List[PluginSpec] = []
     for ep in metadata.entry_points(group=group):
         dist = ep.dist.metadata["Name"] if getattr(ep, "dist", None) is not None else "unknown"
+        version = (ep.dist.version or "") if getattr(ep, "dist", None) is not None else ""
         key = (ep.name, ep.value, dist)
         if key in seen:  # the same distribution found twice on sys.path
             continue
         seen.add(key)
-        specs.append(PluginSpec(kind, ep.name, ep.value, dist))
+        specs.append(PluginSpec(kind, ep.name, ep.value, dist, version))
     return sorted(specs, key=lambda s: (s.name, s.dist))
 
 
@@ -100,39 +114,84 @@ def list_plugins(kind: Optional[str] = None, pattern: str = "*") -> List[PluginS
     return [s for k in kinds for s in _discover(k) if fnmatch.fnmatch(s.name, pattern)]
 
 
+_warned_clashes: Set[Tuple[str, str]] = set()
+
+
+def clashes(kind: Optional[str] = None) -> List[List[PluginSpec]]:
+    """Every name that several distributions register, as lists of their specs (same kind, same name)."""
+    kinds = [kind] if kind else list(KINDS)
+    out: List[List[PluginSpec]] = []
+    for k in kinds:
+        by_name: Dict[str, List[PluginSpec]] = {}
+        for s in _discover(k):
+            by_name.setdefault(s.name, []).append(s)
+        out += [specs for specs in by_name.values() if len({normalize_dist(s.dist) for s in specs}) > 1]
+    return out
+
+
+def clash_winner(specs: List[PluginSpec]) -> Optional[PluginSpec]:
+    """The spec an unqualified name resolves to in a clash: the project's own, else None (ambiguous)."""
+    core = [s for s in specs if normalize_dist(s.dist) == CORE_DIST]
+    return core[0] if len(core) == 1 else None
+
+
 def resolve(kind: str, name: str) -> PluginSpec:
-    """Find the one plugin ``name`` (or ``dist:name``) of ``kind``, with errors that help."""
+    """Find the one plugin ``name`` (or ``dist:name``) of ``kind``, with errors that help.
+
+    ``dist`` may be spelt in any normalised form (``ser_plugins:fbank``, ``ser-plugins:fbank``).
+    When several distributions register ``name``, the project's own distribution keeps it (a
+    one-line warning names the others and their ``dist:name`` form); between third parties the
+    name is ambiguous and must be qualified.
+    """
     specs = _discover(kind)
     dist: Optional[str] = None
     short = name
     if ":" in name:
         dist, short = name.split(":", 1)
-    matches = [s for s in specs if s.name == short and (dist is None or s.dist == dist)]
+        dist = normalize_dist(dist)
+    matches = [s for s in specs if s.name == short and (dist is None or normalize_dist(s.dist) == dist)]
     if not matches:
         names = sorted({s.name for s in specs})
         close = difflib.get_close_matches(short, names, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        where = ""
+        if dist is not None:
+            dists = sorted({s.dist for s in specs if s.name == short})
+            where = f" in distribution {dist!r}" + (f" (it is registered by: {', '.join(dists)})" if dists else "")
         raise UnknownPluginError(
-            f"unknown {kind} {name!r}.{hint} Available {kind}s: {', '.join(names) or '(none)'}"
+            f"unknown {kind} {name!r}{where}.{hint} Available {kind}s: {', '.join(names) or '(none)'}"
         )
     if len(matches) > 1:
-        both = ", ".join(f"{s.qualified_name} ({s.value})" for s in matches)
-        raise AmbiguousPluginError(
-            f"{kind} {short!r} is registered by several distributions: {both}. "
-            f"Name one as 'dist:{short}'."
-        )
+        winner = clash_winner(matches)
+        if winner is None:
+            both = ", ".join(f"{s.qualified_name} ({s.value})" for s in matches)
+            raise AmbiguousPluginError(
+                f"{kind} {short!r} is registered by several distributions: {both}. "
+                f"Name one as 'dist:{short}'."
+            )
+        if (kind, short) not in _warned_clashes:
+            _warned_clashes.add((kind, short))
+            others = ", ".join(f"{s.dist!r} ({s.value})" for s in matches if s is not winner)
+            log.warning("%s %r is also registered by %s; using %s's. Name the other one as '%s'.",
+                        kind, short, others, winner.dist,
+                        "' or '".join(s.qualified_name for s in matches if s is not winner))
+        return winner
     return matches[0]
 
 
 def load(kind: str, name: str) -> Any:
     """Import and return the object behind plugin ``name`` (a class, a factory or a Preset)."""
-    spec = resolve(kind, name)
-    ep = metadata.EntryPoint(name=spec.name, value=spec.value, group=KINDS[kind])
+    return load_spec(resolve(kind, name))
+
+
+def load_spec(spec: PluginSpec) -> Any:
+    """Import and return the object behind a discovered plugin; import failures become ``PluginLoadError``."""
+    ep = metadata.EntryPoint(name=spec.name, value=spec.value, group=KINDS[spec.kind])
     try:
         return ep.load()
     except Exception as exc:  # any import-time failure of a third-party module
         raise PluginLoadError(
-            f"{kind} plugin {spec.name!r} from distribution {spec.dist!r} ({spec.value}) "
+            f"{spec.kind} plugin {spec.name!r} from distribution {spec.dist!r} ({spec.value}) "
             f"failed to load: {type(exc).__name__}: {exc}"
         ) from exc
 
@@ -153,13 +212,31 @@ def load_builder(kind: str, name: str) -> tuple:
     return obj, preset_kwargs
 
 
+def _signature(builder: Callable) -> Optional[inspect.Signature]:
+    try:
+        return inspect.signature(builder)
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+
+
 def accepted_kwargs(builder: Callable) -> Optional[List[str]]:
     """Keyword names ``builder`` accepts, or None when it takes ``**kwargs``."""
-    target = builder.__init__ if inspect.isclass(builder) else builder
-    params = list(inspect.signature(target).parameters.values())
+    sig = _signature(builder)
+    if sig is None:
+        return None
+    params = [p for p in sig.parameters.values() if p.name != "self"]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return [p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
+
+
+def _refuse_unknown(kind: str, name: str, kwargs: Dict[str, Any], accepted: List[str]) -> None:
+    """Raise ``PluginError`` for the first key of ``kwargs`` not in ``accepted``, with a close match as a hint."""
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PluginError(f"{kind} {name!r} has no option {key!r}{hint}; options: {', '.join(accepted) or '(none)'}")
 
 
 def check_kwargs(kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple = ()) -> None:
@@ -168,28 +245,65 @@ def check_kwargs(kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple =
     accepted = accepted_kwargs(builder)
     if accepted is None:
         return
-    accepted = [a for a in accepted if a not in reserved]
-    for key in kwargs:
-        if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise PluginError(
-                f"{kind} {name!r} has no option {key!r}{hint}; options: {', '.join(accepted) or '(none)'}"
-            )
+    _refuse_unknown(kind, name, kwargs, [a for a in accepted if a not in reserved])
+
+
+def resolved_options(kind: str, name: str, builder: Callable, args: tuple, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` checked against ``builder``'s signature, with every default filled in.
+
+    Unknown options (with a close match) and missing required ones raise ``PluginError``, the
+    same messages a recipe gets. ``args`` (e.g. an aggregator's ``input_dim``) are not options.
+    """
+    sig = _signature(builder)
+    if sig is None:
+        return dict(kwargs)
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    positional = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                         inspect.Parameter.POSITIONAL_OR_KEYWORD)][:len(args)]
+    accepted = accepted_kwargs(builder)
+    if accepted is not None:
+        _refuse_unknown(kind, name, kwargs, [a for a in accepted if a not in positional])
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in kwargs
+                   and p.name not in positional and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                   inspect.Parameter.VAR_KEYWORD)]
+        if missing:
+            raise PluginError(f"{kind} {name!r} needs option{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(repr(m) for m in missing)}") from None
+        raise PluginError(f"{kind} {name!r}: {exc}") from None
+    bound.apply_defaults()
+    options: Dict[str, Any] = {}
+    for key, value in bound.arguments.items():
+        param = sig.parameters[key]
+        if key in positional or param.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            options.update(value)
+        else:
+            options[key] = value
+    return options
 
 
 def create(kind: str, name: str, /, *args: Any, **kwargs: Any) -> Any:
     """Build plugin ``name`` of ``kind``; preset kwargs are overridden by ``kwargs``.
 
-    The instance gets ``plugin_name`` and ``config`` (the effective keyword arguments) attributes.
+    Options are checked first (unknown or missing options raise ``PluginError`` with a hint). The
+    instance gets ``plugin_name``, ``plugin_dist``, ``plugin_version`` and ``config`` (every
+    constructor option, defaults included, unless the plugin sets its own ``config``).
     """
+    spec = resolve(kind, name)
     builder, preset_kwargs = load_builder(kind, name)
     config = {**preset_kwargs, **kwargs}
+    options = resolved_options(kind, name, builder, args, config)
     obj = builder(*args, **config)
     try:
         obj.plugin_name = name
+        obj.plugin_dist = spec.dist
+        obj.plugin_version = spec.version
         if not getattr(obj, "config", None):
-            obj.config = dict(config)
+            obj.config = options
     except AttributeError:  # objects with __slots__ or read-only attributes
         pass
     return obj

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ser_plugins.contracts import Upstream
 from ser_plugins.data.folds import Fold
-from ser_plugins.data.normalize import Normalizer
+from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
 from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import DiskFullError, RunError
@@ -256,7 +256,7 @@ class Runner:
             return prep.source
         speakers = prep.speakers
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
-        normalizer.save(fold_dir / "normalizer.safetensors")
+        normalizer.save(fold_dir / NORMALIZER_FILE)
         return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:

@@ -130,3 +130,77 @@ def test_means_entries_are_keyed_by_the_dtype_their_frames_were_rounded_to(tmp_p
     half = FeatureCache(tmp_path / "cache", ident, [0], torch.float16, variant="means")
     full = FeatureCache(tmp_path / "cache", ident, [0], torch.float32, variant="means")
     assert half.dir != full.dir and half.dtype == full.dtype == torch.float32
+ENERGY_PLUGIN = """
+    import torch
+    from ser_plugins import Upstream, UpstreamOutput
+
+    SCALE = 1.0
+
+
+    class EnergyUpstream(Upstream):
+        '''Log energy and mean magnitude of 25 ms frames; no config of its own (the registry records it).'''
+
+        def __init__(self, win: int = 400, hop: int = 160, offset: float = 1e-6):
+            super().__init__()
+            self.win, self.offset = win, offset
+            self.hop_length, self.min_samples, self.hidden_sizes = hop, win, [2]
+
+        def frame_lengths(self, wav_lengths):
+            return (wav_lengths - self.win) // self.hop_length + 1
+
+        def forward(self, wavs, wav_lengths):
+            frames = wavs.unfold(1, self.win, self.hop_length)
+            feats = torch.stack([torch.log(frames.pow(2).mean(-1) + self.offset) * SCALE, frames.abs().mean(-1)], -1)
+            return UpstreamOutput([feats], self.frame_lengths(wav_lengths))
+"""
+
+
+@pytest.fixture
+def energy_plugin(fake_dist):
+    import sys
+
+    site = fake_dist("energy-dist", "energy_mod", ENERGY_PLUGIN, {"ser_plugins.upstreams": {"energy": "energy_mod:EnergyUpstream"}})
+
+    def edit(old: str, new: str) -> None:
+        path = site / "energy_mod.py"
+        path.write_text(path.read_text().replace(old, new))
+        sys.modules.pop("energy_mod", None)  # what a new process (the next `ser run`) sees
+
+    yield edit
+    sys.modules.pop("energy_mod", None)
+
+
+def test_identity_names_distribution_full_config_and_source(energy_plugin):
+    from ser_plugins import create_upstream
+
+    ident = create_upstream("energy").identity()
+    assert ident["class"] == "energy_mod.EnergyUpstream"
+    assert ident["distribution"] == {"name": "energy-dist", "version": "0.1"}
+    assert ident["config"] == {"win": 400, "hop": 160, "offset": 1e-6}  # defaults included
+    assert create_upstream("energy", hop=160).identity() == ident  # a default passed explicitly: same features
+    assert create_upstream("energy", hop=320).identity()["config"]["hop"] == 320
+    energy_plugin("SCALE = 1.0", "SCALE = 2.0")
+    edited = create_upstream("energy").identity()
+    assert edited["source"] != ident["source"]
+    assert {k: v for k, v in edited.items() if k != "source"} == {k: v for k, v in ident.items() if k != "source"}
+
+
+def test_a_plugin_may_pin_its_source_fingerprint(energy_plugin):
+    from ser_plugins import create_upstream
+
+    energy_plugin("    def frame_lengths", "    def source_fingerprint(self):\n        return 'release-1'\n\n    def frame_lengths")
+    assert create_upstream("energy").identity()["source"] == "release-1"
+
+
+def test_editing_an_installed_plugin_invalidates_its_cache_entries(energy_plugin, fast_recipe, tmp_path):
+    fast_recipe.update(upstream="energy", data={"cache_dir": str(tmp_path / "cache")})
+    fast_recipe["training"]["epochs"] = 1
+
+    def run(name):
+        run_recipe(load_recipe(fast_recipe), str(tmp_path / name), folds=["1"], progress=False)
+        return json.loads((tmp_path / name / "run.json").read_text())["feature_cache"]
+
+    assert (run("r1")["hits"], run("r2")["hits"]) == (0, 100)  # the second run is served from the cache
+    energy_plugin("SCALE = 1.0", "SCALE = 2.0")  # the plugin's code changes, its version does not
+    third = run("r3")
+    assert (third["hits"], third["misses"]) == (0, 100)

@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers", reason="pip install 'ser-plug
 
 import ser_plugins  # noqa: E402
 from ser_plugins.registry import Preset, load  # noqa: E402
+from ser_plugins.testing import check_upstream  # noqa: E402
 from upstreams.hf import HFUpstream, WeightsNotFoundError, normalize_waveforms, receptive_field  # noqa: E402
 
 LAYERS = 2
@@ -107,6 +108,15 @@ def test_hidden_states_and_frame_lengths(tiny_dirs, arch):
         assert torch.isfinite(state).all()
     assert out.lengths.tolist() == expected.tolist() == [79, 49, 1, 1]
     assert up.frame_lengths(lengths).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_hf_upstream_keeps_the_plugin_contract(tiny_dirs, arch):
+    """The checker third parties run: exact lengths, padding, two instances agree, gradients in 'full', ..."""
+    report = check_upstream("hf", model=tiny_dirs[arch])
+    assert {"output", "exact_frames", "deterministic", "identity", "finetune"} <= set(report)
+    # masked checkpoints ignore the (noisy) padding; unmasked ones declare that they do not
+    assert ("padding_invariance" in report) == (arch in MASKED)
 
 
 def test_real_sized_cnn_has_hop_320_and_receptive_field_400(tmp_path):

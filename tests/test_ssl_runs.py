@@ -70,7 +70,7 @@ def test_optimiser_has_head_and_upstream_groups_with_layer_decay(fast_recipe, ti
     model = build_from_recipe(recipe, 4)
     opt = build_optimizer(model, recipe.training, recipe.finetune)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs["head"] == pytest.approx(recipe.training.lr)
+    assert lrs["head"] == pytest.approx(recipe.training.lr)  # the head trains at training.lr
     ups = [lrs[k] for k in sorted(k for k in lrs if k.startswith("upstream."))]
     assert ups[-1] == pytest.approx(1e-4) and ups[-2] == pytest.approx(0.8e-4)  # top layer, one below
     cnn = model.upstream.feature_encoder

@@ -103,7 +103,7 @@ class FramedUpstream(Upstream):
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
         """Exact snip-edges frame count ``1 + (L - win) // hop``; raises for ``L < win``."""
         wav_lengths = torch.as_tensor(wav_lengths).long()
-        if wav_lengths.numel() and int(wav_lengths.min()) < self.win_length:
+        if not torch.compiler.is_exporting() and wav_lengths.numel() and int(wav_lengths.min()) < self.win_length:
             raise ValueError(
                 f"{type(self).__name__} needs at least {self.win_length} samples (one "
                 f"{1000.0 * self.win_length / self.sample_rate:g} ms window) per utterance; got a "
@@ -136,7 +136,7 @@ class FramedUpstream(Upstream):
             raise ValueError(
                 f"wav_lengths must have shape ({wavs.shape[0]},), got {tuple(wav_lengths.shape)}"
             )
-        if int(wav_lengths.max()) > wavs.shape[1]:
+        if not torch.compiler.is_exporting() and int(wav_lengths.max()) > wavs.shape[1]:
             raise ValueError(
                 f"wav_lengths max {int(wav_lengths.max())} exceeds the {wavs.shape[1]} samples of wavs"
             )
@@ -150,7 +150,9 @@ class FramedUpstream(Upstream):
         wav_lengths = self._check_inputs(wavs, wav_lengths)
         lengths = self.frame_lengths(wav_lengths)
         dtype = torch.promote_types(wavs.dtype, torch.float32)
-        wavs = wavs[:, : int(wav_lengths.max())].to(dtype)
+        if not torch.compiler.is_exporting():  # exported graphs take unpadded rows (docs/plugins.md)
+            wavs = wavs[:, : int(wav_lengths.max())]
+        wavs = wavs.to(dtype)
         with torch.autocast(device_type=wavs.device.type, enabled=False):  # full precision under AMP
             feats = self._features(self.power_spectrum(wavs))
         if self.utterance_normalized:

@@ -241,6 +241,12 @@ class TransformersEncoderUpstream(Upstream):
         lengths = wav_lengths.long().clamp(min=self.min_samples)
         return self.model._get_feat_extract_output_lengths(lengths).long().clamp(min=1)
 
+    def _conv_frames(self, samples: int) -> int:
+        """Frames the CNN gives for ``samples`` input samples (integer arithmetic: stays symbolic under export)."""
+        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
+            samples = (samples - int(kernel)) // int(stride) + 1
+        return samples
+
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> UpstreamOutput:
         """Hidden states ``[B, T, D]`` of the selected layers and valid frame counts ``[B]``."""
         if wavs.dim() != 2:
@@ -260,7 +266,7 @@ class TransformersEncoderUpstream(Upstream):
         trainable = any(p.requires_grad for p in self.model.parameters())
         if mask is not None:
             frames = self.frame_lengths(effective)
-            total = int(self.model._get_feat_extract_output_lengths(torch.tensor(x.shape[1])))
+            total = self._conv_frames(x.shape[1])
             self._frame_mask = torch.arange(total, device=x.device).unsqueeze(0) < frames.unsqueeze(1)
         try:
             with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ser_plugins.boundary import check_upstream_output
 from ser_plugins.contracts import Utterance
 from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fraction
 from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
@@ -52,6 +53,7 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
                 res = upstream(wavs.to(device), wav_lengths.to(device))
         else:
             res = upstream(wavs.to(device), wav_lengths.to(device))
+        check_upstream_output(upstream, res, wav_lengths.to(device))
         frames = res.lengths.cpu()
         for j, i in enumerate(b):
             n = int(frames[j])

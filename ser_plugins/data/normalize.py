@@ -23,6 +23,9 @@ import torch
 
 Layers = List[torch.Tensor]  # one [T, D] tensor per kept layer
 
+#: a fold's saved normaliser: ``folds/<fold>/NORMALIZER_FILE`` of a run directory
+NORMALIZER_FILE = "normalizer.safetensors"
+
 
 @dataclass
 class Moments:

@@ -30,5 +30,6 @@ class FrameEnergyUpstream(Upstream):
         zcr = (frames[..., 1:].sign() != frames[..., :-1].sign()).float().mean(-1, keepdim=True)
         feats = torch.cat([energy, zcr], dim=-1)
         lengths = self.frame_lengths(wav_lengths)
-        mask = torch.arange(feats.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+        # built on the input's device: the upstream runs on the GPU whenever the input is there
+        mask = torch.arange(feats.shape[1], device=feats.device).unsqueeze(0) < lengths.unsqueeze(1)
         return UpstreamOutput([feats * mask.unsqueeze(-1)], lengths)

@@ -1,0 +1,107 @@
+"""Predictions from an exported folder (``ser export``) with onnxruntime: no torch, no training code.
+
+Imports only numpy, onnxruntime and ``ser_plugins.data.audio`` (soundfile + soxr). A folder holds one
+``model.onnx`` + ``model.json``, or one subfolder per fold (``ser export --all-folds``), whose
+probabilities are averaged like ``ser predict`` averages a run's folds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from ser_plugins.data.audio import load_audio
+from ser_plugins.errors import UserError
+
+SIDECAR = "model.json"
+FORMAT = "ser-plugins-onnx"
+SUPPORTED_VERSIONS = (1,)
+
+
+class EngineError(UserError, ValueError):
+    """An exported folder that cannot be used, or audio it cannot take."""
+
+
+def find_exports(folder: Path) -> List[Path]:
+    """Sidecar files of an exported folder: its own ``model.json``, else one per fold subfolder."""
+    folder = Path(folder)
+    if (folder / SIDECAR).is_file():
+        return [folder / SIDECAR]
+    found = sorted(folder.glob(f"*/{SIDECAR}"))
+    if found:
+        return found
+    if (folder / "recipe.yaml").is_file():
+        raise EngineError(f"{folder} is a run directory, not an exported model: run 'ser export {folder} --out DIR' "
+                          "and pass DIR, or drop --engine onnx")
+    raise EngineError(f"{folder} holds no exported model ({SIDECAR}); make one with 'ser export RUN_DIR --out {folder}'")
+
+
+def read_sidecar(path: Path) -> Dict[str, Any]:
+    """Read and check one ``model.json``."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"{path}: cannot read the export description ({exc})") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") not in SUPPORTED_VERSIONS:
+        raise EngineError(f"{path}: not a ser-plugins ONNX export this version reads "
+                          f"(format {meta.get('format')!r} version {meta.get('format_version')!r})")
+    return meta
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise EngineError(f"--engine onnx needs onnxruntime: pip install 'ser-plugins[onnx]' ({exc})") from None
+    return onnxruntime
+
+
+class OnnxPredictor:
+    """Class probabilities from one or several exported folds (averaged), with onnxruntime on CPU.
+
+    ``threads``: onnxruntime intra-op threads (0: its default).
+    """
+
+    def __init__(self, folder: Path, threads: int = 0) -> None:
+        ort = _onnxruntime()
+        self.folder = Path(folder)
+        self.metas = [read_sidecar(p) for p in find_exports(self.folder)]
+        first = self.metas[0]
+        for meta in self.metas[1:]:
+            if meta["labels"] != first["labels"] or meta["sample_rate"] != first["sample_rate"]:
+                raise EngineError(f"{self.folder}: the exported folds disagree on labels or sample rate")
+        self.labels: List[str] = list(first["labels"])
+        self.sample_rate = int(first["sample_rate"])
+        self.min_samples = max(int(m["input"].get("min_samples", 1)) for m in self.metas)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        self.sessions = []
+        for path, meta in zip(find_exports(self.folder), self.metas):
+            model = path.parent / meta["onnx"]
+            if not model.is_file():
+                raise EngineError(f"{model} is missing (named in {path})")
+            self.sessions.append(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
+
+    def probabilities(self, windows: np.ndarray) -> np.ndarray:
+        """``[B, C]`` probabilities for ``windows`` ``[B, S]``: ``B`` whole utterances of equal length."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] < self.min_samples:
+            raise EngineError(f"the model takes [batch, samples] with at least {self.min_samples} samples, "
+                              f"got shape {x.shape}")
+        total = None
+        for session, meta in zip(self.sessions, self.metas):
+            out = session.run([meta["output"]["name"]], {meta["input"]["name"]: x})[0]
+            total = out if total is None else total + out
+        return (total / len(self.sessions)).astype(np.float32)
+
+    def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
+        """``[{"path", "emotion", "probabilities": {label: p}}]`` for each file, one file at a time."""
+        results = []
+        for path in paths:
+            wave = load_audio(path, self.sample_rate, min_samples=self.min_samples)
+            probs = self.probabilities(wave[None, :])[0]
+            results.append({"path": str(path), "emotion": self.labels[int(probs.argmax())],
+                            "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)}})
+        return results
