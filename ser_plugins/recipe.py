@@ -117,12 +117,12 @@ class FinetuneConfig(Section):
 class TrainingConfig(Section):
     """Optimisation of one fold: steps, batches, optimiser, schedule, early stopping, precision."""
 
-    max_steps: Optional[int] = Field(default=1500, ge=1, le=_MAX_STEPS)
+    max_steps: Optional[int] = Field(default=2500, ge=1, le=_MAX_STEPS)
     epochs: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     max_batch_seconds: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
     optimizer: Literal[OPTIMIZERS] = "adamw"
-    lr: float = _finite(default=3e-2, gt=0, le=10)
+    lr: float = _finite(default=1e-2, gt=0, le=10)
     weight_decay: float = _finite(default=1e-4, ge=0, le=10)
     scheduler: Literal[SCHEDULERS] = "cosine"
     warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)

@@ -9,7 +9,7 @@ BASE = {"corpus": {"name": "iemocap", "root": "x"}, "upstream": "fbank", "aggreg
 def test_defaults_are_filled_and_short_plugin_form_accepted():
     r = load_recipe(BASE)
     assert r.upstream.name == "fbank" and r.upstream.options == {}
-    assert (r.training.max_steps, r.training.epochs, r.training.lr) == (1500, None, 0.03)
+    assert (r.training.max_steps, r.training.epochs, r.training.lr) == (2500, None, 0.01)
     assert (r.training.scheduler, r.training.select) == ("cosine", "last")
     assert r.protocol.dev == "speaker" and r.finetune.mode == "frozen"
 
