@@ -14,7 +14,8 @@ Frames ``[B, T, D]`` -> an utterance embedding ``[B, embedding_dim]``:
 
 Every convolution and frame-level batch norm is padding-exact (``frame_layers``), so a padded
 batch gives each utterance the embedding it gets alone. The two batch norms after pooling are
-ordinary ``nn.BatchNorm1d`` over utterances (the trainer skips one-utterance training batches).
+batch norms over utterances (the trainer skips one-utterance training batches). Every batch
+norm's running statistics start from the data (``frame_layers.warm_momentum``).
 The defaults are a small network that trains on a CPU; the paper's is ``channels=512`` (or
 1024), ``scale=8``, ``se_channels=128``, ``attention_channels=128``, ``embedding_dim=192``.
 """
@@ -28,7 +29,7 @@ from torch import nn
 from downstreams.aggregators import valid_frames
 from downstreams.frame_layers import (
     ConvReluNorm,
-    MaskedBatchNorm1d,
+    WarmBatchNorm1d,
     MaskedConv1d,
     channel_mask,
     masked_mean,
@@ -158,9 +159,9 @@ class EcapaTdnn(Aggregator):
         self.aggregate = ConvReluNorm(len(dilations) * channels, mfa_channels, 1)
         self.pool = ChannelAttentiveStats(mfa_channels, positive_int("attention_channels", attention_channels),
                                           global_context)
-        self.pool_norm = nn.BatchNorm1d(2 * mfa_channels)
+        self.pool_norm = WarmBatchNorm1d(2 * mfa_channels)
         self.embed = nn.Linear(2 * mfa_channels, self.output_dim)
-        self.embed_norm = nn.BatchNorm1d(self.output_dim)
+        self.embed_norm = WarmBatchNorm1d(self.output_dim)
 
     def frame_outputs(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple:
         """``(aggregated frame features [B, mfa_channels, T], mask [B, 1, T])`` before pooling."""

@@ -105,13 +105,38 @@ class MaskedConv1d(nn.Conv1d):
         return super().forward(x.masked_fill(~mask, 0.0))
 
 
+def warm_momentum(momentum: float, batches_seen: int) -> float:
+    """``max(momentum, 1 / (batches_seen + 1))``: running statistics that start from the data.
+
+    The running mean and variance are then the plain average of the first ``1 / momentum``
+    batches' statistics, and an exponential moving average after that, instead of an average
+    that starts from the arbitrary initial values 0 and 1 (which, after only a few steps, leaves
+    evaluation-mode outputs far from training-mode ones in a network with many norm layers).
+    """
+    return max(float(momentum), 1.0 / (int(batches_seen) + 1))
+
+
+class WarmBatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose running statistics start from the data (``warm_momentum``)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.base_momentum = float(momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """As ``nn.BatchNorm1d``, with this step's momentum set from the number of batches seen."""
+        if self.training:
+            self.momentum = warm_momentum(self.base_momentum, int(self.num_batches_tracked))
+        return super().forward(x)
+
+
 class MaskedBatchNorm1d(nn.Module):
     """Batch normalisation over channels of ``[B, C, T]`` whose statistics count valid frames only.
 
     Training: per-channel mean and (biased) variance over every valid frame of the batch; the
-    running estimates are updated with ``momentum`` (unbiased variance, as ``nn.BatchNorm1d``).
-    Evaluation: the running estimates. Padded output frames are zeros. Statistics are computed
-    in float32 whatever the input's dtype (mixed precision).
+    running estimates (unbiased variance, as ``nn.BatchNorm1d``) are updated with
+    ``warm_momentum(momentum, batches seen)``. Evaluation: the running estimates. Padded output
+    frames are zeros. Statistics are computed in float32 whatever the input's dtype.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -134,8 +159,9 @@ class MaskedBatchNorm1d(nn.Module):
             var = (xf - mean.view(1, -1, 1)).masked_fill(~mask, 0.0).pow(2).sum((0, 2)) / count
             with torch.no_grad():
                 unbiased = var * count / (count - 1) if count > 1 else var
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(unbiased.detach(), self.momentum)
+                weight = warm_momentum(self.momentum, int(self.num_batches_tracked))
+                self.running_mean.lerp_(mean.detach(), weight)
+                self.running_var.lerp_(unbiased.detach(), weight)
                 self.num_batches_tracked += 1
         else:
             mean, var = self.running_mean, self.running_var

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import ser_plugins
-from downstreams.frame_layers import MaskedBatchNorm1d, masked_time_pool
+from downstreams.frame_layers import MaskedBatchNorm1d, WarmBatchNorm1d, masked_time_pool, warm_momentum
 
 FRAME_HEADS = ("ecapa_tdnn", "cnn_self_attention", "bilstm_attention")
 #: small sizes for fast tests (every option below is a real constructor option)
@@ -88,7 +88,7 @@ def test_masked_batch_norm_equals_batch_norm_over_the_valid_frames_only():
     lengths = torch.tensor([6, 2, 4])
     mask = (torch.arange(6) < lengths.unsqueeze(1)).unsqueeze(1)
     x_padded = x.masked_fill(~mask, float("nan"))
-    ours, ref = MaskedBatchNorm1d(4), torch.nn.BatchNorm1d(4)
+    ours, ref = MaskedBatchNorm1d(4), torch.nn.BatchNorm1d(4, momentum=1.0)  # warm start: batch 1 counts fully
     out = ours(x_padded, mask)
     valid = torch.cat([x[i, :, :n] for i, n in enumerate(lengths.tolist())], dim=1)  # [C, 12]
     expected = ref(valid.t().contiguous()).t()
@@ -98,6 +98,21 @@ def test_masked_batch_norm_equals_batch_norm_over_the_valid_frames_only():
     assert torch.all(out[~mask.expand_as(out)] == 0)
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x, torch.ones_like(mask))[0], ref(x[0].t().contiguous()).t())
+
+
+def test_running_statistics_start_from_the_data():
+    """The first 10 batches are averaged (momentum 1, 1/2, ..., 1/10), then momentum 0.1."""
+    assert [warm_momentum(0.1, n) for n in (0, 1, 3, 9, 10, 500)] == [1.0, 0.5, 0.25, 0.1, 0.1, 0.1]
+    torch.manual_seed(0)
+    batches = [torch.randn(5, 3) * 2 + i for i in range(4)]
+    norm, masked = WarmBatchNorm1d(3), MaskedBatchNorm1d(3)
+    for b in batches:
+        norm(b)
+        masked(b.t().unsqueeze(0), torch.ones(1, 1, 5, dtype=torch.bool))
+    expected = torch.stack([b.mean(0) for b in batches]).mean(0)
+    torch.testing.assert_close(norm.running_mean, expected)
+    torch.testing.assert_close(masked.running_mean, expected)
+    assert isinstance(norm, torch.nn.modules.batchnorm._BatchNorm)  # the trainer skips 1-utterance batches for it
 
 
 def test_time_pool_centres_windows_and_keeps_every_frame():
@@ -240,7 +255,7 @@ def test_angular_margin_adds_m_to_the_target_angle():
                                         margin_type="angular")
     x, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 0, 1, 2])
     cos = clf.cosines(x).detach()
-    adjusted = clf.training_logits(clf(x), y) / 30.0
+    adjusted = clf.training_logits(clf(x), y).detach() / 30.0
     for i, c in enumerate(y.tolist()):
         theta = math.acos(float(cos[i, c]))
         want = math.cos(theta + 0.2) if theta + 0.2 <= math.pi else float(cos[i, c]) - 0.2 * math.sin(0.2)
@@ -292,7 +307,7 @@ def test_cosine_margin_is_applied_by_the_trainer_and_prediction_works(fast_recip
 
     def spy(self, logits, targets):
         out = original(self, logits, targets)
-        calls.append(float((logits - out).abs().max()))
+        calls.append(float((logits - out).detach().abs().max()))
         return out
 
     monkeypatch.setattr(CosineClassifier, "training_logits", spy)
