@@ -30,6 +30,7 @@ from downstreams.frame_layers import (
     masked_time_pool,
     odd_kernel,
     positive_int,
+    zero_padding,
 )
 from ser_plugins.contracts import Aggregator
 
@@ -59,7 +60,7 @@ class CnnSelfAttention(Aggregator):
             x = conv(x, mask)
             if i < len(self.convs) - 1:
                 x = self.dropout(torch.relu(x))
-        return x.masked_fill(~mask, 0.0), mask
+        return zero_padding(x, mask), mask
 
     def attention(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Attention weights over the pooled frames ``[B, T']`` (sum to 1; 0 on padding)."""

@@ -37,6 +37,7 @@ from downstreams.frame_layers import (
     masked_softmax_time,
     odd_kernel,
     positive_int,
+    zero_padding,
 )
 from ser_plugins.contracts import Aggregator
 
@@ -120,7 +121,7 @@ class ChannelAttentiveStats(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, C, T]`` -> ``[B, 2 * C]``."""
-        x = x.masked_fill(~mask, 0.0)
+        x = zero_padding(x, mask)
         alpha = self.weights(x, mask)
         mean = (alpha * x).sum(-1)
         var = (alpha * (x - mean.unsqueeze(-1)).pow(2)).sum(-1)

