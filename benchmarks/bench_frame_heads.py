@@ -73,15 +73,16 @@ def linear_reference(recipe: Dict[str, Any]) -> Dict[str, Any]:
     prep = Runner(load_recipe(recipe), WORK / "runs" / "unused", progress=False).prepare()
     feats = prep.source.features
     pooled = {uid: feats[uid][0].float().mean(0).numpy() for uid in feats}
-    per_fold = []
+    per_fold, names = [], []
     for fold in prep.folds:
+        names.append(fold.name)
         x_train = np.stack([pooled[u] for u in fold.train])
         y_train = [prep.targets[u] for u in fold.train]
         scaler = StandardScaler().fit(x_train)
         clf = LogisticRegression(max_iter=5000).fit(scaler.transform(x_train), y_train)
         pred = clf.predict(scaler.transform(np.stack([pooled[u] for u in fold.test])))
         per_fold.append(classification_metrics([prep.targets[u] for u in fold.test], pred.tolist(), prep.labels))
-    return {"mean_std": mean_std(per_fold), "folds": len(per_fold)}
+    return {"mean_std": mean_std(per_fold), "folds": {n: m["ua"] for n, m in zip(names, per_fold)}}
 
 
 def run_head(recipe: Dict[str, Any], aggregator: Dict[str, Any], classifier: Dict[str, Any], out: Path) -> Dict:
