@@ -191,18 +191,28 @@ def test_cnn_self_attention_defaults_are_s3prl_emotion_sizes_and_attention_is_a_
     assert torch.all(weights[1, 3:] == 0)  # 9 frames -> 3 windows
 
 
-def test_bilstm_runs_each_direction_over_the_valid_frames_only():
+def test_bilstm_equals_a_packed_bidirectional_lstm_with_the_same_weights():
+    """Each direction sees the utterance's own valid frames only: exactly pack_padded_sequence's LSTM."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
     torch.manual_seed(0)
     agg = ser_plugins.create_aggregator("bilstm_attention", input_dim=D, **SMALL["bilstm_attention"]).eval()
-    feats, lengths = _batch((8, 3), pad_value=5.0)
+    packed_lstm = torch.nn.LSTM(D, 8, num_layers=2, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for layer, (fw, bw) in enumerate(zip(agg.forward_lstms, agg.backward_lstms)):
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(packed_lstm, f"{kind}_l{layer}").copy_(getattr(fw, f"{kind}_l0"))
+                getattr(packed_lstm, f"{kind}_l{layer}_reverse").copy_(getattr(bw, f"{kind}_l0"))
+    feats, lengths = _batch((8, 3, 5), pad_value=5.0)
     out, _ = agg.frame_outputs(feats, lengths)
-    alone, _ = agg.lstm(feats[1:2, :3])  # the unpadded utterance through the same LSTM
-    torch.testing.assert_close(out[1:2, :3], alone, atol=1e-6, rtol=0)
-    assert torch.all(out[1, 3:] == 0)
-    unpacked, _ = agg.lstm(feats[1:2])  # what an unpacked LSTM would give: padding enters the backward pass
-    assert not torch.allclose(unpacked[:, :3, 8:], alone[:, :, 8:])
+    packed = pack_padded_sequence(feats, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = pad_packed_sequence(packed_lstm(packed)[0], batch_first=True, total_length=8)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    unpacked, _ = packed_lstm(feats)  # without packing, the backward direction starts in the padding
+    assert not torch.allclose(unpacked[1, :3, 8:], expected[1, :3, 8:])
     weights = agg.attention(feats, lengths)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    assert torch.all(weights[1, 3:] == 0)
 
 
 @pytest.mark.parametrize(
