@@ -2,15 +2,17 @@
 
 Accuracy: log-mel filter banks (80, frozen), leave-one-session-out (5 folds, dev = one held-out
 training speaker), each head trained by the real runner (``ser_plugins.runner.run_recipe``),
-with and without speaker normalisation. Reference on the same features and the same folds:
-scikit-learn ``LogisticRegression(max_iter=5000)`` on each utterance's mean fbank vector
-(standardised with the training fold's statistics), fitted on the fold's training utterances
-(the heads' training set; the heads also use the dev speaker for early stopping).
+with speaker normalisation (``--normalize speaker,none`` adds the heads without it: about twice
+the time). Reference on the same features and the same folds, with and without speaker
+normalisation: scikit-learn ``LogisticRegression(max_iter=5000)`` on each utterance's mean fbank
+vector (standardised with the training fold's statistics), fitted on the fold's training
+utterances (the heads' training set; the heads also use the dev speaker for early stopping).
 
-Cost: milliseconds per utterance of one training step (forward + backward + Adam, batch 32) and
-of inference (batch 32), on 263-frame utterances (the demo corpus's median length, 2.6 s), for
-80-dim fbank input and 768-dim input (a base-size self-supervised upstream), median of
-``--repeats`` timed runs after one warm-up.
+Cost: milliseconds per utterance of one training step (forward + backward + Adam, batch 16) and
+of inference (batch 16), on 263-frame utterances (the demo corpus's median length, 2.6 s), for
+each head at its defaults on 80 filter banks, at the IEMOCAP grid's sizes on its 256-dim
+projection, and for recipes/ecapa_fbank.yaml's network; median of ``--repeats`` timed runs after
+one warm-up (the aggregator and a linear layer only: no upstream).
 
     python bench_frame_heads.py                      # everything (about 10 minutes on 2 cores)
     python bench_frame_heads.py --skip-accuracy      # cost only
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import time
@@ -36,6 +39,9 @@ from ser_plugins.recipe import load_recipe
 from ser_plugins.runner import Runner, run_recipe
 
 #: head name -> (aggregator section, classifier section); the defaults of each plugin unless stated
+#: the heads run by default (``--heads`` picks others from HEADS)
+DEFAULT_HEADS = ("ecapa_tdnn + cosine (AAM 0.2, s 30)", "cnn_self_attention + mlp [80]", "bilstm_attention + linear",
+                 "stats + mlp [128] (demo recipe's head)")
 HEADS: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {
     "ecapa_tdnn + cosine (AAM 0.2, s 30)": (
         {"name": "ecapa_tdnn"},
@@ -47,8 +53,28 @@ HEADS: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {
     "stats + mlp [128] (demo recipe's head)": ({"name": "stats"},
                                                {"name": "mlp", "hidden_sizes": [128], "dropout": 0.3}),
 }
-COST_HEADS = {"stats": {}, "attentive_stats": {}, "ecapa_tdnn": {}, "cnn_self_attention": {},
-              "bilstm_attention": {}}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cost_rows() -> List[Tuple[str, str, Dict[str, Any], int]]:
+    """``(setting, aggregator, options, input dim)`` of every configuration whose cost is measured:
+    the defaults on 80 filter banks, the IEMOCAP grid's heads on its 256-dim projection
+    (recipes/iemocap/make_grid.py), and recipes/ecapa_fbank.yaml's network."""
+    import importlib.util
+
+    from ser_plugins.recipe import load_yaml, plugin_kwargs
+
+    spec = importlib.util.spec_from_file_location("make_grid", ROOT / "recipes" / "iemocap" / "make_grid.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)  # type: ignore[union-attr]
+    rows = [("defaults, fbank 80", name, {}, 80)
+            for name in ("stats", "attentive_stats", "ecapa_tdnn", "cnn_self_attention", "bilstm_attention")]
+    for section in (grid.AGGREGATORS, grid.FRAME_AGGREGATORS):
+        rows += [("IEMOCAP grid, projection 256", cfg["name"], plugin_kwargs(cfg), 256)
+                 for cfg in section.values() if cfg["name"] != "mean"]
+    ecapa = load_yaml(ROOT / "recipes" / "ecapa_fbank.yaml")["aggregator"]
+    rows.append(("recipes/ecapa_fbank.yaml, fbank 80", ecapa["name"], plugin_kwargs(ecapa), 80))
+    return rows
 
 
 def base_recipe(root: Path, normalize: str, epochs: int) -> Dict[str, Any]:
@@ -96,10 +122,11 @@ def run_head(recipe: Dict[str, Any], aggregator: Dict[str, Any], classifier: Dic
     return summary
 
 
-def cost(name: str, input_dim: int, repeats: int, frames: int = 263, batch: int = 32) -> Dict[str, float]:
+def cost(name: str, options: Dict[str, Any], input_dim: int, repeats: int, frames: int = 263,
+         batch: int = 16) -> Dict[str, float]:
     """Median ms per utterance of a training step and of inference; parameter count."""
     torch.manual_seed(0)
-    agg = ser_plugins.create_aggregator(name, input_dim=input_dim, **COST_HEADS[name])
+    agg = ser_plugins.create_aggregator(name, input_dim=input_dim, **options)
     head = torch.nn.Linear(agg.output_dim, 4)
     params = [p for p in list(agg.parameters()) + list(head.parameters())]
     opt = torch.optim.Adam(params)
@@ -133,22 +160,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--utterances-per-speaker", type=int, default=40)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--normalize", default="speaker,none", help="comma-separated: speaker, none")
-    p.add_argument("--heads", default=",".join(HEADS), help="comma-separated keys of HEADS")
+    p.add_argument("--normalize", default="speaker", help="for the heads, comma-separated: speaker, none")
+    p.add_argument("--heads", default=",".join(DEFAULT_HEADS), help="comma-separated keys of HEADS")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per cost figure (median)")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
     args = p.parse_args()
-    print(machine())
+    print(machine(), "| load average (1 min) at start:", f"{os.getloadavg()[0]:.2f}")
+    started = time.perf_counter()
     if not args.skip_cost:
-        print(f"\ncost per utterance (263 frames, batch 32; median of {args.repeats}): ms train step / ms inference")
-        print("| aggregator (defaults) | parameters (80-dim in) | fbank 80: train | fbank 80: infer "
-              "| 768-dim: train | 768-dim: infer |")
+        print(f"\ncost per utterance: 263 frames (2.6 s at 100 frames/s), batch 16, median of {args.repeats}")
+        print("| setting | aggregator | options | parameters | train step, ms/utt | inference, ms/utt |")
         print("|---|---|---|---|---|---|")
-        for name in COST_HEADS:
-            small, large = cost(name, 80, args.repeats), cost(name, 768, args.repeats)
-            print(f"| {name} | {int(small['params']):,} | {small['train_ms']:.2f} | {small['infer_ms']:.2f} "
-                  f"| {large['train_ms']:.2f} | {large['infer_ms']:.2f} |", flush=True)
+        for setting, name, options, dim in cost_rows():
+            c = cost(name, options, dim, args.repeats)
+            shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "defaults"
+            print(f"| {setting} | {name} | {shown} | {int(c['params']):,} | {c['train_ms']:.2f} | "
+                  f"{c['infer_ms']:.2f} |", flush=True)
     if args.skip_accuracy:
         return
     root = demo_corpus(args.utterances_per_speaker)
@@ -157,13 +185,16 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown heads {unknown}; choose from: {', '.join(HEADS)}")
     rows: List[str] = []
-    for normalize in [n.strip() for n in args.normalize.split(",")]:
-        recipe = base_recipe(root, normalize, args.epochs)
+    references = {}
+    for normalize in ("speaker", "none"):
         t0 = time.perf_counter()
-        ref = linear_reference(recipe)["mean_std"]
+        references[normalize] = ref = linear_reference(base_recipe(root, normalize, args.epochs))["mean_std"]
         rows.append(f"| {normalize} | LogisticRegression on mean fbank (reference) | {ref['ua']['mean']:.4f} ± "
                     f"{ref['ua']['std']:.4f} | {ref['wa']['mean']:.4f} | {time.perf_counter() - t0:.0f} | — | — |")
         print(rows[-1], flush=True)
+    for normalize in [n.strip() for n in args.normalize.split(",")]:
+        recipe = base_recipe(root, normalize, args.epochs)
+        ref = references[normalize]
         for head in heads:
             aggregator, classifier = HEADS[head]
             tag = head.split(" ")[0] + "-" + classifier["name"]
@@ -175,9 +206,10 @@ def main() -> None:
             print(rows[-1], flush=True)
     print(f"\naccuracy: demo corpus ({args.utterances_per_speaker} utterances per speaker), fbank 80, "
           f"leave-one-session-out, {args.epochs} epochs max, patience 10, batch 32, lr 1e-3")
-    print("| speaker norm | head | UA mean ± std | WA mean | train s (5 folds) | UA - reference | best epochs |")
+    print("| speaker norm | head | UA mean ± std | WA mean | s (5 folds) | UA - reference | best epochs |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average (1 min) at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ Every convolution and frame-level batch norm is padding-exact (``frame_layers``)
 batch gives each utterance the embedding it gets alone. The two batch norms after pooling are
 batch norms over utterances (the trainer skips one-utterance training batches). Every batch
 norm's running statistics start from the data (``frame_layers.warm_momentum``).
-The defaults are a small network that trains on a CPU; the paper's is ``channels=512`` (or
-1024), ``scale=8``, ``se_channels=128``, ``attention_channels=128``, ``embedding_dim=192``.
+The defaults are a small network that trains on a CPU (``channels=64``, ``scale=4``,
+``se_channels=32``, ``attention_channels=64``, ``embedding_dim=96``: about 0.2 M parameters on
+80 filter banks); the paper's is ``channels=512`` (or 1024), ``scale=8``, ``se_channels=128``,
+``attention_channels=128``, ``embedding_dim=192`` (6.2 M).
 """
 from __future__ import annotations
 
@@ -137,9 +139,9 @@ class EcapaTdnn(Aggregator):
     ``embedding_dim``, ``global_context`` (attention sees the utterance's mean and std).
     """
 
-    def __init__(self, input_dim: int, channels: int = 128, scale: int = 4, embedding_dim: int = 128,
+    def __init__(self, input_dim: int, channels: int = 64, scale: int = 4, embedding_dim: int = 96,
                  dilations: Sequence[int] = (2, 3, 4), kernel_size: int = 3, first_kernel_size: int = 5,
-                 se_channels: int = 64, attention_channels: int = 64, mfa_channels: Optional[int] = None,
+                 se_channels: int = 32, attention_channels: int = 64, mfa_channels: Optional[int] = None,
                  global_context: bool = True) -> None:
         super().__init__()
         self.input_dim = positive_int("input_dim", input_dim)
