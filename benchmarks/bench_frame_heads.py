@@ -47,6 +47,9 @@ HEADS: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {
         {"name": "ecapa_tdnn"},
         {"name": "cosine", "scale": 30.0, "learn_scale": False, "margin": 0.2, "margin_type": "angular"}),
     "ecapa_tdnn + linear": ({"name": "ecapa_tdnn"}, {"name": "linear"}),
+    "ecapa_tdnn (utterance_norm batch) + cosine (AAM 0.2, s 30)": (
+        {"name": "ecapa_tdnn", "utterance_norm": "batch"},
+        {"name": "cosine", "scale": 30.0, "learn_scale": False, "margin": 0.2, "margin_type": "angular"}),
     "cnn_self_attention + mlp [80]": ({"name": "cnn_self_attention"},
                                       {"name": "mlp", "hidden_sizes": [80], "dropout": 0.0}),
     "bilstm_attention + linear": ({"name": "bilstm_attention"}, {"name": "linear"}),
@@ -197,7 +200,7 @@ def main() -> None:
         ref = references[normalize]
         for head in heads:
             aggregator, classifier = HEADS[head]
-            tag = head.split(" ")[0] + "-" + classifier["name"]
+            tag = f"{sorted(HEADS).index(head)}-{aggregator['name']}-{classifier['name']}"
             s = run_head(recipe, aggregator, classifier, WORK / "runs" / "frame_heads" / normalize / tag)
             ms = s["mean_std"]
             gap = ms["ua"]["mean"] - ref["ua"]["mean"]

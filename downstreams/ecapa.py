@@ -10,12 +10,16 @@ Frames ``[B, T, D]`` -> an utterance embedding ``[B, embedding_dim]``:
 4. channel- and context-dependent attentive statistics pooling: every channel has its own
    softmax over time, computed from the frame and (``global_context``) the utterance's mean and
    standard deviation;
-5. batch norm, a linear layer to ``embedding_dim``, batch norm.
+5. a norm, a linear layer to ``embedding_dim``, a norm.
 
 Every convolution and frame-level batch norm is padding-exact (``frame_layers``), so a padded
-batch gives each utterance the embedding it gets alone. The two batch norms after pooling are
-batch norms over utterances (the trainer skips one-utterance training batches). Every batch
-norm's running statistics start from the data (``frame_layers.warm_momentum``).
+batch gives each utterance the embedding it gets alone; their running statistics start from the
+data (``frame_layers.warm_momentum``). The two norms of step 5 see one vector per utterance. The
+paper uses batch norm there (``utterance_norm: batch``), whose statistics over a few utterances
+are noisy: with batches of 3 it often made the evaluation-mode loss worse after 10 training
+steps while the training-mode loss fell (tests/test_model.py), and the trainer must skip
+one-utterance batches. The default is layer norm (``utterance_norm: layer``), which normalises
+each utterance on its own, so predictions never depend on the batch.
 The defaults are a small network that trains on a CPU (``channels=64``, ``scale=4``,
 ``se_channels=32``, ``attention_channels=64``, ``embedding_dim=96``: about 0.2 M parameters on
 80 filter banks); the paper's is ``channels=512`` (or 1024), ``scale=8``, ``se_channels=128``,
@@ -23,7 +27,7 @@ The defaults are a small network that trains on a CPU (``channels=64``, ``scale=
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -130,19 +134,30 @@ class ChannelAttentiveStats(nn.Module):
         return torch.cat([mean, torch.sqrt(var + self.eps)], dim=1)
 
 
+def _no_norm(size: int) -> nn.Module:
+    return nn.Identity()
+
+
+#: the norms after pooling and after the embedding layer (``utterance_norm``)
+UTTERANCE_NORMS: Dict[Optional[str], Callable[[int], nn.Module]] = {
+    "batch": WarmBatchNorm1d, "layer": nn.LayerNorm, "none": _no_norm, None: _no_norm}
+
+
 class EcapaTdnn(Aggregator):
     """ECAPA-TDNN embedding network (Desplanques et al., 2020): frames -> ``embedding_dim`` vector.
 
     Options: ``channels`` (C, divisible by ``scale``), ``scale`` (Res2Net groups), ``dilations``
     (one SE-Res2Block each), ``kernel_size`` (of the Res2 convolutions), ``first_kernel_size``,
     ``se_channels``, ``attention_channels``, ``mfa_channels`` (default ``len(dilations) * C``),
-    ``embedding_dim``, ``global_context`` (attention sees the utterance's mean and std).
+    ``embedding_dim``, ``global_context`` (attention sees the utterance's mean and std),
+    ``utterance_norm`` (after pooling and after the embedding layer: ``batch`` as in the paper,
+    ``layer`` -- the default -- or ``none``).
     """
 
     def __init__(self, input_dim: int, channels: int = 64, scale: int = 4, embedding_dim: int = 96,
                  dilations: Sequence[int] = (2, 3, 4), kernel_size: int = 3, first_kernel_size: int = 5,
                  se_channels: int = 32, attention_channels: int = 64, mfa_channels: Optional[int] = None,
-                 global_context: bool = True) -> None:
+                 global_context: bool = True, utterance_norm: Optional[str] = "layer") -> None:
         super().__init__()
         self.input_dim = positive_int("input_dim", input_dim)
         channels = positive_int("channels", channels)
@@ -162,9 +177,12 @@ class EcapaTdnn(Aggregator):
         self.aggregate = ConvReluNorm(len(dilations) * channels, mfa_channels, 1)
         self.pool = ChannelAttentiveStats(mfa_channels, positive_int("attention_channels", attention_channels),
                                           global_context)
-        self.pool_norm = WarmBatchNorm1d(2 * mfa_channels)
+        if utterance_norm not in UTTERANCE_NORMS:
+            raise ValueError(f"unknown utterance_norm {utterance_norm!r}; choose one of: batch, layer, none")
+        make_norm = UTTERANCE_NORMS[utterance_norm]
+        self.pool_norm = make_norm(2 * mfa_channels)
         self.embed = nn.Linear(2 * mfa_channels, self.output_dim)
-        self.embed_norm = WarmBatchNorm1d(self.output_dim)
+        self.embed_norm = make_norm(self.output_dim)
 
     def frame_outputs(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple:
         """``(aggregated frame features [B, mfa_channels, T], mask [B, 1, T])`` before pooling."""

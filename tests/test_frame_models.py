@@ -140,6 +140,11 @@ def test_ecapa_structure_follows_the_paper():
     assert agg.pool.scores.out_channels == 3 * 64  # one attention distribution per channel
     local = ser_plugins.create_aggregator("ecapa_tdnn", input_dim=80, global_context=False, mfa_channels=100)
     assert local.pool.hidden.in_channels == 100 and local.embed.in_features == 200
+    assert isinstance(agg.embed_norm, torch.nn.LayerNorm)  # default: each utterance on its own
+    paper = ser_plugins.create_aggregator("ecapa_tdnn", input_dim=80, utterance_norm="batch")
+    assert isinstance(paper.pool_norm, WarmBatchNorm1d) and isinstance(paper.embed_norm, WarmBatchNorm1d)
+    bare = ser_plugins.create_aggregator("ecapa_tdnn", input_dim=80, utterance_norm="none")
+    assert isinstance(bare.embed_norm, torch.nn.Identity)
 
 
 def test_paper_size_ecapa_has_the_expected_parameter_count():
@@ -222,6 +227,7 @@ def test_bilstm_equals_a_packed_bidirectional_lstm_with_the_same_weights():
         ("ecapa_tdnn", {"kernel_size": 4}, "kernel_size must be odd"),
         ("ecapa_tdnn", {"dilations": []}, "dilations must be a non-empty list"),
         ("ecapa_tdnn", {"embedding_dim": 0}, "embedding_dim must be a positive integer"),
+        ("ecapa_tdnn", {"utterance_norm": "group"}, "choose one of: batch, layer, none"),
         ("cnn_self_attention", {"pool": 0}, "pool must be a positive integer"),
         ("cnn_self_attention", {"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ("cnn_self_attention", {"kernel_size": 2}, "kernel_size must be odd"),
