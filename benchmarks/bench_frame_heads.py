@@ -40,14 +40,14 @@ from ser_plugins.runner import Runner, run_recipe
 
 #: head name -> (aggregator section, classifier section); the defaults of each plugin unless stated
 #: the heads run by default (``--heads`` picks others from HEADS)
-DEFAULT_HEADS = ("ecapa_tdnn + cosine (AAM 0.2, s 30)", "cnn_self_attention + mlp [80]", "bilstm_attention + linear",
+DEFAULT_HEADS = ("ecapa_tdnn + cosine (AAM m 0.2 s 30)", "cnn_self_attention + mlp [80]", "bilstm_attention + linear",
                  "stats + mlp [128] (demo recipe's head)")
 HEADS: Dict[str, Tuple[Dict[str, Any], Dict[str, Any]]] = {
-    "ecapa_tdnn + cosine (AAM 0.2, s 30)": (
+    "ecapa_tdnn + cosine (AAM m 0.2 s 30)": (
         {"name": "ecapa_tdnn"},
         {"name": "cosine", "scale": 30.0, "learn_scale": False, "margin": 0.2, "margin_type": "angular"}),
     "ecapa_tdnn + linear": ({"name": "ecapa_tdnn"}, {"name": "linear"}),
-    "ecapa_tdnn (utterance_norm batch) + cosine (AAM 0.2, s 30)": (
+    "ecapa_tdnn (utterance_norm batch) + cosine (AAM m 0.2 s 30)": (
         {"name": "ecapa_tdnn", "utterance_norm": "batch"},
         {"name": "cosine", "scale": 30.0, "learn_scale": False, "margin": 0.2, "margin_type": "angular"}),
     "cnn_self_attention + mlp [80]": ({"name": "cnn_self_attention"},
@@ -159,6 +159,36 @@ def cost(name: str, options: Dict[str, Any], input_dim: int, repeats: int, frame
     return out
 
 
+def lstm_packing_cost(repeats: int, batch: int = 32) -> Dict[str, float]:
+    """Forward + backward ms per utterance, mixed lengths (105-393 frames, 80 dims, 128 units per direction):
+    a packed bidirectional ``nn.LSTM`` vs ``bilstm_attention``'s per-direction unpacked LSTMs (same result)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    lengths = torch.randint(105, 394, (batch,))
+    x = torch.randn(batch, int(lengths.max()), 80)
+    packed_lstm = torch.nn.LSTM(80, 128, batch_first=True, bidirectional=True)
+    ours = ser_plugins.create_aggregator("bilstm_attention", input_dim=80, dropout=0.0)
+
+    def packed() -> torch.Tensor:
+        out, _ = packed_lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+        return pad_packed_sequence(out, batch_first=True)[0]
+
+    def unpacked() -> torch.Tensor:
+        return ours.frame_outputs(x, lengths)[0]
+
+    out = {}
+    for label, fn in (("packed", packed), ("per-direction unpacked", unpacked)):
+        fn().sum().backward()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn().sum().backward()
+            times.append(time.perf_counter() - t0)
+        out[label] = 1000 * statistics.median(times) / batch
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--utterances-per-speaker", type=int, default=40)
@@ -180,6 +210,9 @@ def main() -> None:
             shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "defaults"
             print(f"| {setting} | {name} | {shown} | {int(c['params']):,} | {c['train_ms']:.2f} | "
                   f"{c['infer_ms']:.2f} |", flush=True)
+        lstm = lstm_packing_cost(args.repeats)
+        print("\nbidirectional LSTM forward + backward, ms/utt (32 utterances of 105-393 frames): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in lstm.items()), flush=True)
     if args.skip_accuracy:
         return
     root = demo_corpus(args.utterances_per_speaker)

@@ -7,8 +7,8 @@ exactly what ``torch.nn.utils.rnn.pack_padded_sequence`` gives (a test checks eq
 packed ``nn.LSTM``); then additive attention pooling (Bahdanau et al., 2015; used for SER by
 Mirsamadi et al., 2017): score ``v . tanh(W h_t + b)``, softmax over valid frames, weighted mean.
 
-Why not a packed sequence: on a CPU, backpropagating through a packed LSTM with mixed lengths
-took 10-20x longer than through an unpacked one (docs/heads.md). Instead each direction is an
+Why not a packed sequence: on a CPU, a packed LSTM with mixed lengths trained 7.5x slower than
+this (forward + backward; benchmarks/bench_frame_heads.py, docs/heads.md). Instead each direction is an
 unpacked unidirectional LSTM: the forward one reads the zero-padded batch (a causal recurrence
 never reaches the padding from a valid frame), the backward one reads every utterance reversed
 within its own length (its valid frames first), and its outputs are reversed back.
