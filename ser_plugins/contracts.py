@@ -151,11 +151,17 @@ class Aggregator(nn.Module):
 class Classifier(nn.Module):
     """Maps utterance vectors ``[B, D]`` to emotion logits ``[B, C]``.
 
-    Constructor: ``__init__(input_dim, num_classes, **config)``.
+    Constructor: ``__init__(input_dim, num_classes, **config)``. Margin-based classifiers
+    (AM-/AAM-softmax) override ``training_logits``: the trainer passes the logits through it,
+    with the targets, before the training loss; evaluation and prediction use ``forward`` alone.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def training_logits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The logits the training loss sees (default: ``logits`` unchanged)."""
+        return logits
 
 
 # --- corpora ----------------------------------------------------------------------------------

@@ -4,9 +4,17 @@
     python recipes/iemocap/make_grid.py              # (re)write recipes/iemocap/*.yaml
     python recipes/iemocap/make_grid.py --out DIR    # write them into DIR instead
     python recipes/iemocap/make_grid.py --check      # exit 1 if the files here differ from the output
+    python recipes/iemocap/make_grid.py --frame-heads --out recipes/iemocap_frame_heads
+                                                     # also the trainable frame-level heads (+60)
 
 Grid: UPSTREAMS x MODES x AGGREGATORS x CLASSIFIERS (5 x 2 x 3 x 2 = 60 recipes), named
 ``<upstream>_<mode>_<aggregator>_<classifier>``, plus ``superb_<upstream>`` for each upstream.
+``--frame-heads`` adds FRAME_AGGREGATORS (ECAPA-TDNN, CNN + self-attention, BiLSTM + attention:
+5 x 2 x 3 x 2 = 60 more recipes, 125 in all); they are not committed, so write them to another
+folder (``--check`` on this folder would report them as not generated). A frame-level head costs
+far more than pooling per training step; docs/heads.md gives the measured cost per utterance of
+each (ECAPA-TDNN at the size below is by far the most expensive head; with a fine-tuned upstream
+the upstream still dominates).
 Edit the tables below and re-run; never hand-edit the generated YAML. The output is
 deterministic (no dates, fixed order), so a test compares it with the committed files.
 See docs/iemocap.md.
@@ -71,6 +79,20 @@ AGGREGATORS: Dict[str, Dict[str, Any]] = {
     "stats": {"name": "stats"},
     "attentive_stats": {"name": "attentive_stats", "hidden_dim": 128},
 }
+
+#: trainable frame-level heads, added with --frame-heads (docs/heads.md). After the grid's
+#: projection to 256: ECAPA-TDNN at the size of SpeechBrain's IEMOCAP recipe (C = 512, Res2Net
+#: scale 8, 1536 MFA channels, attention 64, embedding 96); S3PRL's emotion CNN-SA sizes; a
+#: one-layer BiLSTM of 128 units per direction.
+FRAME_AGGREGATORS: Dict[str, Dict[str, Any]] = {
+    "ecapa_tdnn": {"name": "ecapa_tdnn", "channels": 512, "scale": 8, "se_channels": 128,
+                   "attention_channels": 64, "embedding_dim": 96},
+    "cnn_self_attention": {"name": "cnn_self_attention", "hidden_dim": 80, "kernel_size": 5, "pool": 5,
+                           "dropout": 0.4},
+    "bilstm_attention": {"name": "bilstm_attention", "hidden_size": 128, "num_layers": 1, "dropout": 0.2},
+}
+FRAME_HEADER = ("Frame-level head: a trainable network over the frames, not only pooling; what it is and "
+                "its cost\nper utterance: docs/heads.md.")
 
 CLASSIFIERS: Dict[str, Dict[str, Any]] = {
     "linear": {"name": "linear"},
@@ -207,6 +229,7 @@ def grid_recipe(upstream: str, mode: str, aggregator: str, classifier: str) -> T
     """``(name, recipe, header)`` of one grid cell."""
     size = UPSTREAMS[upstream]
     name = f"{upstream}_{mode}_{aggregator}_{classifier}"
+    frame_head = aggregator in FRAME_AGGREGATORS
     settings = merge(MODES[mode], SIZE_SETTINGS.get((mode, size), {}))
     recipe = {
         "name": name,
@@ -216,11 +239,14 @@ def grid_recipe(upstream: str, mode: str, aggregator: str, classifier: str) -> T
         "protocol": dict(PROTOCOL),
         "upstream": {"name": upstream},
         **settings,
-        "aggregator": dict(AGGREGATORS[aggregator]),
+        "aggregator": dict(FRAME_AGGREGATORS[aggregator] if frame_head else AGGREGATORS[aggregator]),
         "classifier": dict(CLASSIFIERS[classifier]),
         "output": {"dir": f"runs/iemocap/{name}"},
     }
     cell = f"Study cell: {upstream} ({size}) / {mode} / {aggregator} pooling / {classifier} classifier."
+    if frame_head:
+        cell = "\n".join([f"Study cell: {upstream} ({size}) / {mode} / {aggregator} head / {classifier} classifier.",
+                          FRAME_HEADER])
     common = COMMON_HEADER.format(train=GRID_TRAIN[0], steps=GRID_TRAIN[1])
     header = "\n".join([common, "Dev set: one held-out training speaker (speaker-independent).", "",
                         cell, MODE_HEADERS[mode]])
@@ -243,12 +269,13 @@ def superb_recipe(upstream: str) -> Tuple[str, Dict[str, Any], str]:
     return name, recipe, header
 
 
-def generate() -> List[Tuple[str, str]]:
-    """``[(file name, YAML text)]`` for every recipe, in a fixed order."""
+def generate(frame_heads: bool = False) -> List[Tuple[str, str]]:
+    """``[(file name, YAML text)]`` for every recipe, in a fixed order (``frame_heads``: add FRAME_AGGREGATORS)."""
     files = []
+    aggregators = list(AGGREGATORS) + (list(FRAME_AGGREGATORS) if frame_heads else [])
     for upstream in UPSTREAMS:
         for mode in MODES:
-            for aggregator in AGGREGATORS:
+            for aggregator in aggregators:
                 for classifier in CLASSIFIERS:
                     name, recipe, header = grid_recipe(upstream, mode, aggregator, classifier)
                     files.append((f"{name}.yaml", render(recipe, header)))
@@ -265,8 +292,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: this script's folder)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from the output")
+    parser.add_argument("--frame-heads", action="store_true",
+                        help="also the trainable frame-level heads (ecapa_tdnn, cnn_self_attention, bilstm_attention)")
     args = parser.parse_args(argv)
-    files = generate()
+    files = generate(frame_heads=args.frame_heads)
     expected = {name for name, _ in files}
     present = sorted(args.out.glob("*.yaml")) if args.out.is_dir() else []
     stale = [p.name for p in present if p.name not in expected]

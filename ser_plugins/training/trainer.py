@@ -285,6 +285,8 @@ class FoldTrainer:
             batch = batch.to(self.device)
             with autocast(self.device, t.precision):
                 logits = forward_batch(model, batch, step=progress["step"])
+            adjust = getattr(model.head.classifier, "training_logits", None)  # margins (AM-softmax) see the targets
+            logits = adjust(logits.float(), batch.targets) if adjust is not None else logits
             loss = loss_fn(logits.float(), batch.targets)
             if not torch.isfinite(loss):
                 self._non_finite(loss, batch)  # never backpropagated: accumulated gradients stay valid
