@@ -1,6 +1,7 @@
 """Accuracy: every built-in head, trained by the runner with its defaults, beside a converged linear model.
 
-For each aggregator x classifier registered by ser-plugins (fbank upstream, the demo recipe's corpus
+For each pooling aggregator x linear/mlp classifier (``--all``: every built-in head; the frame-level
+networks have their own benchmark, bench_frame_heads.py) (fbank upstream, the demo recipe's corpus
 and folds) and each normalisation, the runner's mean UA over the 5 leave-one-session-out folds is
 printed beside scikit-learn's ``LogisticRegression(max_iter=5000)`` fitted on the same pooled
 features (the mean of the valid frames, after the same normalisation) of the same training
@@ -34,10 +35,14 @@ from ser_plugins.runner import run_recipe
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 
 
-def builtin_heads() -> List[Tuple[str, str]]:
-    """Every aggregator x classifier that ser-plugins itself registers."""
-    aggs = [s.name for s in list_plugins("aggregator") if s.dist == "ser-plugins"]
-    clss = [s.name for s in list_plugins("classifier") if s.dist == "ser-plugins"]
+POOLING = ("mean", "stats", "attentive_stats", "self_attention")  # frame-level networks: bench_frame_heads.py
+CLASSIFIERS = ("linear", "mlp")
+
+
+def builtin_heads(everything: bool = False) -> List[Tuple[str, str]]:
+    """The pooling aggregators x linear/mlp (or, with ``everything``, every built-in aggregator x classifier)."""
+    aggs = [s.name for s in list_plugins("aggregator") if s.dist == "ser-plugins" and (everything or s.name in POOLING)]
+    clss = [s.name for s in list_plugins("classifier") if s.dist == "ser-plugins" and (everything or s.name in CLASSIFIERS)]
     return [(a, c) for a in aggs for c in clss]
 
 
@@ -83,9 +88,11 @@ def runner_ua(aggregator: str, classifier: str, norm: str) -> Tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--norms", nargs="+", default=["null", "speaker"], help="null, global, speaker")
-    parser.add_argument("--heads", nargs="+", help="aggregator:classifier pairs (default: every built-in)")
+    parser.add_argument("--heads", nargs="+", help="aggregator:classifier pairs (default: pooling heads x linear/mlp)")
+    parser.add_argument("--all", action="store_true", help="every built-in aggregator x classifier (frame-level "
+                                                           "networks take minutes per run)")
     args = parser.parse_args()
-    heads = [tuple(h.split(":")) for h in args.heads] if args.heads else builtin_heads()
+    heads = [tuple(h.split(":")) for h in args.heads] if args.heads else builtin_heads(args.all)
     print(f"machine: {machine()}")
     print("| normalisation | head | runner UA | reference UA (train) | gap | target | met | reference (train+dev) | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")

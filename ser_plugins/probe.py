@@ -134,7 +134,9 @@ def probe_plugin(spec: registry.PluginSpec) -> str:
     obj = registry.load_spec(spec)
     if isinstance(obj, registry.Preset):
         builder = registry.resolve(spec.kind, obj.builder)
-        return f"ok (preset of {builder.name}; not run: it needs its weights)"
+        weights = f", weights {obj.weights}" if obj.weights else ""
+        about = f": {obj.description}" if obj.description else ""
+        return f"ok (preset of {builder.name}{weights}; not run: it needs its weights){about}"
     if not callable(obj):
         raise registry.PluginLoadError(f"{spec.kind} plugin {spec.name!r} is neither callable nor a Preset: {obj!r}")
     if spec.kind == "corpus":
