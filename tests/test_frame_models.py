@@ -400,12 +400,12 @@ def test_grid_generator_adds_the_frame_heads_only_with_its_flag(tmp_path):
         recipe = load_recipe(tmp_path / name)  # names and options checked against the plugins
         assert yaml.safe_load(generated[name])["aggregator"]["name"] in FRAME_HEADS
         agg_cfg = recipe.aggregator
-        if agg_cfg["name"] not in built:  # each head builds at its grid size on the projected features
+        if agg_cfg.name not in built:  # each head builds at its grid size on the projected features
             agg = ser_plugins.create_aggregator(agg_cfg.name, recipe.features.projection,
                                                 **agg_cfg.options).eval()
             x = torch.randn(2, 40, recipe.features.projection)
             assert agg(x, torch.tensor([40, 17])).shape == (2, agg.output_dim)
-            built.add(agg_cfg["name"])
+            built.add(agg_cfg.name)
     assert built == set(FRAME_HEADS)
     check = subprocess.run([sys.executable, str(generator), "--frame-heads", "--check", "--out", str(tmp_path)],
                            capture_output=True, text=True, cwd=root)
