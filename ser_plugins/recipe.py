@@ -218,8 +218,6 @@ class Recipe(BaseModel):
         f, ft = self.features, self.finetune
         if ft.mode == "top_n" and not ft.top_n:
             raise _Refused("finetune.top_n must be set (>= 1) when finetune.mode is 'top_n'")
-        if f.keep_layers is not None and f.layer != "weighted_sum":
-            pass  # kept layers also bound what the cache stores; harmless with one layer
         if f.normalize and ft.mode != "frozen":
             raise _Refused(
                 f"features.normalize: {f.normalize!r} needs a frozen upstream (its statistics are computed "

@@ -29,7 +29,6 @@ from ser_plugins.recipe import Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.results.summary import Summary
-from ser_plugins.training.checkpoint import save_weights
 from ser_plugins.training.seeding import set_seed
 from ser_plugins.training.trainer import FoldTrainer, evaluate
 
