@@ -16,7 +16,6 @@ import pytest
 
 from ser_plugins.errors import UserError
 import torch
-import yaml
 
 from ser_plugins import cli, registry
 from ser_plugins.training.checkpoint import load_state, load_weights

@@ -1,7 +1,6 @@
 """The one normaliser: exact statistics from moments, global = training fold only, speaker = per speaker."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
