@@ -89,7 +89,7 @@ class FeaturesConfig(Section):
 
     layer: Union[Literal[LAYER_USES], int] = "last"
     projection: Optional[int] = Field(default=None, ge=1, le=1_000_000)
-    normalize: Optional[Literal[NORMALIZATIONS]] = None
+    normalize: Optional[Literal[NORMALIZATIONS]] = "global"
     keep_layers: Optional[List[int]] = None
 
     @field_validator("normalize", mode="before")
@@ -218,6 +218,8 @@ class Recipe(BaseModel):
         f, ft = self.features, self.finetune
         if ft.mode == "top_n" and not ft.top_n:
             raise _Refused("finetune.top_n must be set (>= 1) when finetune.mode is 'top_n'")
+        if "normalize" not in f.model_fields_set and (ft.mode != "frozen" or not self.data.precompute):
+            f.normalize = None  # the default (global) standardises precomputed frozen features only
         if f.normalize and ft.mode != "frozen":
             raise _Refused(
                 f"features.normalize: {f.normalize!r} needs a frozen upstream (its statistics are computed "

@@ -103,8 +103,9 @@ def test_grid_is_complete_and_consistent():
         assert r["output"]["dir"] == f"runs/iemocap/{name}"
         assert r["protocol"]["name"] == "session"
         assert r["features"]["layer"] == "weighted_sum" and r["features"]["projection"] == 256
-        assert r["features"]["normalize"] is None
         t, ft = r["training"], r["finetune"]
+        # the default: frozen features are standardised with training-fold statistics; fine-tuning reads raw
+        assert r["features"]["normalize"] == ("global" if ft["mode"] == "frozen" else None), name
         assert t["batch_size"] * t["grad_accum"] == 32, name
         up = r["upstream"]["name"]
         assert set(r["upstream"]) == {"name"}  # weights come from the preset (override with -o upstream.model=...)
