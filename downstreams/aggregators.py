@@ -64,9 +64,39 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
 
 
+def drop_frames(mask: torch.Tensor, rate: float) -> torch.Tensor:
+    """Training-time frame dropout: hide each valid frame with probability ``rate`` (keeps >= 1 per row).
+
+    Attention pooling on frozen features can memorise which frames of each training utterance to
+    weight; hiding random frames stops that, as attention dropout does in transformers.
+    """
+    if rate <= 0:
+        return mask
+    kept = mask & (torch.rand(mask.shape, device=mask.device) >= rate)
+    empty = ~kept.any(1)
+    return torch.where(empty.unsqueeze(1), mask, kept)
+
+
+def _check_rate(rate: float) -> float:
+    if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f"frame_dropout must be in [0, 1), got {rate!r}")
+    return float(rate)
+
+
 def _uniform_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     weights = mask.to(dtype)
     return (weights / weights.sum(1, keepdim=True)).unsqueeze(-1)
+
+
+def _start_uniform(scores: nn.Linear) -> None:
+    """Zero the layer that outputs attention scores: training starts from uniform (mean / stats) pooling.
+
+    With random scores a frozen-feature head first learns to undo an arbitrary weighting; starting
+    from the plain pooling that already matches a linear model, attention only moves where it helps.
+    """
+    nn.init.zeros_(scores.weight)
+    if scores.bias is not None:
+        nn.init.zeros_(scores.bias)
 
 
 class MeanPooling(Aggregator):
@@ -108,17 +138,21 @@ class AttentiveStatsPooling(Aggregator):
     scores over valid frames weights the mean and the standard deviation.
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int = 128, eps: float = 1e-5) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int = 128, eps: float = 1e-5, frame_dropout: float = 0.0) -> None:
         super().__init__()
         self.input_dim = _check_dim("input_dim", input_dim)
         hidden_dim = _check_dim("hidden_dim", hidden_dim)
         self.eps = _check_eps(eps)
+        self.frame_dropout = _check_rate(frame_dropout)
         self.scorer = nn.Sequential(nn.Linear(self.input_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, 1))
+        _start_uniform(self.scorer[-1])
         self.output_dim = 2 * self.input_dim
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Attention-weighted ``[mean, std]``, ``[B, 2 * D]``."""
         features, mask = valid_frames(features, lengths)
+        if self.training:
+            mask = drop_frames(mask, self.frame_dropout)
         weights = masked_softmax(self.scorer(features), mask)
         mean, std = weighted_mean_std(features, weights, self.eps)
         return torch.cat([mean[:, 0], std[:, 0]], dim=-1)
@@ -132,14 +166,17 @@ class SelfAttentionPooling(Aggregator):
     (``num_heads * D`` features) or, with ``concat=False``, averaged (``D`` features).
     """
 
-    def __init__(self, input_dim: int, num_heads: int = 4, hidden_dim: int = 128, concat: bool = True) -> None:
+    def __init__(self, input_dim: int, num_heads: int = 4, hidden_dim: int = 128, concat: bool = True,
+                 frame_dropout: float = 0.0) -> None:
         super().__init__()
+        self.frame_dropout = _check_rate(frame_dropout)
         self.input_dim = _check_dim("input_dim", input_dim)
         self.num_heads = _check_dim("num_heads", num_heads)
         hidden_dim = _check_dim("hidden_dim", hidden_dim)
         self.concat = bool(concat)
         self.project = nn.Linear(self.input_dim, hidden_dim, bias=False)
         self.queries = nn.Linear(hidden_dim, self.num_heads, bias=False)
+        _start_uniform(self.queries)
         self.output_dim = self.input_dim * self.num_heads if self.concat else self.input_dim
 
     def _weights(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -152,5 +189,7 @@ class SelfAttentionPooling(Aggregator):
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pooled heads, ``[B, num_heads * D]`` (concat) or ``[B, D]`` (mean of heads)."""
         features, mask = valid_frames(features, lengths)
+        if self.training:
+            mask = drop_frames(mask, self.frame_dropout)
         pooled = torch.einsum("bth,btd->bhd", self._weights(features, mask), features)
         return pooled.flatten(1) if self.concat else pooled.mean(1)

@@ -11,6 +11,8 @@ returns the names of the checks that ran (a skipped check says why).
 """
 from __future__ import annotations
 
+import copy
+
 import json
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -339,8 +341,12 @@ def check_aggregator(plugin: Any, /, *, input_dim: int = 8, devices: Optional[Se
         gen = torch.Generator().manual_seed(2)
         a, b = torch.randn(1, 4, input_dim, generator=gen), torch.randn(1, 4, input_dim, generator=gen)
         b = b - b.mean(1, keepdim=True) + a.mean(1, keepdim=True)  # same time-average, other frames
+        probe = copy.deepcopy(agg)  # zero-initialised weights (uniform attention) start at a mean-only point
         with torch.no_grad():
-            same = _close(agg(a, torch.tensor([4])), agg(b, torch.tensor([4])), atol, rtol) is None
+            for p in probe.parameters():
+                if not bool(p.any()):
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            same = _close(probe(a, torch.tensor([4])), probe(b, torch.tensor([4])), atol, rtol) is None
         if same != bool(agg.uses_only_mean):
             raise c.fail("uses_only_mean", f"uses_only_mean={same} (two inputs with the same time-average pool "
                          f"{'the same' if same else 'differently'})", f"uses_only_mean={agg.uses_only_mean}")

@@ -150,6 +150,44 @@ def test_self_attention_weights_and_uniform_heads():
     torch.testing.assert_close(agg(feats, lengths), mean)
 
 
+@pytest.mark.parametrize("name, plain", [("attentive_stats", "stats"), ("self_attention", "mean")])
+def test_attention_pooling_starts_as_plain_pooling(name, plain):
+    torch.manual_seed(3)
+    agg = ser_plugins.create_aggregator(name, input_dim=D)
+    feats, lengths = _batch()
+    expected = ser_plugins.create_aggregator(plain, input_dim=D)(feats, lengths)
+    out = agg(feats, lengths)
+    torch.testing.assert_close(out, expected.repeat(1, out.shape[1] // expected.shape[1]))
+
+
+@pytest.mark.parametrize("name", ["attentive_stats", "self_attention"])
+def test_frame_dropout_hides_frames_in_training_only(name):
+    torch.manual_seed(0)
+    agg = ser_plugins.create_aggregator(name, input_dim=D, frame_dropout=0.9)
+    with torch.no_grad():  # a scorer that is not uniform, so hidden frames would change the result
+        for p in agg.parameters():
+            p.normal_()
+    feats, lengths = _batch(lengths=(7, 3, 1, 5), pad_value=0.0)
+    agg.eval()
+    first = agg(feats, lengths)
+    torch.testing.assert_close(agg(feats, lengths), first)  # eval: every frame, deterministic
+    agg.train()
+    outs = [agg(feats, lengths) for _ in range(5)]
+    assert all(torch.isfinite(o).all() for o in outs)  # at least one frame always kept
+    assert any(not torch.allclose(o, first) for o in outs)
+    torch.testing.assert_close(outs[0][2], first[2])  # a one-frame utterance keeps its frame
+
+
+def test_drop_frames_keeps_one_valid_frame_per_row():
+    from downstreams.aggregators import drop_frames
+
+    torch.manual_seed(0)
+    mask = torch.tensor([[True] * 6 + [False] * 2, [True] + [False] * 7])
+    for _ in range(50):
+        kept = drop_frames(mask, 0.95)
+        assert (kept & ~mask).sum() == 0 and kept.any(1).all()
+
+
 @pytest.mark.parametrize("name", AGGREGATORS)
 def test_aggregators_reject_bad_input_dim_and_lengths(name):
     with pytest.raises(ValueError, match="input_dim must be a positive integer"):
@@ -173,6 +211,8 @@ def test_aggregators_reject_bad_input_dim_and_lengths(name):
         ("attentive_stats", {"hidden_dim": 0}, "hidden_dim must be a positive integer"),
         ("self_attention", {"num_heads": 0}, "num_heads must be a positive integer"),
         ("self_attention", {"hidden_dim": -1}, "hidden_dim must be a positive integer"),
+        ("attentive_stats", {"frame_dropout": 1.0}, r"frame_dropout must be in \[0, 1\)"),
+        ("self_attention", {"frame_dropout": -0.1}, r"frame_dropout must be in \[0, 1\)"),
     ],
 )
 def test_bad_aggregator_options_raise(name, kwargs, message):

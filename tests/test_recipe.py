@@ -14,6 +14,16 @@ def test_defaults_are_filled_and_short_plugin_form_accepted():
     assert r.protocol.dev == "speaker" and r.finetune.mode == "frozen"
 
 
+def test_frozen_precomputed_features_are_standardised_by_default():
+    assert load_recipe(BASE).features.normalize == "global"
+    assert load_recipe({**BASE, "features": {"normalize": None}}).features.normalize is None
+    assert load_recipe({**BASE, "features": {"normalize": "speaker"}}).features.normalize == "speaker"
+    # the statistics of a training upstream go stale, and unprecomputed features have none: raw by default
+    assert load_recipe({**BASE, "finetune": {"mode": "full"}}).features.normalize is None
+    assert load_recipe({**BASE, "data": {"precompute": False}}).features.normalize is None
+    assert load_recipe(BASE, ["finetune.mode=full"]).features.normalize is None
+
+
 @pytest.mark.parametrize("bad, words", [
     ({"trainig": {}}, ["trainig", "did you mean 'training'"]),
     ({"training": {"epoch": 3}}, ["training.epoch", "did you mean 'epochs'"]),
