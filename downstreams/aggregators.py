@@ -135,10 +135,12 @@ class AttentiveStatsPooling(Aggregator):
     """Attentive statistics pooling (Okabe et al., 2018): ``2 * D`` features.
 
     A one-hidden-layer MLP scores every frame (``v . tanh(W h_t + b) + k``); the softmax of the
-    scores over valid frames weights the mean and the standard deviation.
+    scores over valid frames weights the mean and the standard deviation. Scores start at zero
+    (plain statistics pooling); in training each frame is hidden with probability ``frame_dropout``
+    (see ``drop_frames``; 0 turns it off).
     """
 
-    def __init__(self, input_dim: int, hidden_dim: int = 128, eps: float = 1e-5, frame_dropout: float = 0.0) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int = 128, eps: float = 1e-5, frame_dropout: float = 0.8) -> None:
         super().__init__()
         self.input_dim = _check_dim("input_dim", input_dim)
         hidden_dim = _check_dim("hidden_dim", hidden_dim)
@@ -163,11 +165,12 @@ class SelfAttentionPooling(Aggregator):
 
     Scores are ``W2 tanh(W1 h_t)`` (``W2``'s rows are the heads' queries); each head takes its own
     softmax over valid frames and returns a weighted mean. The heads are concatenated
-    (``num_heads * D`` features) or, with ``concat=False``, averaged (``D`` features).
+    (``num_heads * D`` features) or, with ``concat=False``, averaged (``D`` features). Queries start
+    at zero (mean pooling); in training each frame is hidden with probability ``frame_dropout``.
     """
 
     def __init__(self, input_dim: int, num_heads: int = 4, hidden_dim: int = 128, concat: bool = True,
-                 frame_dropout: float = 0.0) -> None:
+                 frame_dropout: float = 0.8) -> None:
         super().__init__()
         self.frame_dropout = _check_rate(frame_dropout)
         self.input_dim = _check_dim("input_dim", input_dim)
