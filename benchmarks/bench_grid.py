@@ -43,7 +43,8 @@ def write_recipes(folder: Path, root: Path, model: Path, epochs: int, precompute
             "name": f"{aggregator}-{classifier}", "seed": 0,
             "corpus": {"name": "iemocap", "root": str(root)},
             "upstream": {"name": "hf", "model": str(model)},
-            "features": {"layer": "weighted_sum"},
+            # no normalisation on either side (it needs precomputed features): the recipes differ only in precompute
+            "features": {"layer": "weighted_sum", "normalize": None},
             "aggregator": {"name": aggregator}, "classifier": {"name": classifier},
             "training": {"max_steps": None, "epochs": epochs, "batch_size": 8},
             "data": {"precompute": precompute},
