@@ -9,7 +9,7 @@ import platform
 import statistics
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, Iterator, Sequence
 
 WORK = Path(os.environ.get("SER_BENCH_DIR", "/tmp/ser_bench"))
 
