@@ -23,7 +23,7 @@ from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import DiskFullError, RunError
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
-from ser_plugins.locking import RunLock
+from ser_plugins.locking import BRIEF_PHASES, RunLock
 from ser_plugins.model import SERModel, build_head
 from ser_plugins.recipe import Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
@@ -33,6 +33,8 @@ from ser_plugins.training.seeding import set_seed
 from ser_plugins.training.trainer import FoldTrainer, evaluate
 
 log = logging.getLogger("ser_plugins")
+
+SETUP_PHASE, SUMMARY_PHASE = BRIEF_PHASES
 
 
 def pick_device(name: str) -> str:
@@ -147,7 +149,7 @@ class Runner:
     def _check_run_dir(self) -> None:
         saved = self.run_dir / "recipe.yaml"
         if saved.exists():
-            if not self.resume:
+            if not self.resume and not self.fold_selection:  # a fold job (--folds) joins its run's directory
                 raise RunError(f"{self.run_dir} already holds a run; pass --resume to continue it or --out for a new one")
             try:
                 old = safe_load(saved.read_text())
@@ -180,13 +182,15 @@ class Runner:
         # to another fold when a session loses all its audio)
         chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
         created = _create_dir(self.run_dir)
-        lock = RunLock(self.run_dir)
+        # the run-directory lock is held while the run is set up and while the summary is written; each fold
+        # trains under its own lock (folds/<name>/.lock), so fold jobs of one run can work at once
+        lock = RunLock(self.run_dir, phase=SETUP_PHASE, wait=True)
         started = locked = False
         try:
             with lock:
                 locked = True
                 self._check_run_dir()  # again, under the lock: another run may have started meanwhile
-                for orphan in self.run_dir.rglob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock
+                for orphan in self.run_dir.glob(".*.tmp"):  # left by a writer killed mid-write (folds: their own lock)
                     orphan.unlink(missing_ok=True)
                 t0 = time.time()
                 prep = prepare(self.recipe, self.device, self.progress, planned, self.store_frames)
@@ -197,7 +201,7 @@ class Runner:
                 folds = [f for f in prep.folds if f.name in chosen]
                 self._write_run_files(prep)
                 started = True
-                return self._run_folds(prep, folds, t0)
+            return self._run_folds(prep, folds, t0)
         except DiskFullError as exc:
             where = "" if not started else (f"; finished folds in {self.run_dir} are intact: free some space and "
                                             "continue with ser run --resume")
@@ -236,17 +240,27 @@ class Runner:
         r = self.recipe
         if r.finetune.mode != "frozen":
             initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
-        results = {}
         for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
-            done = self.run_dir / "folds" / fold.name / "metrics.json"
-            if done.exists():
+            fold_dir = self.run_dir / "folds" / fold.name
+            if (fold_dir / "metrics.json").exists():
                 log.info("fold %s already finished; skipping", fold.name)
-                results[fold.name] = read_json(done)
                 continue
-            if r.finetune.mode != "frozen":
-                prep.upstream.load_state_dict(initial_upstream)
-            results[fold.name] = self._run_fold(prep, fold, prep.folds.index(fold))
-        return self._summarise(prep, results, time.time() - t0)
+            with RunLock(fold_dir, hint="another job trains this fold; wait for it (re-running skips finished folds)"):
+                if (fold_dir / "metrics.json").exists():  # finished by another job while we waited
+                    continue
+                for orphan in fold_dir.rglob(".*.tmp"):  # left by a job killed mid-write; we hold the fold's lock
+                    orphan.unlink(missing_ok=True)
+                if r.finetune.mode != "frozen":
+                    prep.upstream.load_state_dict(initial_upstream)
+                self._run_fold(prep, fold, prep.folds.index(fold))
+        # the summary covers every finished fold of the run (other jobs' too); the job finishing last writes it whole
+        with RunLock(self.run_dir, phase=SUMMARY_PHASE, wait=True):
+            results = {}
+            for fold in prep.folds:
+                done = self.run_dir / "folds" / fold.name / "metrics.json"
+                if done.exists():
+                    results[fold.name] = read_json(done)
+            return self._summarise(prep, results, time.time() - t0)
 
     def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: Path):
         """The batch source of one fold: the shared features through this fold's normaliser (if any)."""
