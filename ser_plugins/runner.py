@@ -158,7 +158,9 @@ class Runner:
             mine = self.recipe.to_dict()
             if isinstance(old, dict):
                 old.get("output", {}).pop("dir", None)
+                old.pop("launcher", None)  # resources never change results
             mine["output"].pop("dir", None)
+            mine.pop("launcher", None)
             if old != mine:
                 raise RunError(f"--resume: the recipe differs from the one saved in {saved}; use a new --out")
 
