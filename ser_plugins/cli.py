@@ -21,7 +21,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     folds = args.folds.split(",") if args.folds else None
     summary = run_recipe(recipe, args.out, folds, args.resume, progress=not args.quiet)
     from ser_plugins.runner import run_dir_for
+    from ser_plugins.training.distributed import context
 
+    if not context().main:  # torchrun: rank 0 speaks for the run
+        return 0
     print(summary.to_markdown())
     print(f"run directory: {run_dir_for(recipe, args.out)}")
     return 0

@@ -1,6 +1,7 @@
 """The generic fold runner: corpus -> folds -> (frozen features once) -> train/test each fold -> report."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -29,6 +30,7 @@ from ser_plugins.recipe import Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.results.summary import Summary
+from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.training.seeding import set_seed
 from ser_plugins.training.trainer import FoldTrainer, evaluate
 
@@ -145,6 +147,9 @@ class Runner:
         self.device = pick_device(recipe.training.device)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RunError(f"training.device is {self.device!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
+        self.ctx = ddp_tools.context(self.device)  # under torchrun: this rank; only rank 0 writes
+        self.device = ddp_tools.rank_device(self.device, self.ctx)
+        self.progress = progress and self.ctx.main
 
     def _check_run_dir(self) -> None:
         saved = self.run_dir / "recipe.yaml"
@@ -177,6 +182,8 @@ class Runner:
         directory is created; a failure before the first fold starts removes what this run
         created, so a corrected rerun is not refused.
         """
+        if not self.ctx.main:
+            return self._follow()
         self._check_run_dir()
         _check_writable(self.run_dir)
         planned = plan(self.recipe)
@@ -215,6 +222,14 @@ class Runner:
                 elif not (self.run_dir / "recipe.yaml").exists():  # a directory of the user's: only our lock files go
                     lock.remove_files()
 
+    def _follow(self) -> Summary:
+        """A rank other than 0 under torchrun: the same preparation and training, no file written."""
+        planned = plan(self.recipe)
+        chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
+        t0 = time.time()
+        prep = prepare(self.recipe, self.device, False, planned, self.store_frames)
+        return self._run_folds(prep, [f for f in prep.folds if f.name in chosen], t0)
+
     def _remove_created(self, lock: RunLock, created: List[Path]) -> None:
         """Undo a run that failed before its first fold: this run created the directory, nothing in it is kept."""
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -244,25 +259,30 @@ class Runner:
             initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
         for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
             fold_dir = self.run_dir / "folds" / fold.name
-            if (fold_dir / "metrics.json").exists():
-                log.info("fold %s already finished; skipping", fold.name)
-                continue
-            with RunLock(fold_dir, hint="another job trains this fold; wait for it (re-running skips finished folds)"):
-                if (fold_dir / "metrics.json").exists():  # finished by another job while we waited
+            with contextlib.ExitStack() as held:
+                done = (fold_dir / "metrics.json").exists()
+                if not done and self.ctx.main:
+                    held.enter_context(RunLock(fold_dir, hint="another job trains this fold; wait for it (re-running "
+                                                              "skips finished folds)"))
+                    done = (fold_dir / "metrics.json").exists()  # finished by another job while we waited
+                    for orphan in [] if done else fold_dir.rglob(".*.tmp"):  # left by a killed job; the lock is ours
+                        orphan.unlink(missing_ok=True)
+                if ddp_tools.broadcast(done, self.ctx):  # under torchrun, rank 0 decides for all
+                    log.info("fold %s already finished; skipping", fold.name)
                     continue
-                for orphan in fold_dir.rglob(".*.tmp"):  # left by a job killed mid-write; we hold the fold's lock
-                    orphan.unlink(missing_ok=True)
                 if r.finetune.mode != "frozen":
                     prep.upstream.load_state_dict(initial_upstream)
                 self._run_fold(prep, fold, prep.folds.index(fold))
         # the summary covers every finished fold of the run (other jobs' too); the job finishing last writes it whole
+        if not self.ctx.main:
+            return ddp_tools.broadcast(None, self.ctx)
         with RunLock(self.run_dir, phase=SUMMARY_PHASE, wait=True):
             results = {}
             for fold in prep.folds:
                 done = self.run_dir / "folds" / fold.name / "metrics.json"
                 if done.exists():
                     results[fold.name] = read_json(done)
-            return self._summarise(prep, results, time.time() - t0)
+            return ddp_tools.broadcast(self._summarise(prep, results, time.time() - t0), self.ctx)
 
     def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: Path):
         """The batch source of one fold: the shared features through this fold's normaliser (if any)."""
@@ -271,7 +291,8 @@ class Runner:
             return prep.source
         speakers = prep.speakers
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
-        normalizer.save(fold_dir / NORMALIZER_FILE)
+        if self.ctx.main:
+            normalizer.save(fold_dir / NORMALIZER_FILE)
         return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:
@@ -283,16 +304,20 @@ class Runner:
         set_seed(seed)
         head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
         model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
-        writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard else None
+        writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard and self.ctx.main else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
         eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=isinstance(source, FeatureSource))
+        if self.ctx.active:  # torchrun: every global batch split across the ranks, for training and evaluation
+            source = ddp_tools.ShardedSource(source, self.ctx)
         trainer = FoldTrainer(model, source, r.training, r.finetune, prep.labels, fold_dir, self.device,
                               r.output.save_checkpoints, on_epoch, self.progress, eval_bs)
         fit = trainer.fit(fold.train, fold.dev, seed)
         if writer:
             writer.close()
         test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, r.training.precision)
+        if not self.ctx.main:
+            return {}
         self._write_predictions(fold_dir / "predictions.csv", test, prep)
         plot_confusion(test["confusion"], prep.labels, fold_dir / "confusion.png",
                        f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}")
