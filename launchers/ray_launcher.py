@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ser_plugins.launch import Job, JobResult, LaunchError, Launcher, run_job_in_subprocess
+from ser_plugins.launch import Job, JobResult, LaunchError, Launcher, job_files, run_job_in_subprocess
 
 
 class RayLauncher(Launcher):
@@ -41,5 +41,6 @@ class RayLauncher(Launcher):
             try:
                 results.append(ray.get(ref))
             except Exception as exc:  # the task itself died (node lost, out of memory)
-                results.append(JobResult(job, "failed", str(Path(log_dir)), f"{type(exc).__name__}: {exc}"))
+                log = job_files(job, Path(log_dir))[1]
+                results.append(JobResult(job, "failed", str(log), f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
         return results

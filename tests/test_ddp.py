@@ -108,3 +108,64 @@ def test_sharded_rows_cover_a_batch_once_and_pad_an_empty_share():
     assert [b.ids for b in shares[0]] == [["a", "c"], ["b"]] and [b.ids for b in shares[1]] == [["b"], ["b"]]
     assert [b.weight for b in shares[1]] == [1.0, 0.0]  # rank 1 has no row of the 1-utterance batch
     assert shares[0][0].inputs[0].flatten().tolist() == [0.0, 2.0]
+
+
+def test_torchrun_fine_tunes_the_upstream_with_ddp(small, tmp_path):
+    """A tiny wav2vec 2.0 fine-tuned under DDP (upstream inside DDP, frozen warm-up step, grad_accum with no_sync)."""
+    from test_hf_upstream import save_tiny
+
+    from ser_plugins.recipe import load_recipe
+    from ser_plugins.runner import run_recipe
+
+    base, path = small
+    model = save_tiny(tmp_path / "w2v2", "w2v2_large", mask_time_prob=0.0)  # SpecAugment off: no random masks
+    extra = [f"upstream={{name: hf, model: {model}}}", "finetune.mode=finetune", "finetune.frozen_warmup_steps=1",
+             "finetune.upstream_lr=0.001", "training.grad_accum=2", "training.max_steps=2", "features.layer=weighted_sum"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_recipe(load_recipe(path, extra), str(one), folds=["1"], progress=False)
+    res = torchrun("run", str(path), "--out", str(two), "--folds", "1", "-q", *[a for e in extra for a in ("-o", e)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    pa = predictions(one / "folds" / "Session1" / "predictions.csv")
+    pb = predictions(two / "folds" / "Session1" / "predictions.csv")
+    assert list(pa) == list(pb)
+    probs = lambda p: np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in p.values()])
+    assert np.abs(probs(pa) - probs(pb)).max() <= TOLERANCE
+    a, b = read_json(one / "folds" / "Session1" / "metrics.json"), read_json(two / "folds" / "Session1" / "metrics.json")
+    assert [e["step"] for e in b["history"]] == [e["step"] for e in a["history"]]
+    assert b["history"][-1]["dev_loss"] == pytest.approx(a["history"][-1]["dev_loss"], abs=TOLERANCE)
+
+
+def test_torchrun_resumes_a_fold_killed_mid_training(small, tmp_path):
+    """kill -9 of every rank during a fold, then torchrun --resume: the same result as an uninterrupted run."""
+    import signal
+    import time
+
+    from ser_plugins.recipe import load_recipe
+    from ser_plugins.runner import run_recipe
+
+    base, path = small
+    extra = ["training.epochs=40", "training.max_steps=400", f"data.cache_dir={tmp_path / 'cache'}"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_recipe(load_recipe(path, extra), str(one), folds=["1"], progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SER, "run",
+           str(path), "--out", str(two), "--folds", "1", "-q", *[a for e in extra for a in ("-o", e)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    state = two / "folds" / "Session1" / "last_state.pt"
+    deadline = time.time() + 120
+    try:
+        while not state.exists():
+            assert proc.poll() is None and time.time() < deadline, "the fold never checkpointed"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+        proc.wait()
+    assert not (two / "folds" / "Session1" / "metrics.json").exists(), "the fold finished before the kill"
+    res = torchrun("run", str(path), "--out", str(two), "--folds", "1", "--resume", "-q",
+                   *[a for e in extra for a in ("-o", e)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_json(one / "folds" / "Session1" / "metrics.json"), read_json(two / "folds" / "Session1" / "metrics.json")
+    assert len(b["history"]) == len(a["history"]) == 40
+    for ea, eb in zip(a["history"], b["history"]):
+        assert eb["dev_loss"] == pytest.approx(ea["dev_loss"], abs=TOLERANCE)
+    assert b["confusion"] == a["confusion"]
