@@ -120,3 +120,34 @@ def test_ray_launcher_without_ray_says_what_to_install(monkeypatch, tmp_path):
                         if name == "ray" else real_import(name, *a, **k))
     with pytest.raises(LaunchError, match=r"pip install ser-plugins\[ray\]"):
         RayLauncher().launch([], tmp_path)
+
+
+def test_job_resources_come_from_the_recipe_section_and_the_flags_override_them(tmp_path, tiny_demo_root):
+    from helpers import recipe_for
+
+    from ser_plugins.grid import expand
+    from ser_plugins.grid_launch import resources_for
+    from ser_plugins.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "res.yaml"
+    path.write_text(yaml.safe_dump(recipe_for(tiny_demo_root, name="res",
+                                              launcher={"gpus": 1, "mem_gb": 16, "partition": "gpu"})))
+    [run] = expand([str(path)], [], [], tmp_path / "grid")
+    assert resources_for(run, {}) == {"gpus": 1, "mem_gb": 16, "partition": "gpu"}
+    assert resources_for(run, {"gpus": 2, "time_min": 30, "cpus": None}) == {
+        "gpus": 2, "mem_gb": 16, "partition": "gpu", "time_min": 30}
+    with pytest.raises(RecipeError, match="launcher.gpu"):
+        load_recipe(str(path), ["launcher.gpu=1"])
+    with pytest.raises(RecipeError, match="launcher.cpus"):
+        load_recipe(str(path), ["launcher.cpus=0"])
+
+
+def test_resources_do_not_block_a_resume(tmp_path, fast_recipe, one_torch_thread):
+    from ser_plugins.recipe import load_recipe
+    from ser_plugins.runner import run_recipe
+
+    out = tmp_path / "run"
+    run_recipe(load_recipe(fast_recipe, ["training.epochs=1"]), str(out), folds=["1"], progress=False)
+    summary = run_recipe(load_recipe(fast_recipe, ["training.epochs=1", "launcher.gpus=4"]), str(out),
+                         folds=["1"], resume=True, progress=False)
+    assert list(summary.folds) == ["Session1"]
