@@ -29,7 +29,8 @@ def small(tmp_path_factory):
     recipe = {"name": "ddp", "seed": 0, "corpus": {"name": "iemocap", "root": str(root)},
               "upstream": {"name": "fbank", "n_mels": 40}, "aggregator": "stats",
               "classifier": {"name": "linear", "dropout": 0.0},
-              "training": {"max_steps": 12, "batch_size": 7, "lr": 0.05, "device": "cpu"},
+              "training": {"max_steps": 40, "batch_size": 7, "lr": 0.01, "device": "cpu", "select": "dev_ua",
+                           "patience": 2},  # early stopping: decided on rank 0, broadcast
               "data": {"num_threads": 1}, "output": {"tensorboard": False}}
     path = base / "ddp.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -86,6 +87,8 @@ def test_torchrun_two_ranks_match_one_process(small, tmp_path):
         assert list(pb) == list(pa)
         probs = lambda p: np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in p.values()])
         assert np.abs(probs(pa) - probs(pb)).max() <= TOLERANCE
+    epochs = [len(read_json(d / "folds" / f / "metrics.json")["history"]) for d in (one, two) for f in ("Session1", "Session2")]
+    assert epochs[:2] == epochs[2:] and max(epochs) < 10  # both stopped early (10 epochs planned), at the same epoch
     sa, sb = read_json(one / "summary.json"), read_json(two / "summary.json")
     assert sb["mean_std"]["ua"]["mean"] == pytest.approx(sa["mean_std"]["ua"]["mean"], abs=TOLERANCE)
 
@@ -141,7 +144,8 @@ def test_torchrun_resumes_a_fold_killed_mid_training(small, tmp_path):
     import time
 
     base, path = small
-    extra = ["training.epochs=30", "training.max_steps=400", f"data.cache_dir={tmp_path / 'cache'}"]
+    extra = ["training.epochs=30", "training.max_steps=400", "training.select=last", "training.patience=null",
+             f"data.cache_dir={tmp_path / 'cache'}"]
     overrides = [a for e in extra for a in ("-o", e)]
     ref, two = tmp_path / "ref", tmp_path / "two"
     done = torchrun("run", str(path), "--out", str(ref), "--folds", "1", "-q", *overrides)
