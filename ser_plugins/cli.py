@@ -21,7 +21,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     folds = args.folds.split(",") if args.folds else None
     summary = run_recipe(recipe, args.out, folds, args.resume, progress=not args.quiet)
     from ser_plugins.runner import run_dir_for
+    from ser_plugins.training.distributed import context
 
+    if not context().main:  # torchrun: rank 0 speaks for the run
+        return 0
     print(summary.to_markdown())
     print(f"run directory: {run_dir_for(recipe, args.out)}")
     return 0
@@ -31,6 +34,10 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     from ser_plugins.grid import run_grid
 
     folds = args.folds.split(",") if args.folds else None
+    if args.launcher:
+        from ser_plugins.grid_commands import launched_grid
+
+        return launched_grid(args, folds)
     result = run_grid(args.recipes, Path(args.out), args.override, args.sweep, folds, args.resume,
                       progress=not args.quiet, cache_dir=args.cache_dir)
     print(result.report)
@@ -167,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", help="comma-separated fold numbers (1-based) or names to run")
     g.add_argument("--resume", action="store_true", help="continue: finished runs and folds are not recomputed")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    from ser_plugins.grid_commands import add_launcher_arguments
+
+    add_launcher_arguments(g)
     g.set_defaults(func=_cmd_grid)
 
     v = sub.add_parser("validate", help="check a recipe and build its model, without data")

@@ -46,6 +46,8 @@ class GridResult:
     runs: List[GridRun] = field(default_factory=list)
     forward_passes: int = 0
     report: str = ""
+    jobs: List[Any] = field(default_factory=list)  # launch.JobResult per job (ser grid --launcher)
+    failed: List[Any] = field(default_factory=list)  # the jobs that did not finish
 
 
 def parse_sweeps(sweeps: Sequence[str]) -> List[List[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -30,25 +31,48 @@ def holder_text() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
-class RunLock:
-    """Exclusive, non-blocking lock on ``<dir>/.lock``; released on exit or when the process dies."""
+#: phases in which a run holds its run-directory lock briefly (setting up, writing the summary): a fold
+#: job that finds the lock held in one of them waits for it instead of giving up
+BRIEF_PHASES = ("preparing the run", "writing the summary")
 
-    def __init__(self, directory: Path) -> None:
+
+class RunLock:
+    """Exclusive lock on ``<dir>/.lock``; released on exit or when the process dies.
+
+    Non-blocking by default. ``phase`` is written beside the holder's pid (``pid N on HOST (phase)``);
+    with ``wait`` a holder in one of ``BRIEF_PHASES`` is waited for, any other holder is refused at
+    once. ``hint`` ends the refusal message.
+    """
+
+    def __init__(self, directory: Path, phase: Optional[str] = None, wait: bool = False,
+                 hint: str = "wait for it or choose another --out") -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self.holder_path = self.directory / HOLDER_NAME
+        self.phase = phase
+        self.wait = wait
+        self.hint = hint
         self._lock: Optional[FileLock] = None
 
     def __enter__(self) -> "RunLock":
         self.directory.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.path), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LockedError(f"{self.directory} is in use by {self._holder()}; wait for it or choose another "
-                              "--out") from None
+        unknown_since = None
+        while True:
+            try:
+                lock.acquire()
+                break
+            except Timeout:
+                holder = self._holder()
+                brief = self.wait and holder.endswith(tuple(f"({p})" for p in BRIEF_PHASES))
+                if not brief and self.wait:  # the holder may not have written its name yet: look again shortly
+                    unknown_since = unknown_since or time.monotonic()
+                    brief = time.monotonic() - unknown_since < 1.0
+                if not brief:
+                    raise LockedError(f"{self.directory} is in use by {holder}; {self.hint}") from None
+                time.sleep(0.1)
         self._lock = lock
-        atomic_write_text(self.holder_path, holder_text() + "\n")
+        atomic_write_text(self.holder_path, holder_text() + (f" ({self.phase})" if self.phase else "") + "\n")
         return self
 
     def _holder(self) -> str:

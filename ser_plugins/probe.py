@@ -141,6 +141,8 @@ def probe_plugin(spec: registry.PluginSpec) -> str:
         raise registry.PluginLoadError(f"{spec.kind} plugin {spec.name!r} is neither callable nor a Preset: {obj!r}")
     if spec.kind == "corpus":
         return "ok (imported; a corpus needs its data to run)"
+    if spec.kind == "launcher":
+        return "ok (imported; a launcher runs jobs: not run here)"
     missing = required_options(spec.kind, obj)
     if missing:
         return f"ok (imported; not run: needs option{'s' if len(missing) > 1 else ''} {', '.join(missing)})"

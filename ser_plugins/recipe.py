@@ -58,7 +58,7 @@ PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16")
 NAN_POLICIES: Tuple[str, ...] = ("skip", "stop")
 SELECTIONS: Tuple[str, ...] = ("last", "dev_loss", "dev_ua")  # which epoch's weights a fold keeps
 CACHE_DTYPES: Tuple[str, ...] = ("float16", "float32")
-PLUGIN_KINDS: Tuple[str, ...] = tuple(registry.KINDS)  # corpus/upstream/aggregator/classifier sections
+PLUGIN_KINDS: Tuple[str, ...] = tuple(registry.RECIPE_KINDS)  # corpus/upstream/aggregator/classifier sections
 
 _MAX_STEPS = 10**9
 _MAX_SECONDS = 10**6
@@ -175,6 +175,16 @@ class OutputConfig(Section):
     save_checkpoints: bool = True
 
 
+class LauncherConfig(Section):
+    """Resources one recipe x fold job asks a launcher for (``ser grid --launcher``); they never change results."""
+
+    gpus: Optional[int] = Field(default=None, ge=0, le=1024)
+    cpus: Optional[int] = Field(default=None, ge=1, le=4096)
+    mem_gb: Optional[float] = _finite(default=None, gt=0, le=1_000_000)
+    time_min: Optional[int] = Field(default=None, ge=1, le=10**7)
+    partition: Optional[str] = None
+
+
 class PluginSpec(BaseModel):
     """A plugin section: the plugin's ``name`` and its constructor options (checked against its signature)."""
 
@@ -190,7 +200,7 @@ class PluginSpec(BaseModel):
 
 SECTIONS: Dict[str, type] = {
     "protocol": ProtocolConfig, "features": FeaturesConfig, "finetune": FinetuneConfig,
-    "training": TrainingConfig, "data": DataConfig, "output": OutputConfig,
+    "training": TrainingConfig, "data": DataConfig, "output": OutputConfig, "launcher": LauncherConfig,
 }
 TOP_LEVEL: Dict[str, type] = {"name": str, "seed": int, "description": str}
 
@@ -213,6 +223,7 @@ class Recipe(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":

@@ -27,7 +27,10 @@ KINDS: Dict[str, str] = {
     "aggregator": "ser_plugins.aggregators",
     "classifier": "ser_plugins.classifiers",
     "corpus": "ser_plugins.corpora",
+    "launcher": "ser_plugins.launchers",
 }
+#: the kinds a recipe names in a section of its own (a launcher is chosen on the command line)
+RECIPE_KINDS: Tuple[str, ...] = ("upstream", "aggregator", "classifier", "corpus")
 
 
 class PluginError(UserError):

@@ -1,6 +1,7 @@
 """The generic fold runner: corpus -> folds -> (frozen features once) -> train/test each fold -> report."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -23,16 +24,19 @@ from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import DiskFullError, RunError
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
-from ser_plugins.locking import RunLock
+from ser_plugins.locking import BRIEF_PHASES, RunLock
 from ser_plugins.model import SERModel, build_head
 from ser_plugins.recipe import Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.results.summary import Summary
+from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.training.seeding import set_seed
 from ser_plugins.training.trainer import FoldTrainer, evaluate
 
 log = logging.getLogger("ser_plugins")
+
+SETUP_PHASE, SUMMARY_PHASE = BRIEF_PHASES
 
 
 def pick_device(name: str) -> str:
@@ -143,11 +147,14 @@ class Runner:
         self.device = pick_device(recipe.training.device)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise RunError(f"training.device is {self.device!r} but torch sees no CUDA device; use 'auto' or 'cpu'")
+        self.ctx = ddp_tools.context(self.device)  # under torchrun: this rank; only rank 0 writes
+        self.device = ddp_tools.rank_device(self.device, self.ctx)
+        self.progress = progress and self.ctx.main
 
     def _check_run_dir(self) -> None:
         saved = self.run_dir / "recipe.yaml"
         if saved.exists():
-            if not self.resume:
+            if not self.resume and not self.fold_selection:  # a fold job (--folds) joins its run's directory
                 raise RunError(f"{self.run_dir} already holds a run; pass --resume to continue it or --out for a new one")
             try:
                 old = safe_load(saved.read_text())
@@ -156,7 +163,9 @@ class Runner:
             mine = self.recipe.to_dict()
             if isinstance(old, dict):
                 old.get("output", {}).pop("dir", None)
+                old.pop("launcher", None)  # resources never change results
             mine["output"].pop("dir", None)
+            mine.pop("launcher", None)
             if old != mine:
                 raise RunError(f"--resume: the recipe differs from the one saved in {saved}; use a new --out")
 
@@ -173,6 +182,8 @@ class Runner:
         directory is created; a failure before the first fold starts removes what this run
         created, so a corrected rerun is not refused.
         """
+        if not self.ctx.main:
+            return self._follow()
         self._check_run_dir()
         _check_writable(self.run_dir)
         planned = plan(self.recipe)
@@ -180,13 +191,15 @@ class Runner:
         # to another fold when a session loses all its audio)
         chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
         created = _create_dir(self.run_dir)
-        lock = RunLock(self.run_dir)
+        # the run-directory lock is held while the run is set up and while the summary is written; each fold
+        # trains under its own lock (folds/<name>/.lock), so fold jobs of one run can work at once
+        lock = RunLock(self.run_dir, phase=SETUP_PHASE, wait=True)
         started = locked = False
         try:
             with lock:
                 locked = True
                 self._check_run_dir()  # again, under the lock: another run may have started meanwhile
-                for orphan in self.run_dir.rglob(".*.tmp"):  # left by a writer killed mid-write; we hold the lock
+                for orphan in self.run_dir.glob(".*.tmp"):  # left by a writer killed mid-write (folds: their own lock)
                     orphan.unlink(missing_ok=True)
                 t0 = time.time()
                 prep = prepare(self.recipe, self.device, self.progress, planned, self.store_frames)
@@ -197,7 +210,7 @@ class Runner:
                 folds = [f for f in prep.folds if f.name in chosen]
                 self._write_run_files(prep)
                 started = True
-                return self._run_folds(prep, folds, t0)
+            return self._run_folds(prep, folds, t0)
         except DiskFullError as exc:
             where = "" if not started else (f"; finished folds in {self.run_dir} are intact: free some space and "
                                             "continue with ser run --resume")
@@ -208,6 +221,14 @@ class Runner:
                     self._remove_created(lock, created)
                 elif not (self.run_dir / "recipe.yaml").exists():  # a directory of the user's: only our lock files go
                     lock.remove_files()
+
+    def _follow(self) -> Summary:
+        """A rank other than 0 under torchrun: the same preparation and training, no file written."""
+        planned = plan(self.recipe)
+        chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
+        t0 = time.time()
+        prep = prepare(self.recipe, self.device, False, planned, self.store_frames)
+        return self._run_folds(prep, [f for f in prep.folds if f.name in chosen], t0)
 
     def _remove_created(self, lock: RunLock, created: List[Path]) -> None:
         """Undo a run that failed before its first fold: this run created the directory, nothing in it is kept."""
@@ -236,17 +257,32 @@ class Runner:
         r = self.recipe
         if r.finetune.mode != "frozen":
             initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
-        results = {}
         for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
-            done = self.run_dir / "folds" / fold.name / "metrics.json"
-            if done.exists():
-                log.info("fold %s already finished; skipping", fold.name)
-                results[fold.name] = read_json(done)
-                continue
-            if r.finetune.mode != "frozen":
-                prep.upstream.load_state_dict(initial_upstream)
-            results[fold.name] = self._run_fold(prep, fold, prep.folds.index(fold))
-        return self._summarise(prep, results, time.time() - t0)
+            fold_dir = self.run_dir / "folds" / fold.name
+            with contextlib.ExitStack() as held:
+                done = (fold_dir / "metrics.json").exists()
+                if not done and self.ctx.main:
+                    held.enter_context(RunLock(fold_dir, hint="another job trains this fold; wait for it (re-running "
+                                                              "skips finished folds)"))
+                    done = (fold_dir / "metrics.json").exists()  # finished by another job while we waited
+                    for orphan in [] if done else fold_dir.rglob(".*.tmp"):  # left by a killed job; the lock is ours
+                        orphan.unlink(missing_ok=True)
+                if ddp_tools.broadcast(done, self.ctx):  # under torchrun, rank 0 decides for all
+                    log.info("fold %s already finished; skipping", fold.name)
+                    continue
+                if r.finetune.mode != "frozen":
+                    prep.upstream.load_state_dict(initial_upstream)
+                self._run_fold(prep, fold, prep.folds.index(fold))
+        # the summary covers every finished fold of the run (other jobs' too); the job finishing last writes it whole
+        if not self.ctx.main:
+            return ddp_tools.broadcast(None, self.ctx)
+        with RunLock(self.run_dir, phase=SUMMARY_PHASE, wait=True):
+            results = {}
+            for fold in prep.folds:
+                done = self.run_dir / "folds" / fold.name / "metrics.json"
+                if done.exists():
+                    results[fold.name] = read_json(done)
+            return ddp_tools.broadcast(self._summarise(prep, results, time.time() - t0), self.ctx)
 
     def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: Path):
         """The batch source of one fold: the shared features through this fold's normaliser (if any)."""
@@ -255,7 +291,8 @@ class Runner:
             return prep.source
         speakers = prep.speakers
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
-        normalizer.save(fold_dir / NORMALIZER_FILE)
+        if self.ctx.main:
+            normalizer.save(fold_dir / NORMALIZER_FILE)
         return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:
@@ -267,16 +304,20 @@ class Runner:
         set_seed(seed)
         head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
         model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
-        writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard else None
+        writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard and self.ctx.main else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
         eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=isinstance(source, FeatureSource))
+        if self.ctx.active:  # torchrun: every global batch split across the ranks, for training and evaluation
+            source = ddp_tools.ShardedSource(source, self.ctx)
         trainer = FoldTrainer(model, source, r.training, r.finetune, prep.labels, fold_dir, self.device,
                               r.output.save_checkpoints, on_epoch, self.progress, eval_bs)
         fit = trainer.fit(fold.train, fold.dev, seed)
         if writer:
             writer.close()
         test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, r.training.precision)
+        if not self.ctx.main:
+            return {}
         self._write_predictions(fold_dir / "predictions.csv", test, prep)
         plot_confusion(test["confusion"], prep.labels, fold_dir / "confusion.png",
                        f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}")

@@ -17,6 +17,7 @@ from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fractio
 from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.normalize import Moments
+from ser_plugins.training import distributed as ddp_tools
 
 log = logging.getLogger("ser_plugins")
 
@@ -88,6 +89,26 @@ class FrozenFeatures:
     moments: Optional[Dict[str, Moments]] = None
 
 
+def _read_other_shares(ctx: Any, forwards: int, skipped: Dict[str, str], misses: Sequence[Utterance],
+                        features: Dict[str, List[torch.Tensor]], frame_counts: Dict[str, int],
+                        cache: FeatureCache) -> tuple:
+    """After a sharded extraction: sum the forward passes, merge the skips, read the other ranks' cache entries."""
+    total = sum(ddp_tools.all_gather(forwards, ctx))
+    merged: Dict[str, str] = {}
+    for part in ddp_tools.all_gather(skipped, ctx):
+        merged.update(part)
+    ddp_tools.barrier(ctx)  # every rank has written its share
+    for u in misses:
+        if u.id in features or u.id in merged:
+            continue
+        hit = cache.get(u)
+        if hit is None:
+            raise DataError(f"utterance {u.id}: another rank extracted it, but the shared feature cache "
+                            f"{cache.dir} has no readable entry (is data.cache_dir on a filesystem all ranks share?)")
+        features[u.id], frame_counts[u.id] = hit
+    return total, merged
+
+
 def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int],
                             data: Any, precision: str, device: str, means_only: bool, need_moments: bool = False,
                             progress: bool = True, store_frames: bool = False) -> FrozenFeatures:
@@ -121,7 +142,13 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
                 hit = means_cache.get(u)
             if hit is not None:
                 features[u.id], frame_counts[u.id] = hit
-    misses = [u for u in utterances if u.id not in features]
+    misses = all_misses = [u for u in utterances if u.id not in features]
+    ctx = ddp_tools.context()
+    sharded = ctx.active and bool(data.cache_dir)  # torchrun: each rank extracts its share into the shared cache
+    if sharded:  # rank 0's list of misses for all (another rank may already see some entries written meanwhile)
+        missing = set(ddp_tools.broadcast([u.id for u in all_misses], ctx))
+        all_misses = [u for u in utterances if u.id in missing]
+        misses = [u for u in ddp_tools.shard(all_misses, ctx) if u.id not in features]
     audio = decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress) if misses else AudioSet()
     forwards = 0
     if audio.waves:
@@ -151,10 +178,15 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
         features.update(fresh)
         frame_counts.update(fresh_counts)
         audio.waves.clear()
+    if sharded:  # every rank's skips and forward passes, then (after all have written) the others' entries
+        forwards, audio.skipped = _read_other_shares(ctx, forwards, audio.skipped, all_misses, features, frame_counts,
+                                                     frames_cache if write_frames else means_cache)
+        if write_frames:
+            from_frames.update(u.id for u in all_misses if u.id in features)
     notes["upstream_forward_passes"] = forwards  # utterances run through the upstream by this run
     if data.cache_dir:
-        notes["feature_cache"] = {"dir": str(frames_cache.dir), "hits": len(utterances) - len(misses),
-                                  "misses": len(misses), "written": "frames" if write_frames else "means"}
+        notes["feature_cache"] = {"dir": str(frames_cache.dir), "hits": len(utterances) - len(all_misses),
+                                  "misses": len(all_misses), "written": "frames" if write_frames else "means"}
     result = FrozenFeatures(features, frame_counts, audio.skipped, means_only, notes)
     if need_moments:
         result.moments = {uid: Moments.of(fs) for uid, fs in features.items()}

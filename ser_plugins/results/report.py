@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ser_plugins.errors import UserError
 from ser_plugins.io import atomic_write_text
-from ser_plugins.results.summary import Summary
+from ser_plugins.results.partial import current_summary
 
 COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "normalize", "dev", "folds",
            "WA", "UA", "F1")
@@ -26,17 +26,16 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
     for d in run_dirs:
         if Path(d).is_file():  # a shell glob such as runs/* also matches earlier report files
             continue
-        path = Path(d) / "summary.json"
-        if not path.exists():
-            raise ReportError(f"{d}: no summary.json (is it a finished run directory?)")
-        s = Summary.load(path)
+        s = current_summary(Path(d))  # a run whose fold jobs are still running: its finished folds, partial
+        if s is None:
+            raise ReportError(f"{d}: no summary.json and no finished fold (is it a run directory?)")
         ms = s.mean_std
         rows.append({
             "run": Path(d).name, "upstream": s.upstream, "finetune": s.finetune, "layer": str(s.layer),
             "aggregator": s.aggregator, "classifier": s.classifier,
             "normalize": s.normalize or "none", "dev": s.dev, "transductive": s.transductive,
             "comparable": s.speaker_independent_inductive,
-            "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",
+            "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",  # incomplete runs are marked
             **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
             **{f"{k}_std": ms[k]["std"] for k in ("wa", "ua", "macro_f1")},
         })

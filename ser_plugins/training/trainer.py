@@ -16,6 +16,7 @@ from ser_plugins.data.sources import Batch, BatchPlan, BatchSource
 from ser_plugins.errors import UserError
 from ser_plugins.recipe import FinetuneConfig, TrainingConfig
 from ser_plugins.results.metrics import classification_metrics
+from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.training.checkpoint import load_state, load_weights, save_state, save_weights
 from ser_plugins.training.seeding import set_seed
 
@@ -118,7 +119,7 @@ def evaluate(model: nn.Module, source: BatchSource, ids: Sequence[str], labels: 
              device: str, precision: str = "fp32") -> Dict[str, Any]:
     """Predict ``ids``; returns metrics plus per-utterance predictions and probabilities."""
     model.eval()
-    preds, probs, targets, order = [], [], [], []
+    preds, probs, targets, order, weights, global_order = [], [], [], [], [], []
     for batch in source.batches(ids, BatchPlan(batch_size)):
         batch = batch.to(device)
         with autocast(device, precision):
@@ -132,6 +133,12 @@ def evaluate(model: nn.Module, source: BatchSource, ids: Sequence[str], labels: 
         preds.extend(p.argmax(-1).tolist())
         targets.extend(batch.targets.cpu().tolist())
         order.extend(batch.ids)
+        weights.extend([getattr(batch, "weight", 1.0)] * len(batch.ids))
+        global_order.extend(getattr(batch, "global_ids", batch.ids))
+    if isinstance(source, ddp_tools.ShardedSource):  # torchrun: every rank's rows, each utterance once
+        order, targets, preds, gathered = ddp_tools.gather_predictions(
+            order, targets, preds, [row for p in probs for row in p], weights, global_order, source.ctx)
+        probs = [gathered] if order else []
     result = classification_metrics(targets, preds, labels)
     result["ids"], result["targets"], result["predictions"] = order, targets, preds
     result["probabilities"] = torch.cat(probs).numpy() if probs else np.zeros((0, len(labels)))
@@ -171,6 +178,9 @@ class FoldTrainer:
         self.nan_steps = 0
         self.scaler = None
         self.has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.head.modules())
+        self.ctx = ddp_tools.context()  # torchrun: only rank 0 writes checkpoints
+        self.ddp: Optional[nn.Module] = None
+        self._unsynced = False
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
         if self.training.class_weights:
@@ -207,6 +217,7 @@ class FoldTrainer:
         """
         t, model, device = self.training, self.model, self.device
         model.to(device)
+        self.ddp = ddp_tools.wrap(model, device, self.ctx)
         optimizer = build_optimizer(model, t, self.finetune)
         batches = self.source.count_batches(train_ids, self._plan(seed))
         steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
@@ -237,13 +248,14 @@ class FoldTrainer:
                 progress.update(best_score=score, best_ua=dev["ua"], best_epoch=epoch + 1, bad_epochs=0)
                 if t.select != "last":  # with 'last' the current weights are the best: saved once, at the end
                     best_state = trainable_state(model)
-                    if self.save_checkpoints:
+                    if self.save_checkpoints and self.ctx.main:
                         save_weights(self.fold_dir / "best.safetensors", best_state)
             else:
                 progress["bad_epochs"] += 1
             progress["epoch"] = epoch + 1
             progress["nan_steps"] = self.nan_steps
             progress["stopped"] = t.patience is not None and progress["bad_epochs"] >= t.patience
+            progress["stopped"] = ddp_tools.broadcast(progress["stopped"], self.ctx)  # rank 0 decides
             self._save_last(optimizer, scheduler, progress, best_state)
             bar.set_postfix(loss=f"{train_loss:.3f}", dev_ua=f"{dev['ua']:.3f}")
             if self.on_epoch:
@@ -252,14 +264,16 @@ class FoldTrainer:
                 break
         if t.select == "last":
             best_state = trainable_state(model)
-            if self.save_checkpoints:
+            if self.save_checkpoints and self.ctx.main:
                 save_weights(self.fold_dir / "best.safetensors", best_state)
         model.load_state_dict(best_state, strict=False)
         return {"history": progress["history"], "best_epoch": progress["best_epoch"], "best_dev_ua": progress["best_ua"],
                 "nan_steps": self.nan_steps}
 
     def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
-        """Everything needed to resume after this epoch, in ONE atomically written file."""
+        """Everything needed to resume after this epoch, in ONE atomically written file (rank 0's)."""
+        if not self.ctx.main:
+            return
         state = {"model": trainable_state(self.model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "progress": progress,
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None}
@@ -287,23 +301,32 @@ class FoldTrainer:
         for batch in self.source.batches(ids, self._plan(seed)):
             if t.max_steps and progress["step"] >= t.max_steps:
                 break
-            if len(batch.ids) == 1 and self.has_batch_norm:
+            smallest = len(batch.ids) if self.ddp is None else max(1, len(batch.global_ids) // self.ctx.world)
+            if smallest == 1 and self.has_batch_norm:  # under torchrun: decided on the global batch, same on all ranks
                 singletons += 1
                 continue  # BatchNorm cannot train on one utterance (a bucket's tail or an over-budget one)
             batch = batch.to(self.device)
-            with autocast(self.device, t.precision):
-                logits = forward_batch(model, batch, step=progress["step"])
-            adjust = getattr(model.head.classifier, "training_logits", None)  # margins (AM-softmax) see the targets
-            logits = adjust(logits.float(), batch.targets) if adjust is not None else logits
-            loss = loss_fn(logits.float(), batch.targets)
-            if not torch.isfinite(loss):
-                self._non_finite(loss, batch)  # never backpropagated: accumulated gradients stay valid
-                continue
-            scaled = loss / t.grad_accum
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            sync = accum + 1 == t.grad_accum  # torchrun: gradients are all-reduced on a group's last micro-batch
+            with ddp_tools.accumulating(self.ddp, sync):
+                with autocast(self.device, t.precision):
+                    logits = (forward_batch(model, batch, step=progress["step"]) if self.ddp is None else
+                              self.ddp(batch.inputs, batch.lengths, batch.features, progress["step"]))
+                adjust = getattr(model.head.classifier, "training_logits", None)  # margins (AM-softmax) see the targets
+                logits = adjust(logits.float(), batch.targets) if adjust is not None else logits
+                loss = loss_fn(logits.float(), batch.targets)
+                finite = bool(torch.isfinite(loss))
+                if self.ddp is not None:  # every rank skips the batch, or none does
+                    finite = ddp_tools.sum_over_ranks([0.0 if finite else 1.0], self.ctx)[0] == 0
+                if not finite:
+                    self._non_finite(loss, batch)  # never backpropagated: accumulated gradients stay valid
+                    continue
+                scaled = loss * ddp_tools.loss_scale(batch, loss_fn, self.ctx) / t.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            self._unsynced = self.ddp is not None and not sync
             accum += 1
-            total += loss.item() * len(batch.ids)
-            count += len(batch.ids)
+            rows = len(batch.ids) if getattr(batch, "weight", 1.0) else 0
+            total += loss.item() * rows
+            count += rows
             if accum == t.grad_accum:
                 self._step(optimizer, scheduler, accum)
                 accum = 0
@@ -311,6 +334,8 @@ class FoldTrainer:
         if accum:
             self._step(optimizer, scheduler, accum)
             progress["step"] += 1
+        if self.ddp is not None:  # the epoch's loss over every rank's rows
+            total, count = ddp_tools.sum_over_ranks([total, count], self.ctx)
         if count == 0 and singletons:
             raise TrainingDiverged(f"fold {self.fold_dir.name}: every training batch held one utterance, and the head's "
                                    "BatchNorm needs two; raise training.max_batch_seconds or training.batch_size")
@@ -321,6 +346,11 @@ class FoldTrainer:
     def _step(self, optimizer, scheduler, accumulated: int) -> None:
         """One optimiser step over ``accumulated`` batches (a partial group is rescaled to a mean)."""
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self._unsynced:  # an epoch's last, partial group was accumulated under no_sync: average it now
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(self.ctx.world)
+            self._unsynced = False
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if accumulated != self.training.grad_accum:
