@@ -123,7 +123,6 @@ class TrainingConfig(Section):
     max_batch_seconds: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
     optimizer: Literal[OPTIMIZERS] = "adamw"
     lr: float = _finite(default=1e-2, gt=0, le=10)
-    aggregator_lr: Optional[float] = _finite(default=None, gt=0, le=10)
     weight_decay: float = _finite(default=1e-4, ge=0, le=10)
     scheduler: Literal[SCHEDULERS] = "cosine"
     warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)

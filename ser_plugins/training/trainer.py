@@ -39,19 +39,11 @@ def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:
 def build_optimizer(model: nn.Module, training: TrainingConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
     """Two learning rates: ``training.lr`` for the head, ``finetune.upstream_lr`` for the upstream.
 
-    With ``training.aggregator_lr`` the aggregator's parameters (attention pooling) get their own.
-
     With ``finetune.layer_decay`` the upstream's depth groups get ``upstream_lr * decay**k``, k
     counted down from the top group.
     """
-    head = [p for p in model.head.parameters() if p.requires_grad]
-    pooling: List[nn.Parameter] = []
-    if training.aggregator_lr is not None:  # attention pooling on its own (smaller) learning rate
-        pooling = [p for p in model.head.aggregator.parameters() if p.requires_grad]
-        head = [p for p in head if all(p is not q for q in pooling)]
-    groups: List[Dict[str, Any]] = [{"params": head, "lr": training.lr, "name": "head"}]
-    if pooling:
-        groups.append({"params": pooling, "lr": training.aggregator_lr, "name": "aggregator"})
+    groups: List[Dict[str, Any]] = [{"params": [p for p in model.head.parameters() if p.requires_grad],
+                                     "lr": training.lr, "name": "head"}]
     up_groups = [[p for p in g if p.requires_grad] for g in model.upstream.layer_parameter_groups()]
     up_groups = [g for g in up_groups if g]
     decay = finetune.layer_decay
