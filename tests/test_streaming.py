@@ -111,3 +111,110 @@ def test_recipe_keys_have_ranges():
         with pytest.raises(RecipeError, match="data."):
             load_recipe({**base, "data": bad}, check_plugins=False)
     assert resolve_workers(3, 10) == 3 and resolve_workers(None, 10) == 0 and resolve_workers(None, 10_000) >= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_audio_gives_the_in_ram_batches_and_results(fast_recipe, tmp_path, caplog, workers):
+    fast_recipe.update(data={"precompute": False}, training={"epochs": 2, "max_duration": 1.0})  # crops drawn
+    run_recipe(load_recipe(fast_recipe), str(tmp_path / "ram"), folds=["1"], progress=False)
+    fast_recipe["data"].update(max_ram_gb=TINY_BUDGET, num_workers=workers)
+    with caplog.at_level(logging.INFO, logger="ser_plugins"):
+        run_recipe(load_recipe(fast_recipe), str(tmp_path / "stream"), folds=["1"], progress=False)
+    assert any(f"streamed from disk by {workers} DataLoader worker(s)" in r.getMessage() for r in caplog.records)
+    _same(_files(tmp_path / "ram"), _files(tmp_path / "stream"))
+
+
+def test_streamed_batches_equal_in_ram_batches_with_crops():
+    import numpy as np
+
+    from ser_plugins.data.sources import BatchPlan, WaveSource
+    from ser_plugins.data.wave_stream import StreamedWaveSource
+    from ser_plugins.contracts import Utterance
+    import soundfile as sf
+    import tempfile
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as d:
+        utts, waves = [], {}
+        for k in range(23):
+            x = (0.1 * rng.standard_normal(int(16000 * rng.uniform(0.2, 2.0)))).astype("float32")
+            path = Path(d) / f"u{k}.wav"
+            sf.write(path, x, 16000, subtype="FLOAT")
+            utts.append(Utterance(f"u{k}", str(path), "neu", "s1"))
+            waves[f"u{k}"] = x
+        targets = {u.id: i % 4 for i, u in enumerate(utts)}
+        ids = [u.id for u in utts][::-1]
+        plan = BatchPlan(4, max_batch_seconds=4.0, max_duration=1.0, shuffle=True, seed=3)
+        ram = list(WaveSource(waves, targets, 16000).batches(ids, plan))
+        disk = StreamedWaveSource(utts, {k: len(v) for k, v in waves.items()}, targets, 16000, num_workers=2)
+        for _ in range(2):  # the persistent workers serve a second pass too
+            got = list(disk.batches(ids, plan))
+            assert [b.ids for b in got] == [b.ids for b in ram]
+            assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.lengths, b.lengths) for a, b in zip(got, ram))
+        partial = disk.batches(ids, plan)
+        next(partial)  # abandoned mid-pass (max_steps): the next pass starts from its own first batch
+        evaluation = BatchPlan(8)
+        assert [b.ids for b in disk.batches(ids, evaluation)] == [b.ids for b in WaveSource(waves, targets, 16000)
+                                                                   .batches(ids, evaluation)]
+
+
+@pytest.fixture(scope="module")
+def faulty_root(tmp_path_factory, tiny_demo_root):
+    """The tiny corpus with Session1 files rewritten in every unusable and odd format (test_faults_audio's)."""
+    import shutil
+
+    import soundfile as sf
+
+    from ser_plugins import registry
+    from test_faults_audio import UNUSABLE, USABLE
+
+    root = tmp_path_factory.mktemp("faulty") / "IEMOCAP_full_release"
+    shutil.copytree(tiny_demo_root, root)
+    s1 = [u for u in registry.create("corpus", "iemocap", root=str(root)).load() if u.session == "Session1"]
+    writers = [w for _, w, _ in UNUSABLE] + [w for _, w in USABLE]
+    for u, writer in zip(s1, writers):
+        x, _ = sf.read(u.path)
+        writer(Path(u.path), x)
+    return root
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_skips_and_strict_errors_are_those_of_the_in_ram_validation_pass(faulty_root, tmp_path, caplog,
+                                                                          precompute):
+    from helpers import recipe_for
+    from ser_plugins.data.decode import DataError
+
+    def run(name, **data):
+        recipe = recipe_for(faulty_root, data={"precompute": precompute, **data})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ser_plugins"):
+            run_recipe(load_recipe(recipe), str(tmp_path / name), folds=["1"], progress=False)
+        warnings = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping"))
+        return json.loads((tmp_path / name / "run.json").read_text())["skipped"], warnings
+
+    ram = run("ram")
+    assert sum(ram[0].values()) == 8
+    assert run("stream", max_ram_gb=TINY_BUDGET, num_workers=2) == ram
+    _same(_files(tmp_path / "ram"), _files(tmp_path / "stream"))
+    errors = []
+    for data in ({}, {"max_ram_gb": TINY_BUDGET, "num_workers": 2}):
+        with pytest.raises(DataError) as err:
+            run_recipe(load_recipe(recipe_for(faulty_root, data={"precompute": precompute, "strict": True, **data})),
+                       str(tmp_path / f"strict{len(errors)}"), progress=False)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and "data.strict is on" in errors[0]
+
+
+def test_fine_tuning_on_streamed_audio_equals_in_ram(fast_recipe, tmp_path):
+    pytest.importorskip("transformers")
+    from test_hf_upstream import save_tiny
+    from test_ssl_runs import ssl_recipe
+
+    model = save_tiny(str(tmp_path / "hubert"), "hubert_base")
+    recipe = ssl_recipe(fast_recipe, model, "finetune").to_dict()
+    run_recipe(load_recipe(recipe), str(tmp_path / "ram"), folds=["1"], progress=False)
+    recipe["data"].update(max_ram_gb=TINY_BUDGET, num_workers=2)
+    run_recipe(load_recipe(recipe), str(tmp_path / "stream"), folds=["1"], progress=False)
+    ram, stream = _files(tmp_path / "ram"), _files(tmp_path / "stream")
+    assert any(k.startswith("upstream.") for k in stream["best"])  # the upstream itself was trained
+    _same(ram, stream)

@@ -69,7 +69,8 @@ def scan_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples: 
     Skips, reasons, warnings and the ``data.strict`` errors are those of ``decode_corpus``.
     """
     loader = DataLoader(ScanItems(utterances, sample_rate, min_samples), batch_size=8, num_workers=num_workers,
-                        collate_fn=_as_list, worker_init_fn=_one_thread if num_workers else None)
+                        collate_fn=_as_list, worker_init_fn=_one_thread if num_workers else None,
+                        generator=torch.Generator())
     lengths: Dict[str, int] = {}
     skipped: Dict[str, str] = {}
     bar = tqdm(total=len(utterances), desc="check audio", unit="utt", disable=not progress, leave=False)
@@ -136,7 +137,8 @@ def make_loader(items: AudioItems, sampler: PlanSampler, num_workers: int, pin_m
     return DataLoader(items, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_waves,
                       pin_memory=pin_memory, worker_init_fn=_one_thread if num_workers else None,
                       persistent_workers=persistent and num_workers > 0,
-                      prefetch_factor=2 if num_workers else None)
+                      prefetch_factor=2 if num_workers else None,
+                      generator=torch.Generator())  # its seed draw must not move the global RNG (dropout)
 
 
 def stream_batches(utterances: Sequence[Utterance], sample_rate: int, min_samples: int, num_workers: int,
