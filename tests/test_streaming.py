@@ -218,3 +218,20 @@ def test_fine_tuning_on_streamed_audio_equals_in_ram(fast_recipe, tmp_path):
     ram, stream = _files(tmp_path / "ram"), _files(tmp_path / "stream")
     assert any(k.startswith("upstream.") for k in stream["best"])  # the upstream itself was trained
     _same(ram, stream)
+
+
+def test_kill_9_then_resume_with_streamed_features(tiny_demo_root, tmp_path, monkeypatch):
+    """test_faults_interrupt's kill -9 / --resume case, every run of it with features served from disk."""
+    import test_faults_interrupt as interrupt
+
+    real = interrupt.recipe_dict
+
+    def streamed(root, epochs=1, **sections):
+        sections["data"] = {**sections.get("data", {}), "max_ram_gb": TINY_BUDGET,
+                            "cache_dir": str(tmp_path / "cache")}
+        return real(root, epochs, **sections)
+
+    monkeypatch.setattr(interrupt, "recipe_dict", streamed)
+    interrupt.test_kill_9_during_fold_3_then_resume_matches_an_uninterrupted_run(tiny_demo_root, tmp_path)
+    run = json.loads((tmp_path / "killed" / "run.json").read_text())
+    assert run["streamed"]["frames_on_disk"] is True
