@@ -4,7 +4,7 @@
 (estimated from the audio headers, the kept layers' sizes and the storage dtype) exceed
 ``data.max_ram_gb``. Every utterance's layers then stay in its safetensors cache entry (written as
 extraction produces them; a temporary cache folder when ``data.cache_dir`` is null) and
-``StreamedFeatureSource`` reads them, memory-mapped, in the order the bucketed plan wants them,
+``StreamedFeatureSource`` reads them back, entry by entry, in the order the bucketed plan wants them,
 with the next batches prepared by a background thread. Batches, and so results, are those of the
 in-RAM ``FeatureSource``.
 """
@@ -34,7 +34,7 @@ PREFETCH_BATCHES = 2
 
 
 class LazyFeatures(Mapping):
-    """Utterance id -> its layers, read from its cache entry (memory-mapped) on every access.
+    """Utterance id -> its layers, read from its cache entry on every access (one entry's bytes at a time).
 
     ``frame_counts`` are known without reading; ``tmp_dir`` (a temporary cache) is removed with the object.
     """
@@ -49,10 +49,11 @@ class LazyFeatures(Mapping):
             weakref.finalize(self, shutil.rmtree, tmp_dir, True)
 
     def __getitem__(self, uid: str) -> List[torch.Tensor]:
-        from safetensors import safe_open
+        from safetensors.torch import load
 
-        with safe_open(str(self.paths[uid]), framework="pt") as fh:
-            return [fh.get_tensor(f"layer{k}") for k in range(self.num_layers)]
+        with open(self.paths[uid], "rb") as fh:  # one read of the entry: ~3x faster than safe_open per tensor
+            tensors = load(fh.read())
+        return [tensors[f"layer{k}"] for k in range(self.num_layers)]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.paths)
