@@ -129,25 +129,32 @@ class StreamedFeatureSource(FeatureSource):
 
 
 def feature_bytes(upstream: Any, utterances: Sequence[Utterance], layers: Sequence[int], dtype: torch.dtype,
-                  frames: bool) -> int:
+                  frames: bool, samples: Optional[int] = None) -> int:
     """Estimated RAM of the features of ``utterances``: frames from the audio headers, or one mean per layer."""
     sizes = list(upstream.hidden_sizes) or [upstream.hidden_size]
     width = sum(sizes[k] if 0 <= k < len(sizes) else sizes[-1] for k in layers)
     if not frames:
         return len(utterances) * width * 4
-    count = audio_samples(utterances, upstream.sample_rate) // max(1, upstream.hop_length)
-    return count * width * torch.tensor([], dtype=dtype).element_size()
+    if samples is None:
+        samples = audio_samples(utterances, upstream.sample_rate)
+    return samples // max(1, upstream.hop_length) * width * torch.tensor([], dtype=dtype).element_size()
 
 
 def should_stream(upstream: Any, utterances: Sequence[Utterance], layers: Sequence[int], data: Any,
                   frames: bool) -> bool:
-    """True when the frozen features would exceed ``data.max_ram_gb`` (logged with both figures)."""
-    need = feature_bytes(upstream, utterances, layers, getattr(torch, data.cache_dtype), frames)
+    """True when the in-RAM path would exceed ``data.max_ram_gb`` (logged with both figures).
+
+    The in-RAM path holds the features and, while it extracts, the decoded audio (float32) of
+    every utterance not in the cache: both count (an upper bound: every utterance a miss).
+    """
+    samples = audio_samples(utterances, upstream.sample_rate)
+    need = feature_bytes(upstream, utterances, layers, getattr(torch, data.cache_dtype), frames, samples)
+    need += samples * 4
     budget = ram_budget_bytes(data.max_ram_gb)
     if need <= budget:
         return False
-    log.info("frozen features: about %.2f GiB > RAM budget %.2f GiB (data.max_ram_gb): served from the on-disk "
-             "cache", need / GB, budget / GB)
+    log.info("frozen features: about %.2f GiB with the decoded audio > RAM budget %.2f GiB (data.max_ram_gb): "
+             "served from the on-disk cache", need / GB, budget / GB)
     return True
 
 

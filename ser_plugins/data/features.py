@@ -36,7 +36,7 @@ def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.nda
     than that runs alone), so memory stays bounded. With ``reduce_mean`` only each layer's
     time-average is kept (``[1, D]`` float32), for heads that see nothing else. ``frame_counts``
     receives every utterance's number of frames; ``stats`` the padding fraction, the number of
-    batches, the audio seconds and the wall time. Streamed (``data.wave_stream``): ``lengths``
+    batches, the audio seconds and the wall time. Streamed (``data/feature_stream.py``): ``lengths``
     replaces ``waves``, ``batch_loader(ids, batches)`` yields the padded batches, and
     ``sink(id, layers, frames)`` receives each utterance's layers instead of the returned dict.
     """

@@ -229,7 +229,7 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     utterances, labels, upstream, kept = pl.utterances, pl.labels, pl.upstream, pl.kept_layers
     frozen = recipe.finetune.mode == "frozen" and recipe.data.precompute
     notes: Dict[str, Any] = {}
-    moments = None
+    moments = streamed = None
     if frozen:
         means_only = pl.sees_only_means and not recipe.training.max_duration
         pre = compute_frozen_features(upstream, utterances, kept, recipe.data, recipe.training.precision, device,
