@@ -9,11 +9,13 @@ budget) and streamed (``data.max_ram_gb`` tiny, so everything is served from dis
 * fine-tuned: the tiny random HuBERT of the tests (2 layers, 32 wide), whole model trained; audio
   decoded into RAM, or decoded by ``--workers`` DataLoader worker processes on every batch.
 
-Each (size, config, mode) runs ``--runs`` times, each in a fresh subprocess that prepares the run
-(validation pass, extraction) and trains ``--frozen-steps`` / ``--finetune-steps`` optimiser steps on fold 1 through
-the real trainer (epochs repeated until the steps are done; fine-tuning crops to 1 s). Printed per run: the child's peak RSS (``ru_maxrss``; worker processes' peak apart) and
-its training throughput (utterances per second over the training steps only, data loading
-included); then medians with min/max, and the ratios the targets are about.
+Each (size, config, mode) runs ``--runs`` times (in RAM and streamed taking turns), each in a fresh
+subprocess that prepares the run (validation pass, extraction) and trains ``--frozen-steps`` /
+``--finetune-steps`` optimiser steps on fold 1 through the real trainer (epochs repeated until the
+steps are done; fine-tuning crops to 1 s). Printed per run: the child's peak RSS (``ru_maxrss``;
+the worker processes' peak apart) and its training throughput (utterances per second over the
+training steps only, data loading included); then medians with min/max, and the ratios the
+targets are about.
 """
 from __future__ import annotations
 
@@ -124,22 +126,24 @@ def child(spec: dict) -> dict:
             "torch": torch.__version__}
 
 
-def measure(config: str, size: str, streamed: bool, args) -> list:
-    """``args.runs`` fresh subprocesses of one (config, size, mode)."""
-    spec = recipe(config, corpus(SIZES[size]), streamed, args.steps[config], args.workers)
-    runs = []
+def measure(config: str, size: str, args) -> dict:
+    """``args.runs`` fresh subprocesses per mode of one (config, size), in RAM and streamed taking turns
+    (the machine's load drifts: each streamed run is next to an in-RAM one)."""
+    runs = {False: [], True: []}
     for _ in range(args.runs):
-        res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-        if res.returncode != 0:
-            raise SystemExit(f"{config} {size} {'streamed' if streamed else 'in RAM'} failed:\n{res.stderr[-3000:]}")
-        out = json.loads(res.stdout.strip().splitlines()[-1])
-        assert out["streamed"] == streamed, out
-        runs.append(out)
-        print(f"  {config:9s} {size:4s} {'streamed' if streamed else 'in RAM':8s} rss {out['rss_mb']:8.1f} MB "
-              f"(workers {out['workers_rss_mb']:6.1f} MB)  {out['utt_per_s']:8.2f} utt/s  "
-              f"prepare {out['prepare_s']:6.2f} s  steps {out['steps']}  train set {out['train_utterances']}",
-              flush=True)
+        for streamed in (False, True):
+            spec = recipe(config, corpus(SIZES[size]), streamed, args.steps[config], args.workers)
+            res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if res.returncode != 0:
+                raise SystemExit(f"{config} {size} {'streamed' if streamed else 'in RAM'} failed:\n{res.stderr[-3000:]}")
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            assert out["streamed"] == streamed, out
+            runs[streamed].append(out)
+            print(f"  {config:9s} {size:4s} {'streamed' if streamed else 'in RAM':8s} rss {out['rss_mb']:8.1f} MB "
+                  f"(workers {out['workers_rss_mb']:6.1f} MB)  {out['utt_per_s']:8.2f} utt/s  "
+                  f"prepare {out['prepare_s']:6.2f} s  steps {out['steps']}  train set {out['train_utterances']}",
+                  flush=True)
     return runs
 
 
@@ -156,6 +160,7 @@ def main() -> None:
     parser.add_argument("--frozen-steps", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=10)
     parser.add_argument("--sizes", default="1x,4x,16x")
+    parser.add_argument("--configs", default="frozen,finetune")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -168,10 +173,12 @@ def main() -> None:
     for size in sizes:
         corpus(SIZES[size])
     results = {}
-    for config in ("frozen", "finetune"):
+    configs = args.configs.split(",")
+    for config in configs:
         for size in sizes:
+            runs = measure(config, size, args)
             for streamed in (False, True):
-                results[config, size, streamed] = measure(config, size, streamed, args)
+                results[config, size, streamed] = runs[streamed]
     print("\nmedian [min-max] of the runs:")
     for (config, size, streamed), runs in results.items():
         rss, thr = med(runs, "rss_mb"), med(runs, "utt_per_s")
@@ -179,7 +186,7 @@ def main() -> None:
               f"[{rss[1]:.1f}-{rss[2]:.1f}]  throughput {thr[0]:8.2f} utt/s [{thr[1]:.2f}-{thr[2]:.2f}]")
     print("\nratios (medians):")
     first, last = sizes[0], sizes[-1]
-    for config in ("frozen", "finetune"):
+    for config in configs:
         for streamed in (False, True):
             a, b = med(results[config, first, streamed], "rss_mb")[0], med(results[config, last, streamed], "rss_mb")[0]
             mode = "streamed" if streamed else "in RAM"
