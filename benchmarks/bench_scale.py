@@ -10,12 +10,12 @@ budget) and streamed (``data.max_ram_gb`` tiny, so everything is served from dis
   decoded into RAM, or decoded by ``--workers`` DataLoader worker processes on every batch.
 
 Each (size, config, mode) runs ``--runs`` times (in RAM and streamed taking turns), each in a fresh
-subprocess that prepares the run (validation pass, extraction) and trains ``--frozen-steps`` /
-``--finetune-steps`` optimiser steps on fold 1 through the real trainer (epochs repeated until the
-steps are done; fine-tuning crops to 1 s). Printed per run: the child's peak RSS (``ru_maxrss``;
-the worker processes' peak apart) and its training throughput (utterances per second over the
-training steps only, data loading included); then medians with min/max, and the ratios the
-targets are about.
+subprocess that prepares the run (validation pass, extraction) and trains on fold 1 through the
+real trainer (epochs repeated until the steps are done; fine-tuning crops to 1 s): 20 / 2 untimed
+warm-up steps, then ``--frozen-steps`` / ``--finetune-steps`` timed ones. Printed per run: the
+child's peak RSS (``ru_maxrss``; the worker processes' peak apart) and its training throughput
+(utterances per second over the timed steps, data loading included); then medians with min/max,
+and the ratios the targets are about.
 """
 from __future__ import annotations
 
@@ -93,7 +93,10 @@ def child(spec: dict) -> dict:
     from ser_plugins.training.seeding import set_seed
     from ser_plugins.training.trainer import FoldTrainer, build_optimizer, build_scheduler
 
+    spec = dict(spec)
+    timing = {"warmup_steps": spec.pop("warmup_steps"), "timed_steps": spec.pop("timed_steps")}
     r = load_recipe(spec)
+    spec = timing
     t0 = time.perf_counter()
     prep = prepare(r, "cpu", progress=False)
     prepare_s = time.perf_counter() - t0
@@ -106,17 +109,27 @@ def child(spec: dict) -> dict:
                               progress=False)
         model.to("cpu")
         optimizer = build_optimizer(model, r.training, r.finetune)
-        scheduler = build_scheduler(optimizer, r.training.scheduler, 0, r.training.max_steps)
+        scheduler = build_scheduler(optimizer, r.training.scheduler, 0, spec["warmup_steps"] + spec["timed_steps"])
         progress = {"step": 0}
         loss_fn = trainer._loss_fn(fold.train)
-        utterances, epoch = 0, 0
+        epoch = 0
+
+        def train_until(steps: int) -> int:
+            """Epochs of the real trainer until ``steps`` optimiser steps in all; returns the utterances seen."""
+            nonlocal epoch
+            r.training.max_steps = steps
+            seen = 0
+            while progress["step"] < steps:
+                before = progress["step"]
+                trainer._train_epoch(fold.train, optimizer, scheduler, loss_fn, progress, epoch)
+                sizes = [len(b) for b in prep.source.plan(fold.train, trainer._plan(epoch))]
+                seen += sum(sizes[:progress["step"] - before])  # grad_accum is 1: one batch per step
+                epoch += 1
+            return seen
+
+        train_until(spec["warmup_steps"])  # one-time costs (allocator, kernels, first reads) left out
         t1 = time.perf_counter()
-        while progress["step"] < r.training.max_steps:  # epochs of the real trainer until the step budget
-            before = progress["step"]
-            trainer._train_epoch(fold.train, optimizer, scheduler, loss_fn, progress, epoch)
-            sizes = [len(b) for b in prep.source.plan(fold.train, trainer._plan(epoch))]
-            utterances += sum(sizes[:progress["step"] - before])  # grad_accum is 1: one batch per step
-            epoch += 1
+        utterances = train_until(spec["warmup_steps"] + spec["timed_steps"])
         train_s = time.perf_counter() - t1
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -133,6 +146,7 @@ def measure(config: str, size: str, args) -> dict:
     for _ in range(args.runs):
         for streamed in (False, True):
             spec = recipe(config, corpus(SIZES[size]), streamed, args.steps[config], args.workers)
+            spec.update(warmup_steps=args.warmup[config], timed_steps=args.steps[config])
             res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                  text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if res.returncode != 0:
@@ -157,8 +171,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="data.num_workers of every run")
-    parser.add_argument("--frozen-steps", type=int, default=100)
-    parser.add_argument("--finetune-steps", type=int, default=10)
+    parser.add_argument("--frozen-steps", type=int, default=300, help="timed steps (after 20 untimed)")
+    parser.add_argument("--finetune-steps", type=int, default=10, help="timed steps (after 2 untimed)")
     parser.add_argument("--sizes", default="1x,4x,16x")
     parser.add_argument("--configs", default="frozen,finetune")
     args = parser.parse_args()
@@ -166,6 +180,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     args.steps = {"frozen": args.frozen_steps, "finetune": args.finetune_steps}
+    args.warmup = {"frozen": 20, "finetune": 2}
     sizes = args.sizes.split(",")
     print(f"machine: {machine()}")
     print(f"data.num_workers: {args.workers} (DataLoader worker processes of the streamed passes); "
