@@ -156,7 +156,7 @@ class TrainingConfig(Section):
 
 
 class DataConfig(Section):
-    """Audio and feature handling: strictness, precomputation, extraction batches, the feature cache."""
+    """Audio and feature handling: strictness, precomputation, extraction batches, the feature cache, RAM budget."""
 
     strict: bool = False
     precompute: bool = True
@@ -164,6 +164,8 @@ class DataConfig(Section):
     num_threads: Optional[int] = Field(default=None, ge=1, le=4096)
     cache_dir: Optional[str] = None
     cache_dtype: Literal[CACHE_DTYPES] = "float16"
+    max_ram_gb: Optional[float] = _finite(default=None, gt=0, le=1_000_000)  # null: half the available RAM
+    num_workers: Optional[int] = Field(default=None, ge=0, le=256)  # null: min(4, CPUs) on streamed passes
 
 
 class OutputConfig(Section):

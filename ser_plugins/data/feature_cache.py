@@ -97,6 +97,37 @@ class FeatureCache:
         self.hits += 1
         return feats, frames
 
+    def locate(self, utt: Utterance) -> Optional[Tuple[Path, int]]:
+        """``(entry path, frame count)`` of ``utt`` without loading its layers (memory-mapped header), or None.
+
+        Counts a hit or a miss as ``get`` does; an unreadable or incomplete entry is a miss.
+        """
+        from safetensors import safe_open
+
+        try:
+            path = self._entry(utt)
+        except OSError:
+            return None
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                names = set(fh.keys())
+                if not all(f"layer{k}" in names for k in range(len(self.layers))):
+                    raise ValueError("missing layers")
+                frames = int(fh.get_tensor("frames").item())
+        except Exception as exc:  # a corrupt entry is recomputed, never trusted
+            log.warning("feature cache: unreadable entry %s (%s); recomputing", path, exc)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return path, frames
+
+    def entry_path(self, utt: Utterance) -> Path:
+        """Where ``utt``'s entry is (or would be) stored."""
+        return self._entry(utt)
+
     def put(self, utt: Utterance, feats: Sequence[torch.Tensor], frames: int) -> None:
         """Store ``utt``'s layers and its frame count atomically."""
         from safetensors.torch import save_file

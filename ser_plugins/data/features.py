@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,21 +23,27 @@ log = logging.getLogger("ser_plugins")
 
 
 @torch.inference_mode()
-def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], layers: Sequence[int],
+def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.ndarray]], layers: Sequence[int],
                      max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
                      dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
                      stats: Optional[Dict[str, float]] = None, reduce_mean: bool = False,
-                     frame_counts: Optional[Dict[str, int]] = None) -> Dict[str, List[torch.Tensor]]:
+                     frame_counts: Optional[Dict[str, int]] = None, lengths: Optional[Dict[str, int]] = None,
+                     batch_loader: Optional[Callable[..., Iterator[tuple]]] = None,
+                     sink: Optional[Callable[[str, List[torch.Tensor], int], None]] = None,
+                     ) -> Dict[str, List[torch.Tensor]]:
     """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
 
     Batches are length-bucketed under ``max_batch_samples`` padded samples (an utterance longer
     than that runs alone), so memory stays bounded. With ``reduce_mean`` only each layer's
     time-average is kept (``[1, D]`` float32), for heads that see nothing else. ``frame_counts``
     receives every utterance's number of frames; ``stats`` the padding fraction, the number of
-    batches, the audio seconds and the wall time.
+    batches, the audio seconds and the wall time. Streamed (``data/feature_stream.py``): ``lengths``
+    replaces ``waves``, ``batch_loader(ids, batches)`` yields the padded batches, and
+    ``sink(id, layers, frames)`` receives each utterance's layers instead of the returned dict.
     """
-    ids = list(waves)
-    lengths = [len(waves[i]) for i in ids]
+    ids = list(waves) if lengths is None else list(lengths)
+    sizes = lengths
+    lengths = [len(waves[i]) for i in ids] if sizes is None else [sizes[i] for i in ids]
     if not upstream.batch_invariant:
         batch_size = 1  # padding would change the features: each utterance alone, as at prediction time
     batches = bucket_batches(lengths, batch_size, max_batch_samples)
@@ -47,8 +53,9 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
            if precision != "fp32" and str(device).startswith("cuda") else None)
     t0 = time.perf_counter()
     bar = tqdm(total=len(ids), desc="extract features", unit="utt", disable=not progress, leave=False)
-    for b in batches:
-        wavs, wav_lengths = pad_waves([waves[ids[i]] for i in b])
+    padded = (batch_loader(ids, batches) if batch_loader is not None
+              else (pad_waves([waves[ids[i]] for i in b]) for b in batches))
+    for b, (wavs, wav_lengths) in zip(batches, padded):
         if amp is not None:
             with amp:
                 res = upstream(wavs.to(device), wav_lengths.to(device))
@@ -60,9 +67,13 @@ def extract_features(upstream: torch.nn.Module, waves: Dict[str, np.ndarray], la
             n = int(frames[j])
             if reduce_mean:
                 # rounded to the storage dtype first: the same numbers as the mean of stored frames
-                out[ids[i]] = [res.hidden_states[k][j, :n].to(dtype).float().mean(0, keepdim=True).cpu() for k in layers]
+                feats = [res.hidden_states[k][j, :n].to(dtype).float().mean(0, keepdim=True).cpu() for k in layers]
             else:
-                out[ids[i]] = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
+                feats = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
+            if sink is not None:
+                sink(ids[i], feats, n)
+            else:
+                out[ids[i]] = feats
             if frame_counts is not None:
                 frame_counts[ids[i]] = n
         bar.update(len(b))
@@ -119,10 +130,17 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
     from frames to one vector per layer). ``need_moments`` also keeps every utterance's frame
     statistics (for normalisation). With ``data.cache_dir`` a ``frames`` entry serves every head
     (means are computed from it exactly); ``means`` entries are written only when nothing needs
-    frames (``store_frames``: a grid knows a later head will).
+    frames (``store_frames``: a grid knows a later head will). Features over ``data.max_ram_gb``
+    are served from the cache instead (``feature_stream``).
     """
     keep_frames = not means_only or need_moments
     write_frames = keep_frames or store_frames
+    from ser_plugins.data.feature_stream import should_stream, stream_frozen_features
+
+    # over data.max_ram_gb: frames stay in the on-disk cache (frames cache hits are loaded whole below)
+    if should_stream(upstream, utterances, layers, data, frames=write_frames or bool(data.cache_dir)):
+        return stream_frozen_features(upstream, utterances, layers, data, precision, device, means_only,
+                                      need_moments, progress, store_frames)
     dtype = getattr(torch, data.cache_dtype)
     features: Dict[str, List[torch.Tensor]] = {}
     frame_counts: Dict[str, int] = {}

@@ -20,10 +20,12 @@ import torch
 from ser_plugins import registry
 from ser_plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, CorpusProblem, Upstream, Utterance
 from ser_plugins.data.decode import DataError, decode_corpus
+from ser_plugins.data.feature_stream import LazyFeatures, StreamedFeatureSource
 from ser_plugins.data.features import compute_frozen_features
 from ser_plugins.data.folds import Fold, check_folds, make_folds
 from ser_plugins.data.normalize import Moments
 from ser_plugins.data.sources import BatchSource, FeatureSource, WaveSource
+from ser_plugins.data.wave_stream import stream_audio
 from ser_plugins.errors import RunError
 from ser_plugins.model import build_head, build_upstream, head_sees_only_means
 from ser_plugins.recipe import Recipe
@@ -227,7 +229,7 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     utterances, labels, upstream, kept = pl.utterances, pl.labels, pl.upstream, pl.kept_layers
     frozen = recipe.finetune.mode == "frozen" and recipe.data.precompute
     notes: Dict[str, Any] = {}
-    moments = None
+    moments = streamed = None
     if frozen:
         means_only = pl.sees_only_means and not recipe.training.max_duration
         pre = compute_frozen_features(upstream, utterances, kept, recipe.data, recipe.training.precision, device,
@@ -235,8 +237,12 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
                                       progress=progress, store_frames=store_frames)
         usable_ids, skipped, notes, moments = set(pre.features), pre.skipped, dict(pre.notes), pre.moments
     else:
-        audio = decode_corpus(utterances, upstream.sample_rate, upstream.min_samples, recipe.data.strict, progress)
-        usable_ids, skipped = set(audio.waves), audio.skipped
+        streamed = stream_audio(utterances, upstream.sample_rate, upstream.min_samples, recipe.data, progress)
+        if streamed is not None:
+            usable_ids, skipped = set(streamed.lengths), streamed.skipped
+        else:
+            audio = decode_corpus(utterances, upstream.sample_rate, upstream.min_samples, recipe.data.strict, progress)
+            usable_ids, skipped = set(audio.waves), audio.skipped
     usable = [u for u in utterances if u.id in usable_ids]
     if not usable:
         raise DataError(f"no usable audio: all {len(utterances)} utterances were skipped ({count_reasons(skipped)})")
@@ -252,9 +258,13 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
         log.warning("%s", w)
     notes["dropped_labels"] = dict(pl.dropped)
     notes["duplicate_audio"] = same_audio
-    if frozen:
-        source: BatchSource = FeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length,
-                                            pre.frame_counts if pre.means_only else None)
+    if frozen and isinstance(pre.features, LazyFeatures):
+        source: BatchSource = StreamedFeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length)
+    elif frozen:
+        source = FeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length,
+                               pre.frame_counts if pre.means_only else None)
+    elif streamed is not None:
+        source = streamed.source(usable, targets, device)
     else:
         source = WaveSource(audio.waves, targets, upstream.sample_rate)
     return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept, skipped,
