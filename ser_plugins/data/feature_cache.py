@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -75,10 +75,8 @@ class FeatureCache:
         key = _digest(audio_identity(utt))
         return self.dir / key[:2] / f"{key}.safetensors"
 
-    def get(self, utt: Utterance) -> Optional[Tuple[List[torch.Tensor], int]]:
-        """``(layers, frame count)`` of ``utt``, or None (also when the audio changed or the entry is unreadable)."""
-        from safetensors.torch import load_file
-
+    def _read(self, utt: Utterance, read: Callable[[Path], Any]) -> Optional[Any]:
+        """``read(entry path)`` counted as a hit, or None counted as a miss (absent, unreadable or incomplete)."""
         try:
             path = self._entry(utt)
         except OSError:
@@ -87,15 +85,23 @@ class FeatureCache:
             self.misses += 1
             return None
         try:
-            tensors = load_file(str(path))
-            feats = [tensors[f"layer{k}"] for k in range(len(self.layers))]
-            frames = int(tensors["frames"].item())
+            value = read(path)
         except Exception as exc:  # a corrupt entry is recomputed, never trusted
             log.warning("feature cache: unreadable entry %s (%s); recomputing", path, exc)
             self.misses += 1
             return None
         self.hits += 1
-        return feats, frames
+        return value
+
+    def get(self, utt: Utterance) -> Optional[Tuple[List[torch.Tensor], int]]:
+        """``(layers, frame count)`` of ``utt``, or None (also when the audio changed or the entry is unreadable)."""
+        from safetensors.torch import load_file
+
+        def read(path: Path) -> Tuple[List[torch.Tensor], int]:
+            tensors = load_file(str(path))
+            return [tensors[f"layer{k}"] for k in range(len(self.layers))], int(tensors["frames"].item())
+
+        return self._read(utt, read)
 
     def locate(self, utt: Utterance) -> Optional[Tuple[Path, int]]:
         """``(entry path, frame count)`` of ``utt`` without loading its layers (memory-mapped header), or None.
@@ -104,25 +110,14 @@ class FeatureCache:
         """
         from safetensors import safe_open
 
-        try:
-            path = self._entry(utt)
-        except OSError:
-            return None
-        if not path.exists():
-            self.misses += 1
-            return None
-        try:
+        def read(path: Path) -> Tuple[Path, int]:
             with safe_open(str(path), framework="pt") as fh:
                 names = set(fh.keys())
                 if not all(f"layer{k}" in names for k in range(len(self.layers))):
                     raise ValueError("missing layers")
-                frames = int(fh.get_tensor("frames").item())
-        except Exception as exc:  # a corrupt entry is recomputed, never trusted
-            log.warning("feature cache: unreadable entry %s (%s); recomputing", path, exc)
-            self.misses += 1
-            return None
-        self.hits += 1
-        return path, frames
+                return path, int(fh.get_tensor("frames").item())
+
+        return self._read(utt, read)
 
     def entry_path(self, utt: Utterance) -> Path:
         """Where ``utt``'s entry is (or would be) stored."""
