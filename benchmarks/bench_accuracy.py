@@ -106,7 +106,7 @@ def main() -> None:
             gap = ua - ref["train"]
             is_demo = (agg, cls, norm) == (demo.aggregator.name, demo.classifier.name, demo.features.normalize)
             if (agg, cls) == ("mean", "linear"):
-                target, met = "|gap| <= 0.01", abs(gap) <= 0.01
+                target, met = "abs(gap) <= 0.01", abs(gap) <= 0.01
             elif is_demo:
                 target, met = "gap >= 0 (demo)", gap >= 0
             else:

@@ -84,7 +84,7 @@ def test_fbank_heads_export_equal(tiny_demo_root, tmp_path, one_torch_thread, ag
     run = train(tiny_demo_root, tmp_path / f"fb_{aggregator}", aggregator=aggregator, classifier=classifier)
     (res,) = export_run(run, tmp_path / "export", threads=1)
     assert res.exporter == "dynamo" and res.max_abs_diff <= DEFAULT_ATOL
-    check_sidecar(tmp_path / "export", run)
+    check_sidecar(tmp_path / "export", run, normalised="global")  # the default for frozen features
     assert_matches_predict(run, tmp_path / "export", tiny_demo_root)
 
 
@@ -123,7 +123,7 @@ def test_ssl_upstream_exports_equal(tiny_demo_root, tiny_ssl, tmp_path, one_torc
                 finetune={"mode": mode, "upstream_lr": 1e-3},
                 training={"epochs": 1, "batch_size": 8, "max_duration": 1.0, "patience": None})
     (res,) = export_run(run, tmp_path / "export", threads=1)
-    meta = check_sidecar(tmp_path / "export", run)
+    meta = check_sidecar(tmp_path / "export", run, normalised="global" if mode == "frozen" else None)
     assert meta["upstream"]["finetune"] == mode and meta["input"]["min_samples"] == 40
     assert_matches_predict(run, tmp_path / "export", tiny_demo_root)
 
