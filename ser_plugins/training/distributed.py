@@ -17,6 +17,7 @@ cache (``shard``), followed by a barrier, after which every rank reads the whole
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -54,6 +55,15 @@ class DistContext:
 _CONTEXT: Optional[DistContext] = None
 
 
+def _leave_process_group() -> None:
+    """At exit: tear the process group down before the interpreter does (gloo's threads otherwise abort)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
 def context(device: str = "cpu") -> DistContext:
     """The process group of this run: joined on first call when ``torchrun`` set ``WORLD_SIZE`` > 1."""
     global _CONTEXT
@@ -69,6 +79,7 @@ def context(device: str = "cpu") -> DistContext:
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        atexit.register(_leave_process_group)
     _CONTEXT = DistContext(dist.get_rank(), dist.get_world_size(), local_rank)
     if not _CONTEXT.main:  # one voice: the other ranks report only errors
         logging.getLogger("ser_plugins").setLevel(logging.ERROR)
