@@ -238,16 +238,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
                         format="%(levelname)s %(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except Exception as exc:
         message = _user_message(exc)
         if args.debug or message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        code = 2
+    if "torch.distributed" in sys.modules:  # a torchrun rank: ends here, see end_process
+        from ser_plugins.training.distributed import end_process
+
+        end_process(code)
+    return code
 
 
 def _user_message(exc: BaseException) -> Optional[str]:

@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -62,6 +63,35 @@ def _leave_process_group() -> None:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - exiting anyway
             pass
+
+
+def end_process(code: int) -> None:
+    """Under torchrun, the end of a rank's ``ser`` command: leave the group and exit now with ``code``.
+
+    On success the ranks first meet at a barrier (no rank closes its connections under another).
+    Python's exit handlers run and the streams are flushed, then the process ends with ``os._exit``:
+    gloo's threads can abort a rank ("terminate called without an active exception") while the C++
+    runtime tears down after a clean run, and torchrun then reports the whole run as failed.
+    Does nothing outside a process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if code == 0:
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - another rank is gone: its own exit code tells torchrun
+            pass
+    _leave_process_group()
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is not None:
+        run_exit_handlers()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe
+            pass
+    os._exit(code)
 
 
 def context(device: str = "cpu") -> DistContext:
