@@ -168,6 +168,11 @@ class DataConfig(Section):
     num_workers: Optional[int] = Field(default=None, ge=0, le=256)  # null: min(4, CPUs) on streamed passes
 
 
+# keys that decide how a run executes, never what it computes: --resume accepts a change of them
+# (a run started in RAM may continue streamed on a smaller machine, with more or fewer workers)
+EXECUTION_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"data": ("max_ram_gb", "num_workers")}
+
+
 class OutputConfig(Section):
     """Where and what the run writes."""
 

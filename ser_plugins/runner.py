@@ -26,7 +26,7 @@ from ser_plugins.errors import DiskFullError, RunError
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.locking import BRIEF_PHASES, RunLock
 from ser_plugins.model import SERModel, build_head
-from ser_plugins.recipe import Recipe, TrainingConfig, dump_recipe, safe_load
+from ser_plugins.recipe import EXECUTION_ONLY_KEYS, Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.results.summary import Summary
@@ -166,6 +166,11 @@ class Runner:
                 old.pop("launcher", None)  # resources never change results
             mine["output"].pop("dir", None)
             mine.pop("launcher", None)
+            for section, keys in EXECUTION_ONLY_KEYS.items():  # the RAM budget, the workers: same results
+                for d in (old, mine):
+                    if isinstance(d, dict) and isinstance(d.get(section), dict):
+                        for key in keys:
+                            d[section].pop(key, None)
             if old != mine:
                 raise RunError(f"--resume: the recipe differs from the one saved in {saved}; use a new --out")
 

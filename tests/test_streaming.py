@@ -235,3 +235,47 @@ def test_kill_9_then_resume_with_streamed_features(tiny_demo_root, tmp_path, mon
     interrupt.test_kill_9_during_fold_3_then_resume_matches_an_uninterrupted_run(tiny_demo_root, tmp_path)
     run = json.loads((tmp_path / "killed" / "run.json").read_text())
     assert run["streamed"]["frames_on_disk"] is True
+
+
+def test_resume_accepts_another_ram_budget_and_worker_count(fast_recipe, tmp_path):
+    """A run begun in RAM continues streamed (say, on a smaller machine): same results; other changes refused."""
+    from ser_plugins.errors import RunError
+
+    fast_recipe.update(training={"epochs": 1})
+    whole = run_recipe(load_recipe(fast_recipe), str(tmp_path / "whole"), folds=["1", "2"], progress=False)
+    part = tmp_path / "part"
+    run_recipe(load_recipe(fast_recipe), str(part), folds=["1"], progress=False)
+    kept = (part / "folds" / "Session1" / "metrics.json").stat().st_mtime_ns
+    fast_recipe["data"] = {"max_ram_gb": TINY_BUDGET, "num_workers": 0}
+    resumed = run_recipe(load_recipe(fast_recipe), str(part), folds=["1", "2"], resume=True, progress=False)
+    assert json.loads((part / "run.json").read_text())["streamed"]["max_ram_gb"] == TINY_BUDGET
+    assert (part / "folds" / "Session1" / "metrics.json").stat().st_mtime_ns == kept
+    assert resumed["folds"] == whole["folds"]
+    fast_recipe["data"] = {"max_ram_gb": TINY_BUDGET, "strict": True}
+    with pytest.raises(RunError, match="differs"):
+        run_recipe(load_recipe(fast_recipe), str(part), resume=True, progress=False)
+
+
+def test_temporary_caches_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ser_plugins.data import temp_cache
+
+    code = ("import sys, time; from ser_plugins.data import temp_cache; "
+            f"print(temp_cache.make({str(tmp_path)!r}), flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        left = Path(owner.stdout.readline().strip())
+        (left / "entry.safetensors").write_bytes(b"x" * 10)
+        assert temp_cache.sweep_stale(str(tmp_path)) == [] and left.is_dir()  # its process lives: kept
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+    mine = temp_cache.make(str(tmp_path))  # the next run: the killed run's folder goes, its own stays
+    assert not left.exists() and Path(mine).is_dir()
+    assert temp_cache.sweep_stale(str(tmp_path)) == [] and Path(mine).is_dir()
+    temp_cache.release(mine)
+    assert not Path(mine).exists()

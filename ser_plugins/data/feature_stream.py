@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import shutil
-import tempfile
 import threading
 import weakref
 from collections.abc import Mapping
@@ -23,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from ser_plugins.contracts import Utterance
+from ser_plugins.data import temp_cache
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.memory import GB, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.normalize import Moments
@@ -46,7 +45,7 @@ class LazyFeatures(Mapping):
         self.num_layers = num_layers
         self.tmp_dir = tmp_dir
         if tmp_dir is not None:
-            weakref.finalize(self, shutil.rmtree, tmp_dir, True)
+            weakref.finalize(self, temp_cache.release, tmp_dir)
 
     def __getitem__(self, uid: str) -> List[torch.Tensor]:
         from safetensors.torch import load
@@ -167,15 +166,29 @@ def stream_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utter
     ``decode_corpus``), decoded again by DataLoader workers in extraction batches, and each
     utterance's layers go to its cache entry as soon as they are computed. Means (``means_only``)
     and moments (``need_moments``) are computed entry by entry; frames are served by
-    ``LazyFeatures``.
+    ``LazyFeatures``. Without ``data.cache_dir`` the entries go to a temporary folder
+    (``temp_cache``: removed with the features, or by a later run if this one is killed).
     """
+    tmp_dir = None if data.cache_dir else temp_cache.make()
+    try:
+        return _stream(upstream, utterances, layers, data, precision, device, means_only, need_moments, progress,
+                       store_frames, tmp_dir)
+    except BaseException:
+        if tmp_dir is not None:
+            temp_cache.release(tmp_dir)
+        raise
+
+
+def _stream(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int], data: Any,
+            precision: str, device: str, means_only: bool, need_moments: bool, progress: bool, store_frames: bool,
+            tmp_dir: Optional[str]):
+    """``stream_frozen_features`` into ``tmp_dir`` (when not None) or ``data.cache_dir``."""
     from ser_plugins.data.features import FrozenFeatures, extract_features
     from ser_plugins.data.wave_stream import scan_corpus, stream_batches
 
     keep_frames = not means_only or need_moments
     write_frames = keep_frames or store_frames
     dtype = getattr(torch, data.cache_dtype)
-    tmp_dir = None if data.cache_dir else tempfile.mkdtemp(prefix="ser-features-")
     root = Path(data.cache_dir or tmp_dir)
     identity = dict(upstream.identity(), precision=precision if device.startswith("cuda") else "fp32",
                     batch_invariant=upstream.batch_invariant)
@@ -257,7 +270,7 @@ def stream_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utter
         features: Any = means
         notes["mean_shortcut"] = True
         if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            temp_cache.release(tmp_dir)
     else:
         features = LazyFeatures(paths, frame_counts, len(layers), tmp_dir)
     result = FrozenFeatures(features, frame_counts, skipped, means_only, notes)
