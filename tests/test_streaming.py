@@ -279,3 +279,38 @@ def test_temporary_caches_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     assert temp_cache.sweep_stale(str(tmp_path)) == [] and Path(mine).is_dir()
     temp_cache.release(mine)
     assert not Path(mine).exists()
+
+
+def test_streamed_passes_trim_the_heap_only_when_their_rss_grew(monkeypatch):
+    """Streamed passes keep their RSS near its starting level: a trim when it grew, none while it stays flat."""
+    from ser_plugins.data import feature_stream, memory
+
+    rss = [500]
+    calls = []
+
+    def trim():
+        calls.append(rss[0])
+        rss[0] = trimmed_to[0]
+        return True
+
+    trimmed_to = [500]
+    monkeypatch.setattr(memory, "resident_bytes", lambda: rss[0])
+    monkeypatch.setattr(memory, "release_free_heap", trim)
+    trimmer = memory.HeapTrimmer(2, slack=0.1)
+    trimmer.tick(2)  # first check: the level (500)
+    rss[0] = 540
+    trimmer.tick(2)
+    assert calls == []  # within 10 %: no trim
+    rss[0] = 600
+    trimmer.tick()
+    assert calls == []  # not a multiple of 2 yet
+    trimmer.tick()
+    assert calls == [600] and rss[0] == 500 and trimmer.level == 500  # trimmed back
+    rss[0], trimmed_to[0] = 700, 680  # live memory grew: the level follows, no trim at every check
+    trimmer.tick(2)
+    assert calls == [600, 700] and trimmer.level == 680
+    rss[0] = 690
+    trimmer.tick(2)
+    assert calls == [600, 700]
+    items = list(feature_stream._trimming(iter(range(5)), 1))
+    assert items == list(range(5))

@@ -23,13 +23,16 @@ import torch
 from ser_plugins.contracts import Utterance
 from ser_plugins.data import temp_cache
 from ser_plugins.data.feature_cache import FeatureCache
-from ser_plugins.data.memory import GB, audio_samples, ram_budget_bytes, resolve_workers
+from ser_plugins.data.memory import GB, STREAMED_LEVEL, HeapTrimmer, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.normalize import Moments
 from ser_plugins.data.sources import Batch, BatchPlan, FeatureSource, Transform
 
 log = logging.getLogger("ser_plugins")
 
 PREFETCH_BATCHES = 2
+# streamed passes check their RSS this often and trim the C heap when it grew (memory.HeapTrimmer)
+TRIM_EVERY_UTTERANCES = 16
+TRIM_EVERY_BATCHES = 1
 
 
 class LazyFeatures(Mapping):
@@ -110,6 +113,14 @@ def prefetch(items: Iterator[Any], depth: int = PREFETCH_BATCHES) -> Iterator[An
         thread.join(timeout=5)
 
 
+def _trimming(items: Iterator[Any], every: int) -> Iterator[Any]:
+    """``items``, with the RSS checked every ``every`` items (in the producing thread) and the C heap trimmed when it grew."""
+    trimmer = HeapTrimmer(every, shared=STREAMED_LEVEL)
+    for item in items:
+        yield item
+        trimmer.tick()
+
+
 class StreamedFeatureSource(FeatureSource):
     """``FeatureSource`` over ``LazyFeatures``: batches read from disk and prepared ahead in a thread."""
 
@@ -124,7 +135,7 @@ class StreamedFeatureSource(FeatureSource):
 
     def batches(self, ids: Sequence[str], plan: BatchPlan) -> Iterator[Batch]:
         """``FeatureSource.batches``, read in plan order and prefetched ``depth`` batches ahead."""
-        return prefetch(super().batches(ids, plan), self.depth)
+        return prefetch(_trimming(super().batches(ids, plan), TRIM_EVERY_BATCHES), self.depth)
 
 
 def feature_bytes(upstream: Any, utterances: Sequence[Utterance], layers: Sequence[int], dtype: torch.dtype,
@@ -232,9 +243,12 @@ def _stream(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: 
         by_id = {u.id: u for u in misses}
         cache = frames_cache if write_frames else means_cache
 
+        trimmer = HeapTrimmer(TRIM_EVERY_UTTERANCES, shared=STREAMED_LEVEL)
+
         def sink(uid: str, feats: List[torch.Tensor], n: int) -> None:
             from ser_plugins.data.decode import DataError
 
+            trimmer.tick()
             if not all(torch.isfinite(f).all() for f in feats):
                 if data.strict:
                     raise DataError(f"utterance {uid}: the upstream gives non-finite features (data.strict is on)")

@@ -6,7 +6,7 @@ holding data in RAM and streaming it is made up front and logged.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ser_plugins.contracts import Utterance
 
@@ -61,3 +61,91 @@ def resolve_workers(num_workers: Optional[int], items: int) -> int:
     if items < SMALL_PASS:
         return 0
     return min(4, os.cpu_count() or 1)
+
+
+_LIBC: Optional[object] = None
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``); False where there is none.
+
+    Streamed passes allocate and free one utterance's tensors after another; glibc keeps the freed
+    pages in its heaps (measured: 16x demo corpus, RSS 371 -> 873 MB over one streamed extraction,
+    402 MB after one trim), so a long streamed pass trims every so often to keep its RAM flat.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            _LIBC = libc if hasattr(libc, "malloc_trim") else False
+        except OSError:  # not glibc (macOS, Windows, musl)
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
+def resident_bytes() -> Optional[int]:
+    """This process's resident set size now (Linux ``/proc/self/statm``), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+# the level every streamed pass of this process keeps to (extraction, then each epoch): one level, so
+# that a pass starting where the previous one ended does not raise it
+STREAMED_LEVEL: List[Optional[int]] = [None]
+
+
+class HeapTrimmer:
+    """Keeps a streamed pass's RSS near its level at the start: trims the C heap when it grew by ``slack``.
+
+    Every ``every`` ticks (utterances or batches) the RSS is read (a few microseconds); above the
+    level of the first reading by more than ``slack`` the heap is trimmed (``release_free_heap``).
+    Trimming costs more than reading (freed pages are faulted in again when reused), so a pass that
+    stays flat never trims; when live memory really grew, the level follows it. Where the RSS
+    cannot be read, every check trims.
+    """
+
+    def __init__(self, every: int, slack: float = 0.1, shared: Optional[List[Optional[int]]] = None) -> None:
+        self.every = max(1, every)
+        self.slack = slack
+        self.count = 0
+        self._level = shared if shared is not None else [None]
+
+    @property
+    def level(self) -> Optional[int]:
+        """The RSS this trimmer keeps the process near (None before the first check)."""
+        return self._level[0]
+
+    @level.setter
+    def level(self, value: Optional[int]) -> None:
+        self._level[0] = value
+
+    def tick(self, n: int = 1) -> None:
+        """Count ``n`` more; check (and maybe trim) when a multiple of ``every`` was passed."""
+        before = self.count // self.every
+        self.count += n
+        if self.count // self.every != before:
+            self.check()
+
+    def check(self) -> bool:
+        """Trim if the RSS is over the level by more than ``slack``; True when it trimmed."""
+        rss = resident_bytes()
+        if rss is None:
+            return release_free_heap()
+        if self.level is None:
+            self.level = rss
+            return False
+        if rss <= self.level * (1 + self.slack):
+            return False
+        release_free_heap()
+        after = resident_bytes() or rss
+        if after > self.level * (1 + self.slack):  # live memory grew: follow it instead of trimming in vain
+            self.level = after
+        return True
