@@ -314,3 +314,25 @@ def test_streamed_passes_trim_the_heap_only_when_their_rss_grew(monkeypatch):
     assert calls == [600, 700]
     items = list(feature_stream._trimming(iter(range(5)), 1))
     assert items == list(range(5))
+
+
+def test_a_streamed_pass_shortens_the_thread_switch_interval_and_restores_it(fast_recipe, tmp_path):
+    import sys
+
+    from ser_plugins.data import feature_stream
+    from ser_plugins.data.sources import BatchPlan
+    from ser_plugins.runner import Runner
+
+    fast_recipe["data"] = {"max_ram_gb": TINY_BUDGET}
+    prep = Runner(load_recipe(fast_recipe), tmp_path / "r", progress=False).prepare()
+    before = sys.getswitchinterval()
+    ids = prep.folds[0].train
+    seen = []
+    for batch in prep.source.batches(ids, BatchPlan(batch_size=8, shuffle=True, seed=0)):
+        seen.append(sys.getswitchinterval())
+    assert seen and all(s == feature_stream.SWITCH_INTERVAL for s in seen)
+    assert sys.getswitchinterval() == before
+    stopped = prep.source.batches(ids, BatchPlan(batch_size=8, shuffle=True, seed=0))
+    next(stopped)
+    stopped.close()  # a pass left early (early stopping) restores it too
+    assert sys.getswitchinterval() == before
