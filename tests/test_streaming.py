@@ -286,6 +286,7 @@ def test_streamed_passes_trim_the_heap_only_when_their_rss_grew(monkeypatch):
     from ser_plugins.data import feature_stream, memory
 
     rss = [500]
+    trimmed_to = [500]
     calls = []
 
     def trim():
@@ -293,10 +294,9 @@ def test_streamed_passes_trim_the_heap_only_when_their_rss_grew(monkeypatch):
         rss[0] = trimmed_to[0]
         return True
 
-    trimmed_to = [500]
     monkeypatch.setattr(memory, "resident_bytes", lambda: rss[0])
     monkeypatch.setattr(memory, "release_free_heap", trim)
-    trimmer = memory.HeapTrimmer(2, slack=0.1)
+    trimmer = memory.HeapTrimmer(2, slack=0.1, cooldown=3)
     trimmer.tick(2)  # first check: the level (500)
     rss[0] = 540
     trimmer.tick(2)
@@ -306,12 +306,16 @@ def test_streamed_passes_trim_the_heap_only_when_their_rss_grew(monkeypatch):
     assert calls == []  # not a multiple of 2 yet
     trimmer.tick()
     assert calls == [600] and rss[0] == 500 and trimmer.level == 500  # trimmed back
-    rss[0], trimmed_to[0] = 700, 680  # live memory grew: the level follows, no trim at every check
+    rss[0], trimmed_to[0] = 700, 520
     trimmer.tick(2)
-    assert calls == [600, 700] and trimmer.level == 680
-    rss[0] = 690
     trimmer.tick(2)
-    assert calls == [600, 700]
+    assert calls == [600]  # over the line, but within the cooldown (3 checks) of the last trim
+    trimmer.tick(2)
+    assert calls == [600, 700] and trimmer.level == 520  # the level follows what the trim left
+    rss[0] = 560  # under 520 * 1.1
+    for _ in range(5):
+        trimmer.tick(2)
+    assert calls == [600, 700] and trimmer.trims == 2
     items = list(feature_stream._trimming(iter(range(5)), 1))
     assert items == list(range(5))
 

@@ -108,14 +108,18 @@ class HeapTrimmer:
     Every ``every`` ticks (utterances or batches) the RSS is read (a few microseconds); above the
     level of the first reading by more than ``slack`` the heap is trimmed (``release_free_heap``).
     Trimming costs more than reading (freed pages are faulted in again when reused), so a pass that
-    stays flat never trims; when live memory really grew, the level follows it. Where the RSS
-    cannot be read, every check trims.
+    stays flat never trims; after a trim the level becomes what the trim left (live memory), and
+    two trims are at least ``cooldown`` checks apart. Where the RSS cannot be read, every check trims.
     """
 
-    def __init__(self, every: int, slack: float = 0.1, shared: Optional[List[Optional[int]]] = None) -> None:
+    def __init__(self, every: int, slack: float = 0.1, shared: Optional[List[Optional[int]]] = None,
+                 cooldown: int = 16) -> None:
         self.every = max(1, every)
         self.slack = slack
+        self.cooldown = cooldown  # checks between two trims at least
         self.count = 0
+        self.trims = 0
+        self.since_trim = cooldown
         self._level = shared if shared is not None else [None]
 
     @property
@@ -142,10 +146,13 @@ class HeapTrimmer:
         if self.level is None:
             self.level = rss
             return False
-        if rss <= self.level * (1 + self.slack):
+        self.since_trim += 1
+        if rss <= self.level * (1 + self.slack) or self.since_trim < self.cooldown:
             return False
         release_free_heap()
-        after = resident_bytes() or rss
-        if after > self.level * (1 + self.slack):  # live memory grew: follow it instead of trimming in vain
-            self.level = after
+        self.trims += 1
+        self.since_trim = 0
+        # the level follows what the trim could not give back (live memory), so a transient peak just
+        # over the line does not make every later check trim again
+        self.level = max(self.level, resident_bytes() or rss)
         return True
