@@ -35,6 +35,7 @@ PREFETCH_BATCHES = 2
 # streamed passes check their RSS this often and trim the C heap when it grew (memory.HeapTrimmer)
 TRIM_EVERY_UTTERANCES = 16
 TRIM_EVERY_BATCHES = 1
+TRIM_COOLDOWN_BATCHES = 16  # training: batches between two trims at least
 SWITCH_INTERVAL = 0.0005  # seconds: the GIL's hand-over period while a reading thread feeds training
 
 
@@ -134,7 +135,7 @@ def short_switch_interval(seconds: float = SWITCH_INTERVAL) -> Iterator[None]:
 
 def _trimming(items: Iterator[Any], every: int) -> Iterator[Any]:
     """``items``, with the RSS checked every ``every`` items (in the producing thread) and the C heap trimmed when it grew."""
-    trimmer = HeapTrimmer(every, shared=STREAMED_LEVEL)
+    trimmer = HeapTrimmer(every, shared=STREAMED_LEVEL, cooldown=TRIM_COOLDOWN_BATCHES)
     for item in items:
         yield item
         trimmer.tick()
