@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from downstreams.aggregators import masked_softmax, valid_frames
-from downstreams.frame_layers import dropout_rate, positive_int
+from downstreams.frame_layers import FRAME_NETWORK_TRAINING, dropout_rate, positive_int
 from ser_plugins.contracts import Aggregator
 
 
@@ -43,6 +43,8 @@ class BiLstmAttention(Aggregator):
 
     ``2 * hidden_size`` features. ``dropout`` applies to the LSTM's input and between its layers.
     """
+
+    training_defaults = FRAME_NETWORK_TRAINING
 
     def __init__(self, input_dim: int, hidden_size: int = 128, num_layers: int = 1, attention_dim: int = 128,
                  dropout: float = 0.2) -> None:

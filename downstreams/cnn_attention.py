@@ -23,6 +23,7 @@ from torch import nn
 
 from downstreams.aggregators import valid_frames
 from downstreams.frame_layers import (
+    FRAME_NETWORK_TRAINING,
     MaskedConv1d,
     channel_mask,
     dropout_rate,
@@ -37,6 +38,8 @@ from ser_plugins.contracts import Aggregator
 
 class CnnSelfAttention(Aggregator):
     """Time pooling, 1-D convolutions, then self-attention pooling: ``hidden_dim`` features."""
+
+    training_defaults = FRAME_NETWORK_TRAINING
 
     def __init__(self, input_dim: int, hidden_dim: int = 80, kernel_size: int = 5, num_layers: int = 3,
                  pool: int = 5, dropout: float = 0.4) -> None:

@@ -16,10 +16,17 @@ broadcast ``masked_fill``). ``mask`` is always boolean ``[B, 1, T]``, True on va
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Tuple
 
 import torch
 from torch import nn
+
+# Training settings of the frame-level networks (their ``training_defaults``): at the global default
+# learning rate of 0.01, a convolution stack followed by an MLP killed its ReLU units (a fold stuck
+# at ln 4, UA 0.25) and linear heads overfitted; at 1e-3 they reach the pooled linear reference
+# (benchmarks/README.md, docs/heads.md). A recipe's own training.lr wins.
+FRAME_NETWORK_TRAINING = MappingProxyType({"lr": 1e-3})
 
 
 def positive_int(name: str, value: int) -> int:

@@ -7,7 +7,8 @@ configuration (scikit-learn style): a recipe's ``upstream: {name: fbank, n_mels:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from types import MappingProxyType
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -139,10 +140,13 @@ class Aggregator(nn.Module):
     Constructor: ``__init__(input_dim, **config)``; it sets ``self.output_dim``. Padded frames
     (positions ``>= lengths``) must never change the result. ``uses_only_mean`` is True for
     aggregators whose output depends only on the time-average of the features.
+    ``training_defaults`` (data, e.g. ``{"lr": 1e-3}``) are training settings this aggregator trains
+    well with: they fill the ``training`` keys a recipe leaves unset (a recipe's own keys win).
     """
 
     output_dim: int
     uses_only_mean: bool = False
+    training_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -154,7 +158,10 @@ class Classifier(nn.Module):
     Constructor: ``__init__(input_dim, num_classes, **config)``. Margin-based classifiers
     (AM-/AAM-softmax) override ``training_logits``: the trainer passes the logits through it,
     with the targets, before the training loss; evaluation and prediction use ``forward`` alone.
+    ``training_defaults``: as for aggregators (an aggregator's win on a key both declare).
     """
+
+    training_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

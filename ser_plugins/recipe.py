@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ser_plugins import registry
 from ser_plugins.contracts import FINETUNE_MODES
 from ser_plugins.errors import UserError
+
+
+_log = logging.getLogger(__name__)
 
 
 class RecipeError(UserError, ValueError):
@@ -420,7 +424,63 @@ def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Recipe:
         raise RecipeError(str(exc.errors()[0].get("ctx", {}).get("error", exc.errors()[0]["msg"]))) from None
     if check_plugins:
         check_plugin_options(recipe)
+        recipe = apply_head_training_defaults(recipe)
     return recipe
+
+
+# a head's default for the first key applies only where the recipe leaves the second unset too
+_DEFAULT_NEEDS = {"patience": "select"}
+
+
+def head_training_defaults(recipe: Recipe) -> Dict[str, Dict[str, Any]]:
+    """The ``training_defaults`` the recipe's classifier and aggregator declare, by ``"kind 'name'"``."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for kind in ("classifier", "aggregator"):  # the aggregator's win on a shared key
+        name = getattr(recipe, kind).name
+        try:
+            builder, _ = registry.load_builder(kind, name)
+        except registry.PluginError as exc:
+            raise RecipeError(f"{kind}: {exc}") from None
+        declared = getattr(builder, "training_defaults", None) or {}
+        if not isinstance(declared, Mapping):
+            raise RecipeError(f"{kind} {name!r}: training_defaults must be a mapping of training keys, "
+                              f"got {type(declared).__name__}")
+        if declared:
+            found[f"{kind} {name!r}"] = dict(declared)
+    return found
+
+
+def apply_head_training_defaults(recipe: Recipe) -> Recipe:
+    """Fill the training keys the recipe leaves unset from the head's ``training_defaults``.
+
+    Frame-level networks train well under other settings than pooling heads (e.g. a smaller
+    learning rate and dev-loss selection); a key the recipe sets always wins. Logged when applied.
+    """
+    given = recipe.training.model_fields_set
+    applied: Dict[str, Any] = {}
+    sources: Dict[str, str] = {}
+    for source, declared in head_training_defaults(recipe).items():
+        unknown = [k for k in declared if k not in TrainingConfig.model_fields]
+        if unknown:
+            raise RecipeError(f"{source} declares training_defaults for unknown training key {unknown[0]!r}; "
+                              f"keys: {', '.join(TrainingConfig.model_fields)}")
+        for key, value in declared.items():
+            if key not in given:
+                applied[key], sources[key] = value, source
+    for key, needs in _DEFAULT_NEEDS.items():
+        if key in applied and needs in given:
+            del applied[key]
+    if not applied:
+        return recipe
+    merged = {**recipe.training.model_dump(exclude_unset=True), **applied}
+    try:
+        training = _validate_section("training", TrainingConfig, merged)
+    except RecipeError as exc:
+        raise RecipeError(f"the head's training_defaults ({', '.join(sorted(set(sources.values())))}) "
+                          f"do not fit this recipe: {exc}") from None
+    _log.info("training defaults of the head (keys the recipe leaves unset): %s",
+              ", ".join(f"{k}={v!r} from {sources[k]}" for k, v in applied.items()))
+    return recipe.model_copy(update={"training": training})
 
 
 def check_plugin_options(recipe: Recipe) -> None:
