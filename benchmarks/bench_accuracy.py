@@ -46,15 +46,22 @@ def builtin_heads(everything: bool = False) -> List[Tuple[str, str]]:
     return [(a, c) for a in aggs for c in clss]
 
 
+PENALTIES = (0.1, 1.0, 10.0, 100.0, 1e4)  # the reference's C (inverse L2 strength); the issue's reference: C = 1
+
+
 def references(norm: str) -> Dict[str, float]:
-    """Mean UA of a converged logistic regression on pooled features: trained on train, and on train + dev."""
+    """Mean UA of a converged logistic regression on pooled features: trained on train, and on train + dev.
+
+    Also ``C=<c>``: the same fit on train with other L2 penalties (how far a converged linear model
+    moves with its regularisation alone).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
 
     recipe = load_recipe(DEMO, ["aggregator=mean", "classifier=linear", f"features.normalize={norm}"])
     prep = prepare(recipe, "cpu", progress=False)
     feats, speakers = prep.source.features, prep.speakers
-    scores: Dict[str, List[float]] = {"train": [], "train+dev": []}
+    scores: Dict[str, List[float]] = {"train": [], "train+dev": [], **{f"C={c:g}": [] for c in PENALTIES}}
     for fold in prep.folds:
         normalizer = Normalizer(norm).fit(prep.moments, speakers, fold.train) if norm != "null" else None
 
@@ -71,6 +78,11 @@ def references(norm: str) -> Dict[str, float]:
                 warnings.simplefilter("ignore")
                 clf = LogisticRegression(max_iter=5000).fit(pooled(ids), y(ids))
             scores[key].append(balanced_accuracy_score(y(fold.test), clf.predict(pooled(fold.test))))
+        for c in PENALTIES:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf = LogisticRegression(C=c, max_iter=20000).fit(pooled(fold.train), y(fold.train))
+            scores[f"C={c:g}"].append(balanced_accuracy_score(y(fold.test), clf.predict(pooled(fold.test))))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -101,6 +113,8 @@ def main() -> None:
     missed = 0
     for norm in args.norms:
         ref = references(norm)
+        sweep = ", ".join(f"{k} {v:.4f}" for k, v in ref.items() if k.startswith("C="))
+        print(f"| {norm} | reference, L2 penalty swept (train): {sweep} | | | | | | | |", flush=True)
         for agg, cls in heads:
             ua, seconds = runner_ua(agg, cls, norm)
             gap = ua - ref["train"]
