@@ -16,6 +16,7 @@ trainer calls it before the loss, evaluation and prediction use plain ``forward`
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -36,7 +37,11 @@ class CosineClassifier(Classifier):
 
     Options: ``scale`` (initial ``s``), ``learn_scale``, ``margin`` (``m >= 0``; 0 = none),
     ``margin_type`` (``additive`` or ``angular``), ``dropout`` (on the input vector).
+    Trains at ``lr`` 1e-3 unless the recipe sets one (``training_defaults``): at 0.01 its learnable
+    scale let mean pooling + cosine overfit (UA 0.574 against 0.641 at 1e-3 on the demo corpus).
     """
+
+    training_defaults = MappingProxyType({"lr": 1e-3})
 
     def __init__(self, input_dim: int, num_classes: int, scale: float = 10.0, learn_scale: bool = True,
                  margin: float = 0.0, margin_type: str = "additive", dropout: float = 0.0) -> None:

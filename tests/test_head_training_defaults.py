@@ -91,3 +91,13 @@ def test_frame_level_networks_bring_their_schedule_and_pooling_heads_do_not(tiny
     for aggregator in ("mean", "stats", "attentive_stats", "self_attention"):
         recipe = load_recipe({**base, "aggregator": {"name": aggregator}})
         assert recipe.training.lr == 0.01, aggregator
+
+
+def test_the_cosine_classifier_brings_its_learning_rate(tiny_demo_root):
+    base = copy.deepcopy(recipe_for(tiny_demo_root, name="cosine"))
+    base["training"] = {}
+    recipe = load_recipe({**base, "aggregator": {"name": "mean"}, "classifier": {"name": "cosine"}})
+    assert recipe.training.lr == 0.001
+    recipe = load_recipe({**base, "aggregator": {"name": "mean"}, "classifier": {"name": "cosine"},
+                          "training": {"lr": 0.02}})
+    assert recipe.training.lr == 0.02
