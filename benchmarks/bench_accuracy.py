@@ -98,14 +98,19 @@ def references(norm: str) -> Dict[str, float]:
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def runner_ua(aggregator: str, classifier: str, norm: str) -> Tuple[float, float]:
-    """(mean UA, seconds) of the runner with the demo recipe's defaults and this head."""
+def runner_ua(aggregator: str, classifier: str, norm: str, resume: bool = False) -> Tuple[float, float]:
+    """(mean UA, seconds) of the runner with the demo recipe's defaults and this head.
+
+    ``resume``: keep the folds an earlier (killed) run of this row finished (``ser run --resume``:
+    the same results) and train the rest; seconds then count this call only.
+    """
     out = WORK / "accuracy" / f"{aggregator}-{classifier}-{norm}"
-    shutil.rmtree(out, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(out, ignore_errors=True)
     recipe = load_recipe(DEMO, [f"aggregator={aggregator}", f"classifier={classifier}",
                                 f"features.normalize={norm}", "output.tensorboard=false"])
     start = time.perf_counter()
-    summary = run_recipe(recipe, str(out), progress=False)
+    summary = run_recipe(recipe, str(out), resume=resume and out.exists(), progress=False)
     return summary.mean_std["ua"]["mean"], time.perf_counter() - start
 
 
@@ -116,6 +121,8 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", help="aggregator:classifier pairs (default: pooling heads x linear/mlp)")
     parser.add_argument("--all", action="store_true", help="every built-in aggregator x classifier (frame-level "
                                                            "networks take minutes per run)")
+    parser.add_argument("--resume", action="store_true", help="keep the folds a killed earlier run of a row "
+                                                              "finished (frame-level rows take an hour or more)")
     args = parser.parse_args()
     heads = [tuple(h.split(":")) for h in args.heads] if args.heads else builtin_heads(args.all)
     print(f"machine: {machine()}")
@@ -128,7 +135,7 @@ def main() -> None:
         sweep = ", ".join(f"{k} {v:.4f}" for k, v in ref.items() if k.startswith("C="))
         print(f"| {norm} | reference, L2 penalty swept (train): {sweep} | | | | | | | |", flush=True)
         for agg, cls in heads:
-            ua, seconds = runner_ua(agg, cls, norm)
+            ua, seconds = runner_ua(agg, cls, norm, args.resume)
             gap = ua - ref["train"]
             is_demo = (agg, cls, norm) == (demo.aggregator.name, demo.classifier.name, demo.features.normalize)
             if (agg, cls) == ("mean", "linear"):
