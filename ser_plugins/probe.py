@@ -153,7 +153,9 @@ def probe_plugin(spec: registry.PluginSpec) -> str:
         probe_aggregator(registry.create("aggregator", name, 8), 8)
     elif spec.kind == "classifier":
         probe_classifier(registry.create("classifier", name, 8, 4), 8, 4)
-    return "ok (ran once)"
+    defaults = dict(getattr(obj, "training_defaults", None) or {})
+    trains = f"; training defaults: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}" if defaults else ""
+    return f"ok (ran once{trains})"
 
 
 def report_clashes(kind: Optional[str] = None, pattern: str = "*") -> int:

@@ -101,3 +101,12 @@ def test_the_cosine_classifier_brings_its_learning_rate(tiny_demo_root):
     recipe = load_recipe({**base, "aggregator": {"name": "mean"}, "classifier": {"name": "cosine"},
                           "training": {"lr": 0.02}})
     assert recipe.training.lr == 0.02
+
+
+def test_ser_list_check_shows_a_heads_training_defaults(capsys):
+    from ser_plugins import cli
+
+    assert cli.main(["list", "aggregator", "--check", "--pattern", "*_*"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
+    assert "training defaults: lr=0.001" in lines["cnn_self_attention"]
+    assert "training defaults" not in lines["attentive_stats"]
