@@ -129,6 +129,21 @@ def _environment() -> Dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def recipe_differences(old: Any, new: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between a saved recipe and this one, as ``key: old -> new``."""
+    if not isinstance(old, dict):
+        return [f"{prefix or 'recipe'}: {old!r} -> {new!r}"] if old != new else []
+    out: List[str] = []
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, path)
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
 class Runner:
     """Runs a resolved recipe over the folds of its corpus and writes the run directory.
 
@@ -172,7 +187,9 @@ class Runner:
                         for key in keys:
                             d[section].pop(key, None)
             if old != mine:
-                raise RunError(f"--resume: the recipe differs from the one saved in {saved}; use a new --out")
+                changed = recipe_differences(old, mine)
+                where = f" ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})" if changed else ""
+                raise RunError(f"--resume: the recipe differs from the one saved in {saved}{where}; use a new --out")
 
     def prepare(self) -> Prepared:
         """Load the corpus, decode audio once (validation pass), build folds, extract frozen features."""

@@ -110,3 +110,18 @@ def test_ser_list_check_shows_a_heads_training_defaults(capsys):
     lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()}
     assert "training defaults: lr=0.001" in lines["cnn_self_attention"]
     assert "training defaults" not in lines["attentive_stats"]
+
+
+def test_resume_names_what_changed_in_the_recipe(fast_recipe, tmp_path):
+    from ser_plugins.errors import RunError
+    from ser_plugins.runner import recipe_differences, run_recipe
+
+    out = tmp_path / "run"
+    run_recipe(load_recipe(fast_recipe), str(out), folds=["Session1"], progress=False)
+    changed = load_recipe(fast_recipe, ["training.lr=0.5", "training.batch_size=4"])
+    with pytest.raises(RunError) as err:
+        run_recipe(changed, str(out), resume=True, progress=False)
+    assert "training.lr: 0.01 -> 0.5" in str(err.value)
+    assert "training.batch_size" in str(err.value)
+    assert recipe_differences({"a": {"b": 1}, "c": 2}, {"a": {"b": 1}, "c": 2}) == []
+    assert recipe_differences({"a": {"b": 1}}, {"a": {"b": 2}, "d": 3}) == ["a.b: 1 -> 2", "d: None -> 3"]
