@@ -80,21 +80,22 @@ def references(norm: str) -> Dict[str, float]:
             return np.stack(rows)
 
         y = lambda ids: np.array([prep.targets[u] for u in ids])  # noqa: E731
-        for key, ids in (("train", fold.train), ("train+dev", fold.train + fold.dev)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                clf = LogisticRegression(max_iter=5000).fit(pooled(ids), y(ids))
-            scores[key].append(balanced_accuracy_score(y(fold.test), clf.predict(pooled(fold.test))))
         unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf = LogisticRegression(max_iter=5000, fit_intercept=False).fit(unit(pooled(fold.train)), y(fold.train))
-        scores["direction"].append(balanced_accuracy_score(y(fold.test), clf.predict(unit(pooled(fold.test)))))
-        for c in PENALTIES:
+        x_train, x_dev, x_test = pooled(fold.train), pooled(fold.dev), pooled(fold.test)
+        y_train, y_test = y(fold.train), y(fold.test)
+
+        def score(x: np.ndarray, labels: np.ndarray, test: np.ndarray, **options) -> float:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                clf = LogisticRegression(C=c, max_iter=20000).fit(pooled(fold.train), y(fold.train))
-            scores[f"C={c:g}"].append(balanced_accuracy_score(y(fold.test), clf.predict(pooled(fold.test))))
+                clf = LogisticRegression(**{"max_iter": 5000, **options}).fit(x, labels)
+            return balanced_accuracy_score(y_test, clf.predict(test))
+
+        scores["train"].append(score(x_train, y_train, x_test))
+        scores["train+dev"].append(score(np.concatenate([x_train, x_dev]), np.concatenate([y_train, y(fold.dev)]),
+                                         x_test))
+        scores["direction"].append(score(unit(x_train), y_train, unit(x_test), fit_intercept=False))
+        for c in PENALTIES:
+            scores[f"C={c:g}"].append(score(x_train, y_train, x_test, C=c, max_iter=20000))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
