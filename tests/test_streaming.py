@@ -320,6 +320,58 @@ def test_streamed_passes_trim_the_heap_only_when_their_rss_grew(monkeypatch):
     assert items == list(range(5))
 
 
+def test_cache_entries_read_again_equal_safetensors_and_a_changed_file_is_read_afresh(tmp_path):
+    """The streamed reader keeps each entry's layout after its first read; later reads give the same tensors,
+    a rewritten entry of another length is read the safe way, and a damaged one raises."""
+    from safetensors.torch import load_file, save_file
+
+    from ser_plugins.data.entry_reader import EntryReader
+
+    path = tmp_path / "entry.safetensors"
+    layers = {"layer0": torch.randn(7, 4).half(), "layer1": torch.randn(7, 4).bfloat16(), "layer10": torch.randn(7, 2)}
+    save_file({**layers, "frames": torch.tensor([7])}, str(path))
+    reader = EntryReader(["layer0", "layer1", "layer10"])
+    for _ in range(2):  # parsed, then from the kept layout
+        got = reader.read("u", path)
+        assert [g.dtype for g in got] == [torch.float16, torch.bfloat16, torch.float32]
+        assert all(torch.equal(g, layers[k]) for g, k in zip(got, ("layer0", "layer1", "layer10")))
+    assert "u" in reader._layouts
+    longer = {k: torch.cat([v, v]) for k, v in layers.items()}
+    save_file({**longer, "frames": torch.tensor([14])}, str(path))  # replaced: 14 frames now
+    got = reader.read("u", path)
+    assert got[0].shape[0] == 14 and torch.equal(got[2], load_file(str(path))["layer10"])
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(Exception):
+        reader.read("u", path)
+
+
+def test_streamed_batches_are_read_straight_into_the_padded_batch(tmp_path):
+    """``LazyFeatures.read_padded`` gives exactly the padded crops of the entries (bf16 and several layers too);
+    an entry whose rows disagree with its frame count is a clear error."""
+    from safetensors.torch import save_file
+
+    from ser_plugins.data.batching import pad_features
+
+    gen = torch.Generator().manual_seed(0)
+    paths, counts, whole = {}, {}, {}
+    for i, n in enumerate((5, 9, 3)):
+        uid = f"u{i}"
+        whole[uid] = [torch.randn(n, 4, generator=gen).bfloat16(), torch.randn(n, 6, generator=gen).half()]
+        paths[uid] = tmp_path / f"{uid}.safetensors"
+        save_file({"layer0": whole[uid][0], "layer1": whole[uid][1], "frames": torch.tensor([n])}, str(paths[uid]))
+        counts[uid] = n
+    feats = LazyFeatures(paths, counts, 2)
+    uids, starts, lengths = ["u1", "u0", "u2"], [2, 0, 0], [6, 5, 3]
+    for _ in range(2):  # first reads parse the headers, later ones use the kept layouts
+        got = feats.read_padded(uids, starts, lengths)
+        want, _ = pad_features([[f[s:s + n] for f in whole[u]] for u, s, n in zip(uids, starts, lengths)])
+        assert [g.dtype for g in got] == [torch.bfloat16, torch.float16]
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    counts["u2"] = 4  # the frame count says 4, the entry holds 3
+    with pytest.raises(ValueError, match="holds 3 frames"):
+        feats.read_padded(["u2"], [0], [3])
+
+
 def test_a_streamed_pass_shortens_the_thread_switch_interval_and_restores_it(fast_recipe, tmp_path):
     import sys
 
