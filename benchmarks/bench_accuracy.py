@@ -17,15 +17,25 @@ intercept), the best its model class can do; after a learned embedding (frame-le
 usual target applies.
 
     python benchmarks/bench_accuracy.py [--norms global speaker null] [--heads mean:linear stats:mlp]
+                                        [--jobs N] [--device cpu|cuda]
+
+``--jobs N`` trains N rows at once in separate processes (each with its share of the CPU threads);
+the seconds column is then each row's wall time under that contention. ``--device`` sets
+``training.device`` (default: the recipe's ``auto``, the GPU where there is one).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import multiprocessing
+import os
 import shutil
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -99,20 +109,30 @@ def references(norm: str) -> Dict[str, float]:
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def runner_ua(aggregator: str, classifier: str, norm: str, resume: bool = False) -> Tuple[float, float]:
+def runner_ua(aggregator: str, classifier: str, norm: str, resume: bool = False,
+              device: Optional[str] = None) -> Tuple[float, float]:
     """(mean UA, seconds) of the runner with the demo recipe's defaults and this head.
 
     ``resume``: keep the folds an earlier (killed) run of this row finished (``ser run --resume``:
-    the same results) and train the rest; seconds then count this call only.
+    the same results) and train the rest; seconds then count this call only. ``device``: the
+    recipe's ``training.device`` (default ``auto``).
     """
     out = WORK / "accuracy" / f"{aggregator}-{classifier}-{norm}"
     if not resume:
         shutil.rmtree(out, ignore_errors=True)
-    recipe = load_recipe(DEMO, [f"aggregator={aggregator}", f"classifier={classifier}",
-                                f"features.normalize={norm}", "output.tensorboard=false"])
+    overrides = [f"aggregator={aggregator}", f"classifier={classifier}", f"features.normalize={norm}",
+                 "output.tensorboard=false"] + ([f"training.device={device}"] if device else [])
+    recipe = load_recipe(DEMO, overrides)
     start = time.perf_counter()
     summary = run_recipe(recipe, str(out), resume=resume and out.exists(), progress=False)
     return summary.mean_std["ua"]["mean"], time.perf_counter() - start
+
+
+def _share_threads(threads: int) -> None:
+    """A worker process's torch CPU threads (its share of the machine when rows run at once)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main() -> None:
@@ -124,6 +144,8 @@ def main() -> None:
                                                            "networks take minutes per run)")
     parser.add_argument("--resume", action="store_true", help="keep the folds a killed earlier run of a row "
                                                               "finished (frame-level rows take an hour or more)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows trained at once, in separate processes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="training.device (default: the recipe's auto)")
     args = parser.parse_args()
     heads = [tuple(h.split(":")) for h in args.heads] if args.heads else builtin_heads(args.all)
     print(f"machine: {machine()}")
@@ -131,12 +153,34 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     demo = load_recipe(DEMO)
     missed = 0
-    for norm in args.norms:
-        ref = references(norm)
+    refs: Dict[str, Dict[str, float]] = {}
+
+    def add_reference(norm: str) -> None:
+        refs[norm] = ref = references(norm)
         sweep = ", ".join(f"{k} {v:.4f}" for k, v in ref.items() if k.startswith("C="))
         print(f"| {norm} | reference, L2 penalty swept (train): {sweep} | | | | | | | |", flush=True)
-        for agg, cls in heads:
-            ua, seconds = runner_ua(agg, cls, norm, args.resume)
+
+    add_reference(args.norms[0])  # also prepares the corpus before any row runs
+    rows = [(agg, cls, norm) for norm in args.norms for agg, cls in heads]
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:  # rows train in worker processes while the other references are fitted here
+            pool = stack.enter_context(ProcessPoolExecutor(
+                args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_share_threads,
+                initargs=(max(1, (os.cpu_count() or 1) // args.jobs),)))
+            futures = {pool.submit(runner_ua, *row, args.resume, args.device): row for row in rows}
+            results = ((futures[f], f.result) for f in as_completed(futures))
+        else:
+            results = ((row, functools.partial(runner_ua, *row, args.resume, args.device)) for row in rows)
+        for norm in args.norms[1:]:
+            add_reference(norm)
+        for (agg, cls, norm), outcome in results:
+            try:
+                ua, seconds = outcome()
+            except Exception as exc:  # one broken row is reported alone; the others still run
+                missed += 1
+                print(f"| {norm} | {agg} + {cls} | failed: {exc!r} | | | | NO | | |", flush=True)
+                continue
+            ref = refs[norm]
             gap = ua - ref["train"]
             is_demo = (agg, cls, norm) == (demo.aggregator.name, demo.classifier.name, demo.features.normalize)
             if (agg, cls) == ("mean", "linear"):
