@@ -34,7 +34,7 @@ from torch import nn
 
 from downstreams.aggregators import valid_frames
 from downstreams.frame_layers import (
-    FRAME_NETWORK_TRAINING,
+    ECAPA_TRAINING,
     ConvReluNorm,
     WarmBatchNorm1d,
     MaskedConv1d,
@@ -155,7 +155,7 @@ class EcapaTdnn(Aggregator):
     ``layer`` -- the default -- or ``none``).
     """
 
-    training_defaults = FRAME_NETWORK_TRAINING
+    training_defaults = ECAPA_TRAINING
 
     def __init__(self, input_dim: int, channels: int = 64, scale: int = 4, embedding_dim: int = 96,
                  dilations: Sequence[int] = (2, 3, 4), kernel_size: int = 3, first_kernel_size: int = 5,

@@ -88,9 +88,19 @@ def test_frame_level_networks_bring_their_schedule_and_pooling_heads_do_not(tiny
     for aggregator in ("ecapa_tdnn", "cnn_self_attention", "bilstm_attention"):
         recipe = load_recipe({**base, "aggregator": {"name": aggregator}})
         assert recipe.training.lr == 0.001, aggregator
+        assert recipe.training.max_duration == (1.5 if aggregator == "ecapa_tdnn" else None), aggregator
     for aggregator in ("mean", "stats", "attentive_stats", "self_attention"):
         recipe = load_recipe({**base, "aggregator": {"name": aggregator}})
         assert recipe.training.lr == 0.01, aggregator
+        assert recipe.training.max_duration is None, aggregator
+
+
+def test_a_recipe_can_turn_ecapas_training_crops_off(tiny_demo_root):
+    base = copy.deepcopy(recipe_for(tiny_demo_root, name="builtin"))
+    base["training"] = {"max_duration": None}
+    recipe = load_recipe({**base, "aggregator": {"name": "ecapa_tdnn"}})
+    assert recipe.training.max_duration is None
+    assert recipe.training.lr == 0.001
 
 
 def test_the_cosine_classifier_brings_its_learning_rate(tiny_demo_root):
