@@ -153,6 +153,9 @@ class EcapaTdnn(Aggregator):
     ``embedding_dim``, ``global_context`` (attention sees the utterance's mean and std),
     ``utterance_norm`` (after pooling and after the embedding layer: ``batch`` as in the paper,
     ``layer`` -- the default -- or ``none``).
+
+    Trains at ``lr`` 1e-3 on random 1.5 s crops of longer utterances (``training_defaults``;
+    evaluation sees whole utterances) unless the recipe sets ``training.lr`` / ``max_duration``.
     """
 
     training_defaults = ECAPA_TRAINING
