@@ -28,11 +28,6 @@ from torch import nn
 # (benchmarks/README.md, docs/heads.md). A recipe's own training.lr wins.
 FRAME_NETWORK_TRAINING = MappingProxyType({"lr": 1e-3})
 
-# ECAPA-TDNN adds random 1.5 s training crops (evaluation sees whole utterances): without them, on
-# frozen features of a small corpus, it memorised the training utterances within about 20 epochs
-# and one demo fold collapsed (UA 0.52 against the linear reference's 0.69; 0.69 with the crops).
-ECAPA_TRAINING = MappingProxyType({**FRAME_NETWORK_TRAINING, "max_duration": 1.5})
-
 
 def positive_int(name: str, value: int) -> int:
     """``value`` as an int, or a ``ValueError`` naming ``name`` when it is not >= 1."""
