@@ -1,4 +1,4 @@
-"""The ``ser export`` command and the ``--engine onnx`` / ``--window`` modes of ``ser predict``.
+"""The ``ser export`` command and ``ser predict`` (both engines, whole files and ``--window``).
 
 Imports nothing heavy at module level: ``ser predict --engine onnx`` never imports torch or the
 training code (the PyTorch engine and the exporter are imported only when asked for).
@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Dict, Iterable
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+if TYPE_CHECKING:  # numpy and the engines are imported only when a command needs them
+    from ser_plugins.scoring import Scorer, WindowScorer
 
 
 def add_export_parser(sub: Any) -> None:
@@ -45,16 +48,9 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def print_predictions(results: Iterable[Dict[str, Any]]) -> None:
-    """One line per file, as ``ser predict`` prints it: path, emotion, ``label=probability`` pairs."""
-    for res in results:
-        probs = " ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
-        print(f"{res['path']}\t{res['emotion']}\t{probs}")
-
-
 def wants_deploy_predict(args: argparse.Namespace) -> bool:
-    """True when ``ser predict`` must go through this module (ONNX engine or sliding windows)."""
-    return args.engine == "onnx" or args.window is not None or args.hop is not None or args.vad != "none"
+    """True: every ``ser predict`` goes through ``predict_command`` (both engines, whole files and ``--window``)."""
+    return True
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -71,37 +67,89 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scorer(args: argparse.Namespace):
-    if args.engine == "onnx":
+def file_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None, min_speaker_files: int = 10,
+                threads: int = 0) -> "Scorer":
+    """The ``Scorer`` of whole files: a run directory's ``Predictor`` (torch) or an exported folder's ``OnnxPredictor``."""
+    if engine == "onnx":
         from ser_plugins.onnx_engine import OnnxPredictor
 
-        folder = Path(args.run_dir) / args.fold if args.fold else Path(args.run_dir)
-        return OnnxPredictor(folder, threads=args.threads)
+        return OnnxPredictor(_export_folder(run_dir, fold), threads=threads, min_speaker_files=min_speaker_files)
+    from ser_plugins.predict import Predictor
+
+    return Predictor(Path(run_dir), fold, min_speaker_files=min_speaker_files)
+
+
+def window_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None, threads: int = 0) -> "WindowScorer":
+    """The ``WindowScorer`` of ``--window``: batches of equal-length windows (the exported graph, or the ONNX engine)."""
+    if engine == "onnx":
+        from ser_plugins.onnx_engine import OnnxPredictor
+
+        return OnnxPredictor(_export_folder(run_dir, fold), threads=threads)
     from ser_plugins.inference_graph import TorchScorer
 
-    return TorchScorer(Path(args.run_dir), args.fold)
+    return TorchScorer(Path(run_dir), fold)
 
 
-def predict_command(args: argparse.Namespace) -> int:
-    """``ser predict`` with ``--engine onnx`` and/or ``--window``."""
-    from ser_plugins.timeline import TimelineError, analyse_recording
+def _export_folder(run_dir: Path, fold: Optional[str]) -> Path:
+    return Path(run_dir) / fold if fold else Path(run_dir)
 
-    for given, name in ((args.hop is not None, "--hop"), (args.vad != "none", "--vad")):
-        if given and args.window is None:
-            raise TimelineError(f"{name} needs --window")
-    if args.batch_size < 1:
-        raise TimelineError(f"--batch-size must be at least 1, got {args.batch_size}")
-    scorer = _scorer(args)
-    if args.window is None:
-        print_predictions(scorer.predict_files(args.files))
-        return 0
-    hop = args.hop if args.hop is not None else min(1.0, args.window)
-    vad_db = args.vad_db if args.vad == "energy" else None
-    for path in args.files:
-        res = analyse_recording(Path(path), scorer, args.window, hop, Path(args.out), vad_db, args.min_speech,
-                                args.batch_size, progress=not args.quiet)
+
+def predict_files(scorer: "Scorer", files: Sequence[str], fmt: str = "text") -> int:
+    """Score whole files and write them as ``fmt`` (text, json, csv); the exit status of ``ser predict``."""
+    from ser_plugins.scoring import score_files, write_results
+
+    return write_results(score_files(scorer, files), scorer.labels, fmt)
+
+
+def predict_timelines(scorer: "WindowScorer", files: Sequence[str], window: float, hop: float, out_dir: Path,
+                      vad_db: Optional[float] = None, min_speech: float = 0.3, batch_size: int = 8,
+                      progress: bool = True) -> int:
+    """A timeline per recording and one summary line each; a recording that cannot be read gets its reason.
+
+    Returns the exit status of ``ser predict``: 0 when every recording was analysed, 1 when some was not.
+    """
+    from ser_plugins.data.audio import AudioError
+    from ser_plugins.scoring import audio_problem, not_scored_line, warn_not_scored
+    from ser_plugins.timeline import analyse_recording
+
+    bad = []
+    for path in files:
+        try:
+            res = analyse_recording(Path(path), scorer, window, hop, Path(out_dir), vad_db, min_speech, batch_size,
+                                    progress=progress)
+        except AudioError as exc:
+            bad.append((path, audio_problem(exc)))
+            print(not_scored_line(path, bad[-1][1]))
+            continue
         skipped = "".join(f"; {v} {k}" for k, v in res.skipped.items())
         share = " ".join(f"{k}={v:.2f}" for k, v in res.label_share.items())
         print(f"{path}\t{res.seconds:.1f} s\t{res.windows} windows ({res.scored} scored{skipped})\t{share}\t"
               f"{res.csv}\t{res.png}")
-    return 0
+    return warn_not_scored(bad, len(files))
+
+
+def check_predict_options(window: Optional[float], hop: Optional[float], vad: str, fmt: str, batch_size: int) -> None:
+    """Refuse ``ser predict`` options that would be ignored or cannot work."""
+    from ser_plugins.timeline import TimelineError
+
+    for given, name in ((hop is not None, "--hop"), (vad != "none", "--vad")):
+        if given and window is None:
+            raise TimelineError(f"{name} needs --window")
+    if window is not None and fmt != "text":
+        raise TimelineError(f"--format {fmt} is for whole files; --window writes each recording's timeline as "
+                            "<name>.timeline.csv (and .png) under --out")
+    if batch_size < 1:
+        raise TimelineError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``ser predict``, both engines: whole files (``--format text|json|csv``) or, with ``--window``, timelines."""
+    check_predict_options(args.window, args.hop, args.vad, args.format, args.batch_size)
+    run_dir = Path(args.run_dir)
+    if args.window is None:
+        scorer = file_scorer(run_dir, args.engine, args.fold, args.min_speaker_files, args.threads)
+        return predict_files(scorer, args.files, args.format)
+    hop = args.hop if args.hop is not None else min(1.0, args.window)
+    vad_db = args.vad_db if args.vad == "energy" else None
+    return predict_timelines(window_scorer(run_dir, args.engine, args.fold, args.threads), args.files, args.window,
+                             hop, Path(args.out), vad_db, args.min_speech, args.batch_size, progress=not args.quiet)

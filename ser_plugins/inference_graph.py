@@ -22,6 +22,7 @@ from torch import nn
 from ser_plugins.data.normalize import Normalizer
 from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel
+from ser_plugins.scoring import OneByOne
 
 class GraphError(UserError, RuntimeError):
     """A run directory whose inference graph cannot be built."""
@@ -107,10 +108,11 @@ def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[Fo
     return graphs, predictor
 
 
-class TorchScorer:
-    """Scores batches of equal-length windows with PyTorch: the mean of the folds' probabilities.
+class TorchScorer(OneByOne):
+    """Scores batches of equal-length windows with PyTorch: the mean of the folds' probabilities (a ``Scorer``).
 
-    The PyTorch counterpart of ``ser_plugins.onnx_engine.OnnxPredictor`` for ``ser predict --window``.
+    The PyTorch counterpart of ``ser_plugins.onnx_engine.OnnxPredictor`` for ``ser predict --window``;
+    a speaker-normalised run's windows get the fold's typical speaker statistics, like the exported model.
     """
 
     def __init__(self, run_dir: Path, fold: Optional[str] = None) -> None:

@@ -1,8 +1,9 @@
 """Predictions from an exported folder (``ser export``) with onnxruntime: no torch, no training code.
 
-Imports only numpy, onnxruntime and ``ser_plugins.data.audio`` (soundfile + soxr). A folder holds one
+Imports only numpy, onnxruntime and ``ser_plugins.scoring`` (numpy, soundfile + soxr). A folder holds one
 ``model.onnx`` + ``model.json``, or one subfolder per fold (``ser export --all-folds``), whose
-probabilities are averaged like ``ser predict`` averages a run's folds.
+probabilities are averaged like ``ser predict`` averages a run's folds. Files are decoded, checked and
+reported by the same code as the PyTorch engine's (``ser_plugins.scoring.score_files``).
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from ser_plugins.data.audio import load_audio
 from ser_plugins.errors import UserError
+from ser_plugins.scoring import OneByOne, Outcome
 
 SIDECAR = "model.json"
 FORMAT = "ser-plugins-onnx"
@@ -58,15 +59,19 @@ def _onnxruntime():
     return onnxruntime
 
 
-class OnnxPredictor:
-    """Class probabilities from one or several exported folds (averaged), with onnxruntime on CPU.
+class OnnxPredictor(OneByOne):
+    """Class probabilities from one or several exported folds (averaged), with onnxruntime on CPU (a ``Scorer``).
 
-    ``threads``: onnxruntime intra-op threads (0: its default).
+    ``threads``: onnxruntime intra-op threads (0: its default). ``min_speaker_files``: as for
+    ``ser_plugins.predict.Predictor``; an exported speaker-normalised model applies its fold's typical
+    speaker statistics, so scoring at least that many files at once (where the PyTorch engine would use
+    the files' own statistics) is refused rather than answered differently.
     """
 
-    def __init__(self, folder: Path, threads: int = 0) -> None:
+    def __init__(self, folder: Path, threads: int = 0, min_speaker_files: int = 10) -> None:
         ort = _onnxruntime()
         self.folder = Path(folder)
+        self.min_speaker_files = min_speaker_files
         self.metas = [read_sidecar(p) for p in find_exports(self.folder)]
         first = self.metas[0]
         for meta in self.metas[1:]:
@@ -96,12 +101,17 @@ class OnnxPredictor:
             total = out if total is None else total + out
         return (total / len(self.sessions)).astype(np.float32)
 
-    def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
-        """``[{"path", "emotion", "probabilities": {label: p}}]`` for each file, one file at a time."""
-        results = []
-        for path in paths:
-            wave = load_audio(path, self.sample_rate, min_samples=self.min_samples)
-            probs = self.probabilities(wave[None, :])[0]
-            results.append({"path": str(path), "emotion": self.labels[int(probs.argmax())],
-                            "probabilities": {lab: float(p) for lab, p in zip(self.labels, probs)}})
-        return results
+    @property
+    def speaker_normalised(self) -> bool:
+        """True when a fold standardises with speaker statistics (the typical ones, baked into the graph)."""
+        return any((m.get("normalisation") or {}).get("kind") == "speaker" for m in self.metas)
+
+    def score(self, waves: Sequence[np.ndarray]) -> List[Outcome]:
+        """The probabilities of each waveform, one at a time; refuses what only the PyTorch engine can do."""
+        if self.speaker_normalised and len(waves) >= self.min_speaker_files:
+            raise EngineError(
+                f"{self.folder}: {len(waves)} usable files reach --min-speaker-files {self.min_speaker_files}, where "
+                "ser predict standardises them with their own speaker statistics; the exported model can only use "
+                "its fold's typical speaker statistics. Score them with the run directory (--engine torch), or "
+                f"pass --min-speaker-files {len(waves) + 1} to use the typical statistics")
+        return super().score(waves)

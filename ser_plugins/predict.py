@@ -2,27 +2,26 @@
 
 Every readable file is scored; a file that cannot be read, or that training would have skipped
 (silent, constant, non-finite samples, too short, non-finite features), is reported with its
-reason instead of a score. ``format_results`` writes the results as text, JSON or CSV.
+reason instead of a score (``ser_plugins.scoring``, shared with the ONNX engine). ``format_results``
+writes the results as text, JSON or CSV.
 """
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ser_plugins.boundary import check_upstream_output
-from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
 from ser_plugins.errors import CorruptFileError, UserError
 from ser_plugins.io import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
 from ser_plugins.recipe import RecipeError, resolve, safe_load
+from ser_plugins.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
 from ser_plugins.training.checkpoint import load_weights
 
 
@@ -124,67 +123,50 @@ class Predictor:
                                    f"the model reads {sizes}); restore it from the run")
         return normalizer
 
-    @torch.no_grad()
-    def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
-        """One result per file, in order: ``{"path", "emotion", "probabilities", "problem", "detail"}``.
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the waveforms the upstream takes."""
+        return int(self.upstream.sample_rate)
 
-        A scored file has ``problem`` None. A file that cannot be read or that training would skip
-        has ``emotion`` and ``probabilities`` None and ``problem`` set to the reason (``unreadable``,
-        ``empty``, ``too_short``, ``non_finite``, ``silent``, ``constant``, ``non_finite_features``,
-        ``non_finite_output``) with a one-line ``detail``. Files are run one at a time (no padding:
-        a file's prediction never depends on the others), except for the speaker statistics, which
-        pool all usable files.
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform, in samples, that the upstream takes."""
+        return int(self.upstream.min_samples)
+
+    def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
+        """One result per file, in order (``ser_plugins.scoring.score_files``): scored, or the reason it was not.
+
+        Files are run one at a time (no padding: a file's prediction never depends on the others),
+        except for the speaker statistics, which pool all usable files.
         """
-        results: List[Dict[str, Any]] = [{"path": str(p), "emotion": None, "probabilities": None, "problem": None,
-                                          "detail": ""} for p in paths]
-        waves = {}
-        for i, p in enumerate(paths):
-            try:
-                wave = load_audio(str(p), self.upstream.sample_rate, min_samples=self.upstream.min_samples)
-            except AudioError as exc:  # its message is "path: reason (detail)"
-                detail = str(exc)[len(f"{exc.path}: {exc.reason}"):].strip(" ()")
-                self._flag(results[i], exc.reason, detail or exc.reason)
-                continue
-            problem = signal_problem(wave)
-            if problem is not None:
-                self._flag(results[i], *problem)
-                continue
-            waves[i] = wave
-        probs: Dict[int, torch.Tensor] = {i: torch.zeros(len(self.labels)) for i in waves}
-        shared = self._states(self.upstream, waves, results) if not self.finetuned else None
+        return score_files(self, paths)
+
+    @torch.no_grad()
+    def score(self, waves: Sequence[np.ndarray]) -> List[Outcome]:
+        """The folds' mean probabilities of each waveform, or ``non_finite_features`` (the ``Scorer`` protocol)."""
+        problems: Dict[int, Problem] = {}
+        probs = [torch.zeros(len(self.labels)) for _ in waves]
+        shared = self._states(self.upstream, waves, problems) if not self.finetuned else None
         for model, normalizer in zip(self.models, self.normalizers):
-            outs = shared if shared is not None else self._states(model.upstream, waves, results)
-            outs = {i: o for i, o in outs.items() if results[i]["problem"] is None}
+            outs = shared if shared is not None else self._states(model.upstream, waves, problems)
+            outs = {i: o for i, o in outs.items() if i not in problems}
             states = {i: [s[0] for s in model.select_layers(h)] for i, (h, _) in outs.items()}  # [T, D] per layer
             if normalizer is not None:
                 states = self._normalise(normalizer, states)
             for i, st in states.items():
                 logits = model.forward_features([layer.unsqueeze(0) for layer in st], outs[i][1])
                 probs[i] += torch.softmax(logits.float(), -1)[0].cpu()
-        for i, pr in probs.items():
-            if results[i]["problem"] is not None:
-                continue
-            pr = pr / len(self.models)
-            if not torch.isfinite(pr).all():
-                self._flag(results[i], "non_finite_output", "the model gives non-finite probabilities")
-                continue
-            results[i]["emotion"] = self.labels[int(pr.argmax())]
-            results[i]["probabilities"] = {lab: float(v) for lab, v in zip(self.labels, pr)}
-        return results
+        return [problems.get(i, (pr / len(self.models)).numpy()) for i, pr in enumerate(probs)]
 
-    @staticmethod
-    def _flag(result: Dict[str, Any], reason: str, detail: str) -> None:
-        result["problem"], result["detail"] = reason, detail
-
-    def _states(self, upstream, waves: Dict[int, Any], results: List[Dict[str, Any]]) -> Dict[int, tuple]:
-        """Hidden states and frame count of each usable file; non-finite features flag the file."""
+    def _states(self, upstream, waves: Sequence[np.ndarray], problems: Dict[int, Problem]) -> Dict[int, tuple]:
+        """Hidden states and frame count of each usable waveform; non-finite features flag it in ``problems``."""
         out = {}
-        for i, wave in waves.items():
-            if results[i]["problem"] is not None:
+        for i, wave in enumerate(waves):
+            if i in problems:
                 continue
             hidden, frames = self._hidden(upstream, wave)
             if not all(torch.isfinite(h).all() for h in hidden):
-                self._flag(results[i], "non_finite_features", "the upstream gives non-finite features (NaN/inf)")
+                problems[i] = Problem("non_finite_features", "the upstream gives non-finite features (NaN/inf)")
                 continue
             out[i] = (hidden, frames)
         return out
@@ -203,39 +185,3 @@ class Predictor:
         out = upstream(wavs.to(self.device), lengths.to(self.device))
         check_upstream_output(upstream, out, lengths.to(self.device))
         return out.hidden_states, out.lengths
-
-
-FORMATS = ("text", "json", "csv")
-
-
-def format_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt: str = "text") -> str:
-    """The results of ``predict_files`` as ``text`` (one tab-separated line per file), ``json`` or ``csv``.
-
-    text: ``path<TAB>emotion<TAB>label=p ...`` for a scored file, ``path<TAB>-<TAB>not scored: reason
-    (detail)`` for the others. json: a list of objects with ``path``, ``status`` (``ok`` or
-    ``error``), ``emotion``, ``probabilities``, ``problem``, ``detail``. csv: a header line
-    ``path,status,emotion,problem,detail,p_<label>...``.
-    """
-    if fmt == "json":
-        rows = [{"path": r["path"], "status": "ok" if r["problem"] is None else "error", "emotion": r["emotion"],
-                 "probabilities": r["probabilities"], "problem": r["problem"], "detail": r["detail"]} for r in results]
-        return json.dumps(rows, indent=2) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "status", "emotion", "problem", "detail"] + [f"p_{lab}" for lab in labels])
-        for r in results:
-            ok = r["problem"] is None
-            probs = [f"{r['probabilities'][lab]:.5f}" for lab in labels] if ok else [""] * len(labels)
-            w.writerow([r["path"], "ok" if ok else "error", r["emotion"] or "", r["problem"] or "", r["detail"]] + probs)
-        return buf.getvalue()
-    if fmt != "text":
-        raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    lines = []
-    for r in results:
-        if r["problem"] is None:
-            probs = " ".join(f"{k}={v:.3f}" for k, v in r["probabilities"].items())
-            lines.append(f"{r['path']}\t{r['emotion']}\t{probs}")
-        else:
-            lines.append(f"{r['path']}\t-\tnot scored: {r['problem']} ({r['detail']})")
-    return "\n".join(lines) + ("\n" if lines else "")

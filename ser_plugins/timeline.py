@@ -3,8 +3,8 @@
 The file is read in blocks (soundfile), mixed down to mono and resampled block by block (soxr's
 streaming resampler); windows of ``window`` seconds every ``hop`` seconds are cut from a buffer
 that never holds more than one window plus one block, scored in small batches of equal-length
-windows by any *scorer* (``probabilities([B, S]) -> [B, C]``, ``labels``, ``sample_rate``,
-``min_samples``: the ONNX engine or the PyTorch graph), and written to the CSV as they come.
+windows by any ``ser_plugins.scoring.WindowScorer`` (``probabilities([B, S]) -> [B, C]``, ``labels``,
+``sample_rate``, ``min_samples``: the ONNX engine or the PyTorch graph), and written to the CSV as they come.
 Memory is bounded by the block, the window batch and one row of probabilities per window.
 
 The last window ends at the end of the recording (it overlaps the one before it when the length
@@ -21,13 +21,14 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from ser_plugins.data.audio import AudioError
 from ser_plugins.errors import UserError
 from ser_plugins.io import atomic_path
+from ser_plugins.scoring import WindowScorer
 
 log = logging.getLogger("ser_plugins")
 
@@ -131,7 +132,7 @@ def _expected_windows(path: Path, sample_rate: int, window: int, hop: int) -> Op
     return full + (1 if (full - 1) * hop + window < total else 0)
 
 
-def analyse_recording(path: Path, scorer: Any, window_s: float, hop_s: float, out_dir: Path,
+def analyse_recording(path: Path, scorer: WindowScorer, window_s: float, hop_s: float, out_dir: Path,
                       vad_db: Optional[float] = None, min_speech: float = 0.3, batch_size: int = 8,
                       progress: bool = True) -> TimelineResult:
     """Score ``path`` in sliding windows; write ``<stem>.timeline.csv`` and ``.png`` to ``out_dir``."""
