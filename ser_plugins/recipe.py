@@ -52,7 +52,7 @@ def safe_load(text: str) -> Any:
 
 # --- the enumerations: one source of truth each --------------------------------------------------
 PROTOCOLS: Tuple[str, ...] = ("session", "speaker", "folds", "split")
-DEV_STRATEGIES: Tuple[str, ...] = ("speaker", "random", "split")
+DEV_STRATEGIES: Tuple[str, ...] = ("auto", "none", "speaker", "random", "split")
 LAYER_USES: Tuple[str, ...] = ("last", "weighted_sum")  # or an integer layer index
 NORMALIZATIONS: Tuple[str, ...] = ("global", "speaker")  # or null / "none"
 TRANSDUCTIVE_NORMALIZATIONS: Tuple[str, ...] = ("speaker",)
@@ -83,7 +83,8 @@ class ProtocolConfig(Section):
     """Which utterances train, pick the checkpoint (dev) and test in each fold."""
 
     name: Optional[Literal[PROTOCOLS]] = None
-    dev: Literal[DEV_STRATEGIES] = "speaker"
+    # auto: a speaker-disjoint dev set when training uses one (select, patience, refit), else none
+    dev: Literal[DEV_STRATEGIES] = "auto"
     dev_fraction: float = _finite(default=0.1, gt=0, lt=1)
     num_folds: Optional[int] = Field(default=None, ge=2, le=10_000)
 
@@ -134,6 +135,7 @@ class TrainingConfig(Section):
     grad_clip: Optional[float] = _finite(default=5.0, gt=0, le=1e6)
     select: Literal[SELECTIONS] = "last"
     patience: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+    refit: bool = False  # after dev chose the epoch: train again on train + dev for as long, keep that model
     class_weights: bool = False
     balanced_sampling: bool = False
     max_duration: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
@@ -149,7 +151,14 @@ class TrainingConfig(Section):
             raise ValueError("training needs a length: set training.max_steps or training.epochs (or both)")
         if self.select == "last" and self.patience is not None:
             raise ValueError("training.patience (early stopping) needs training.select: dev_loss or dev_ua")
+        if self.refit and self.select == "last":
+            raise ValueError("training.refit needs a choice made on the dev set: training.select dev_loss or dev_ua")
         return self
+
+    @property
+    def uses_dev(self) -> bool:
+        """True when training reads a dev set: it selects the epoch, stops early or refits on it."""
+        return self.select != "last" or self.patience is not None or self.refit
 
     @field_validator("device")
     @classmethod
@@ -174,7 +183,8 @@ class DataConfig(Section):
 
 # keys that decide how a run executes, never what it computes: --resume accepts a change of them
 # (a run started in RAM may continue streamed on a smaller machine, with more or fewer workers)
-EXECUTION_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"data": ("max_ram_gb", "num_workers")}
+EXECUTION_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"data": ("max_ram_gb", "num_workers"),
+                                                  "output": ("checkpoint_interval",)}
 
 
 class OutputConfig(Section):
@@ -183,6 +193,9 @@ class OutputConfig(Section):
     dir: Optional[str] = None
     tensorboard: bool = True
     save_checkpoints: bool = True
+    # seconds between a fold's resume checkpoints (last_state.pt); the first epoch and each new best are
+    # always saved; 0: every epoch. A kill loses at most this much training, never a finished fold
+    checkpoint_interval: float = _finite(default=10.0, ge=0, le=_MAX_SECONDS)
 
 
 class LauncherConfig(Section):
@@ -425,7 +438,25 @@ def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Recipe:
     if check_plugins:
         check_plugin_options(recipe)
         recipe = apply_head_training_defaults(recipe)
-    return recipe
+    return resolve_dev(recipe)
+
+
+def resolve_dev(recipe: Recipe) -> Recipe:
+    """``protocol.dev: auto`` made concrete: ``speaker`` when training uses a dev set, else ``none``.
+
+    A dev set costs training data (on IEMOCAP one training speaker in eight), so it is held out
+    only when something reads it: ``training.select`` other than ``last``, ``patience`` or ``refit``.
+    An explicit ``none`` with such a training setting is refused.
+    """
+    t, dev = recipe.training, recipe.protocol.dev
+    if dev == "none" and t.uses_dev:
+        needs = "select: " + t.select if t.select != "last" else ("patience" if t.patience is not None else "refit")
+        raise RecipeError(f"protocol.dev: none leaves no dev set, but training.{needs} needs one; "
+                          "set protocol.dev: speaker (or random), or training.select: last")
+    if dev != "auto":
+        return recipe
+    protocol = recipe.protocol.model_copy(update={"dev": "speaker" if t.uses_dev else "none"})
+    return recipe.model_copy(update={"protocol": protocol})
 
 
 # a head's default for the first key applies only where the recipe leaves the second unset too

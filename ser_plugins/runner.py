@@ -39,6 +39,20 @@ log = logging.getLogger("ser_plugins")
 SETUP_PHASE, SUMMARY_PHASE = BRIEF_PHASES
 
 
+STATE_FILE, REFIT_STATE_FILE = "last_state.pt", "refit_state.pt"  # a fold's resume state (deleted when it ends)
+SELECTION_FILE = "selection.json"  # a refitting fold's first pass: what the dev set chose
+MAX_NAMED_SKIPS = 1000  # skipped utterances named one by one in run.json (all are counted)
+
+
+def effective_precision(precision: str, device: str) -> str:
+    """The precision a run really computes in: mixed precision runs on CUDA only; warned when dropped."""
+    if precision != "fp32" and not str(device).startswith("cuda"):
+        log.warning("training.precision: %s is ignored on %s (mixed precision runs on CUDA devices only); "
+                    "training in fp32", precision, device)
+        return "fp32"
+    return precision
+
+
 def pick_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``."""
     if name == "auto":
@@ -165,6 +179,9 @@ class Runner:
         self.ctx = ddp_tools.context(self.device)  # under torchrun: this rank; only rank 0 writes
         self.device = ddp_tools.rank_device(self.device, self.ctx)
         self.progress = progress and self.ctx.main
+        self.precision = effective_precision(recipe.training.precision, self.device)
+        self._planned_utterances: list = []
+        self._initial_upstream: Optional[Dict[str, torch.Tensor]] = None
 
     def _check_run_dir(self) -> None:
         saved = self.run_dir / "recipe.yaml"
@@ -209,6 +226,7 @@ class Runner:
         self._check_run_dir()
         _check_writable(self.run_dir)
         planned = plan(self.recipe)
+        self._planned_utterances = planned.utterances
         # --folds against the corpus's folds, before any write; kept as names (an index must not shift
         # to another fold when a session loses all its audio)
         chosen = [f.name for f in select_folds(planned.folds, self.fold_selection)]
@@ -265,20 +283,25 @@ class Runner:
     def _write_run_files(self, prep: Prepared) -> None:
         r = self.recipe
         atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(r))
+        paths = {u.id: u.path for u in self._planned_utterances} if self._planned_utterances else {}
+        skipped_files = [{"id": uid, "path": paths.get(uid, ""), "reason": reason}
+                         for uid, reason in sorted(prep.skipped.items())[:MAX_NAMED_SKIPS]]
         atomic_write_json(self.run_dir / "run.json", {
-            "environment": _environment(), "device": self.device, "upstream": prep.upstream.identity(),
+            "environment": _environment(), "device": self.device, "precision": self.precision,
+            "upstream": prep.upstream.identity(),
             "labels": prep.labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
                                                "test": len(f.test)} for f in prep.folds],
-            "skipped": count_reasons(prep.skipped), "corpus_problems": len(prep.corpus_problems),
-            "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "normalize": r.features.normalize,
-                           "transductive": r.features.transductive},
+            "skipped": count_reasons(prep.skipped), "skipped_files": skipped_files,
+            "corpus_problems": len(prep.corpus_problems),
+            "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "refit": r.training.refit,
+                           "normalize": r.features.normalize, "transductive": r.features.transductive},
             **prep.notes,
         })
 
     def _run_folds(self, prep: Prepared, folds: List[Fold], t0: float) -> Summary:
         r = self.recipe
         if r.finetune.mode != "frozen":
-            initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
+            self._initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
         for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
             fold_dir = self.run_dir / "folds" / fold.name
             with contextlib.ExitStack() as held:
@@ -292,8 +315,7 @@ class Runner:
                 if ddp_tools.broadcast(done, self.ctx):  # under torchrun, rank 0 decides for all
                     log.info("fold %s already finished; skipping", fold.name)
                     continue
-                if r.finetune.mode != "frozen":
-                    prep.upstream.load_state_dict(initial_upstream)
+                self._reset_upstream(prep)
                 self._run_fold(prep, fold, prep.folds.index(fold))
         # the summary covers every finished fold of the run (other jobs' too); the job finishing last writes it whole
         if not self.ctx.main:
@@ -305,6 +327,11 @@ class Runner:
                 if done.exists():
                     results[fold.name] = read_json(done)
             return ddp_tools.broadcast(self._summarise(prep, results, time.time() - t0), self.ctx)
+
+    def _reset_upstream(self, prep: Prepared) -> None:
+        """A trainable upstream back to its pretrained weights (each fold, and a refit, starts from them)."""
+        if self._initial_upstream is not None:
+            prep.upstream.load_state_dict(self._initial_upstream)
 
     def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: Path):
         """The batch source of one fold: the shared features through this fold's normaliser (if any)."""
@@ -323,21 +350,37 @@ class Runner:
         fold_dir.mkdir(parents=True, exist_ok=True)
         source = self._fold_source(prep, fold, fold_dir)
         seed = r.seed + index
-        set_seed(seed)
-        head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
-        model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
         writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard and self.ctx.main else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
         eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=isinstance(source, FeatureSource))
         if self.ctx.active:  # torchrun: every global batch split across the ranks, for training and evaluation
             source = ddp_tools.ShardedSource(source, self.ctx)
-        trainer = FoldTrainer(model, source, r.training, r.finetune, prep.labels, fold_dir, self.device,
-                              r.output.save_checkpoints, on_epoch, self.progress, eval_bs)
-        fit = trainer.fit(fold.train, fold.dev, seed)
+
+        def trainer_for(training: TrainingConfig, state_file: str) -> FoldTrainer:
+            set_seed(seed)
+            head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
+            model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
+            return FoldTrainer(model, source, training, r.finetune, prep.labels, fold_dir, self.device,
+                               r.output.save_checkpoints, on_epoch, self.progress, eval_bs,
+                               r.output.checkpoint_interval, state_file)
+
+        selection_file = fold_dir / SELECTION_FILE
+        if r.training.refit and selection_file.exists():  # resumed during the refit: the dev choice is made
+            fit = read_json(selection_file)
+        else:
+            trainer = trainer_for(r.training, STATE_FILE)
+            fit = trainer.fit(fold.train, fold.dev, seed)
+        refit = None
+        if r.training.refit:
+            if self.ctx.main and not selection_file.exists():
+                atomic_write_json(selection_file, fit)
+            self._reset_upstream(prep)
+            trainer, refit = self._refit(trainer_for, fold, fit, seed)
+        model = trainer.model
         if writer:
             writer.close()
-        test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, r.training.precision)
+        test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, self.precision)
         if not self.ctx.main:
             return {}
         self._write_predictions(fold_dir / "predictions.csv", test, prep)
@@ -347,17 +390,39 @@ class Runner:
             plot_curves(fit["history"], fold_dir / "curves.png", f"fold {fold.name}")
         metrics = {k: test[k] for k in ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")}
         metrics.update(fold=fold.name, seed=seed, train=len(fold.train), dev=len(fold.dev), test=len(fold.test),
-                       best_epoch=fit["best_epoch"], best_dev_ua=fit["best_dev_ua"], nan_steps=fit["nan_steps"],
+                       best_epoch=fit["best_epoch"], best_dev_ua=fit["best_dev_ua"] if fold.dev else None,
+                       nan_steps=fit["nan_steps"] + (refit["nan_steps"] if refit else 0),
                        seconds=round(time.time() - t0, 2), history=fit["history"],
                        train_padding_fraction=round(trainer.padding_fraction(fold.train, seed), 4))
+        if refit is not None:
+            metrics["refit"] = {k: refit[k] for k in ("train", "steps", "total_steps", "history")}
         layer_use = model.head.layer_use
         if hasattr(layer_use, "normalized_weights"):
             metrics["layer_weights"] = {"layers": prep.kept_layers,
                                         "weights": layer_use.normalized_weights().detach().cpu().tolist()}
-        (fold_dir / "last_state.pt").unlink(missing_ok=True)
         atomic_write_json(fold_dir / "metrics.json", metrics)  # written last: marks the fold done
+        for private in (STATE_FILE, REFIT_STATE_FILE, SELECTION_FILE):  # resume state of a finished fold
+            (fold_dir / private).unlink(missing_ok=True)
         log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
         return metrics
+
+    def _refit(self, trainer_for, fold: Fold, fit: Dict[str, Any], seed: int) -> tuple:
+        """Train a fresh head on train + dev up to the share of the budget the dev set chose.
+
+        The chosen epoch's step count, as a share of the first pass's planned steps, is applied to
+        the refit's own plan (more utterances per epoch: more steps), so the model stops at the same
+        point of its learning-rate schedule, having seen each utterance about as often.
+        """
+        chosen = fit["history"][fit["best_epoch"] - 1]["step"] if fit["best_epoch"] else fit["steps"]
+        training = self.recipe.training.model_copy(update={"select": "last", "patience": None, "refit": False})
+        trainer = trainer_for(training, REFIT_STATE_FILE)
+        ids = list(fold.train) + list(fold.dev)
+        planned = trainer.planned_steps(ids, seed)
+        stop = max(1, round(chosen * planned / max(1, fit["total_steps"])))
+        log.info("fold %s: refit on train + dev (%d utterances) for %d of %d steps (dev chose epoch %d, step %d)",
+                 fold.name, len(ids), stop, planned, fit["best_epoch"], chosen)
+        refit = trainer.fit(ids, [], seed, stop_at_step=stop)
+        return trainer, {**refit, "train": len(ids)}
 
     def _write_predictions(self, path: Path, test: Dict[str, Any], prep: Prepared) -> None:
         buf = io.StringIO()
@@ -383,7 +448,7 @@ class Runner:
             corpus_problems=len(prep.corpus_problems),
             fold_warnings=prep.warnings,
             seconds=round(seconds, 1),
-            protocol=prep.protocol, dev=r.protocol.dev, normalize=r.features.normalize,
+            protocol=prep.protocol, dev=r.protocol.dev, refit=r.training.refit, normalize=r.features.normalize,
             transductive=r.features.transductive,
         )
         weights = {n: results[n]["layer_weights"]["weights"] for n in results if "layer_weights" in results[n]}

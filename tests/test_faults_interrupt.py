@@ -31,7 +31,8 @@ def recipe_dict(root: Path, epochs: int = 1, **sections) -> Dict:
     """The shared quick recipe with ``epochs`` epochs and one torch thread."""
     data = {"num_threads": 1, **sections.pop("data", {})}
     training = {"epochs": epochs, **sections.pop("training", {})}
-    return recipe_for(root, name="interrupt", training=training, data=data, **sections)
+    output = {"checkpoint_interval": 0, **sections.pop("output", {})}  # a resume checkpoint after every epoch
+    return recipe_for(root, name="interrupt", training=training, data=data, output=output, **sections)
 
 
 def run_in_process(recipe: Dict, out: Path, **kw):

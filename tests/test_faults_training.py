@@ -73,6 +73,7 @@ def recipe_for(root: Path, classifier: Dict, **sections) -> Dict:
         "aggregator": "mean",
         "classifier": {"name": "poison", **classifier},
         "training": {"epochs": 3, "batch_size": 16, "patience": None},
+        "protocol": {"dev": "speaker"},  # the poisoned tail batch of each epoch comes from this split
         "output": {"tensorboard": False},
     }
     for key, value in sections.items():

@@ -11,7 +11,7 @@ def test_defaults_are_filled_and_short_plugin_form_accepted():
     assert r.upstream.name == "fbank" and r.upstream.options == {}
     assert (r.training.max_steps, r.training.epochs, r.training.lr) == (2500, None, 0.01)
     assert (r.training.scheduler, r.training.select) == ("cosine", "last")
-    assert r.protocol.dev == "speaker" and r.finetune.mode == "frozen"
+    assert r.protocol.dev == "none" and r.finetune.mode == "frozen"  # auto: nothing reads a dev set
 
 
 def test_frozen_precomputed_features_are_standardised_by_default():

@@ -5,9 +5,12 @@
 * ``folds``   -- the corpus's own ``fold`` column (test on one fold value at a time),
 * ``split``   -- the corpus's own ``split`` column (train/dev/test; one fold).
 
-Dev sets: ``speaker`` (default) holds out whole training speakers, so dev is speaker-disjoint from
-train and test; ``random`` holds out a random fraction of training utterances (S3PRL's way), which
-leaks training speakers into dev and makes early stopping optimistic.
+Dev sets: ``none`` holds nothing out (every training speaker trains; the recipe's default when
+nothing reads a dev set); ``speaker`` holds out whole training speakers, so dev is speaker-disjoint
+from train and test; ``random`` holds out a random fraction of training utterances (S3PRL's way),
+which leaks training speakers into dev and makes early stopping optimistic. Under ``split`` a
+corpus's own dev partition is the dev set; with ``none`` it is left out of training (it is the
+release's, not a training partition).
 """
 from __future__ import annotations
 
@@ -130,12 +133,17 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speak
             # leave-one-speaker-out: the other speaker of the test session is the dev set
             mates = _session_mates(train, test)
             train, dev_set = [u for u in train if u.speaker not in mates], [u for u in train if u.speaker in mates]
+        elif dev == "none":
+            dev_set = []
         elif dev == "speaker":
             train, dev_set = _speaker_dev(train, i, name, order, group_of, test, name)
         elif dev == "random":
             train, dev_set = _random_dev(train, dev_fraction, seed + i)
-        else:
+        elif dev == "split":
             raise ProtocolError("dev: 'split' needs protocol: split")
+        else:
+            raise ProtocolError(f"unknown dev strategy {dev!r}; strategies: none, speaker, random, split "
+                                "('auto' is made concrete by the recipe)")
         folds.append(Fold(name, [u.id for u in train], [u.id for u in dev_set], [u.id for u in test]))
     return folds
 
@@ -148,7 +156,9 @@ def _split_fold(utterances: Sequence[Utterance], dev: str, dev_fraction: float, 
     train = by_split.get("train", [])
     test = by_split.get("test", [])
     dev_set = by_split.get("dev", []) + by_split.get("valid", []) + by_split.get("validation", [])
-    if not dev_set:
+    if dev == "none":
+        dev_set = []
+    elif not dev_set:
         if dev == "random":
             train, dev_set = _random_dev(train, dev_fraction, seed)
         else:
@@ -158,16 +168,17 @@ def _split_fold(utterances: Sequence[Utterance], dev: str, dev_fraction: float, 
 
 
 def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequence[str],
-                speaker_of: Optional[Dict[str, str]] = None) -> List[str]:
+                speaker_of: Optional[Dict[str, str]] = None, needs_dev: bool = True) -> List[str]:
     """Problems that would make a fold meaningless: raises for empty sets, returns warnings.
 
-    Raises ``ProtocolError`` for a fold without test, train or dev utterances; warns (returns
+    Raises ``ProtocolError`` for a fold without test or train utterances, or without dev utterances
+    when ``needs_dev`` (every protocol.dev but ``none``); warns (returns
     messages) for a class absent from a fold's training set and, given ``speaker_of``, for
     speakers shared between dev and test or between train and test (a corpus's own folds).
     """
     warnings = []
     for f in folds:
-        for part in ("train", "dev", "test"):
+        for part in ("train", "dev", "test") if needs_dev else ("train", "test"):
             if not getattr(f, part):
                 raise ProtocolError(f"fold {f.name!r} has no {part} utterances")
         present = {labels_of[i] for i in f.train}

@@ -206,7 +206,7 @@ def plan(recipe: Recipe) -> Plan:
     p = recipe.protocol
     protocol = p.name or corpus.default_protocol
     folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
-    check_folds(folds, {u.id: u.label for u in utterances}, labels)  # empty sets raise now; warnings come later
+    check_folds(folds, {u.id: u.label for u in utterances}, labels, needs_dev=p.dev != "none")  # empty sets raise now; warnings come later
     check_same_audio(folds, utterances, corpus.problems)
     dropped = dropped_labels(corpus.problems)
     if dropped:
@@ -253,7 +253,7 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     targets = {u.id: labels.index(u.label) for u in usable}
     same_audio = check_same_audio(folds, usable, pl.corpus.problems)
     warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels,
-                                           {u.id: u.speaker for u in usable})
+                                           {u.id: u.speaker for u in usable}, needs_dev=p.dev != "none")
     for w in warnings + same_audio:
         log.warning("%s", w)
     notes["dropped_labels"] = dict(pl.dropped)

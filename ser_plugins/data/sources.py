@@ -113,6 +113,7 @@ class FeatureSource(_BucketedSource):
         self.rate = frames_per_second
         self.frame_counts = frame_counts
         self.transform = transform
+        self._stack: Optional[tuple] = None  # means mode: see _stacked_means
 
     def with_transform(self, transform: Optional[Transform]) -> "FeatureSource":
         """The same features (shared, not copied) served through ``transform``."""
@@ -124,8 +125,31 @@ class FeatureSource(_BucketedSource):
             return self.frame_counts[uid]
         return int(self.features[uid][0].shape[0])
 
+    def _stacked_means(self) -> tuple:
+        """Means mode: every utterance's vectors stacked once, transformed once: ``(row of id, [N, 1, D] per layer)``.
+
+        A transform acts on each row alone (a normaliser's per-speaker statistics), so transforming
+        the stack once gives the rows that transforming each batch would give; batches then index it.
+        """
+        if self._stack is None:
+            order = list(self.features)
+            rows = {u: i for i, u in enumerate(order)}
+            layers = [torch.stack([self.features[u][k] for u in order]) for k in range(len(self.features[order[0]]))]
+            if self.transform is not None:
+                layers = self.transform(order, layers)
+            self._stack = (rows, layers)
+        return self._stack
+
     def batches(self, ids: Sequence[str], plan: BatchPlan) -> Iterator[Batch]:
         """Length-bucketed batches; in training, utterances longer than ``max_duration`` are randomly cropped."""
+        if self.frame_counts is not None and self.features:  # utterance means: one row each, never cropped
+            rows, layers = self._stacked_means()
+            for b in self.plan(ids, plan):
+                uids = [ids[i] for i in b]
+                index = torch.tensor([rows[u] for u in uids])
+                yield Batch([layer[index] for layer in layers], torch.ones(len(uids), dtype=torch.long),
+                            torch.tensor([self.targets[u] for u in uids]), uids, features=True)
+            return
         crop = self._max_len(plan.max_duration) if plan.shuffle else None
         rng = random.Random(plan.seed)
         for b in self.plan(ids, plan):

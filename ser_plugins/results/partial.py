@@ -50,7 +50,8 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
         mean_std=mean_std(per_fold), pooled={**metrics_from_confusion(pooled), "confusion": pooled.tolist()},
         complete=len(results) == len(run.get("folds", [])), skipped_utterances=run.get("skipped", {}),
         corpus_problems=run.get("corpus_problems", 0), protocol=evaluation.get("protocol", ""),
-        dev=evaluation.get("dev", "speaker"), normalize=evaluation.get("normalize"),
+        dev=evaluation.get("dev", "speaker"), refit=bool(evaluation.get("refit", False)),
+        normalize=evaluation.get("normalize"),
         transductive=bool(evaluation.get("transductive", False)),
     )
 

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 from ser_plugins.errors import UserError
 from ser_plugins.io import atomic_write_text
 from ser_plugins.results.partial import current_summary
+from ser_plugins.results.summary import dev_setting
 
 COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "normalize", "dev", "folds",
            "WA", "UA", "F1")
@@ -33,7 +34,7 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
         rows.append({
             "run": Path(d).name, "upstream": s.upstream, "finetune": s.finetune, "layer": str(s.layer),
             "aggregator": s.aggregator, "classifier": s.classifier,
-            "normalize": s.normalize or "none", "dev": s.dev, "transductive": s.transductive,
+            "normalize": s.normalize or "none", "dev": dev_setting(s.dev, s.refit), "refit": s.refit, "transductive": s.transductive,
             "comparable": s.speaker_independent_inductive,
             "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",  # incomplete runs are marked
             **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
@@ -74,7 +75,7 @@ def to_markdown(rows: List[Dict[str, object]]) -> str:
 def to_csv(rows: List[Dict[str, object]]) -> str:
     """CSV with separate mean and std columns (fractions, not percent)."""
     buf = io.StringIO()
-    fields = list(_TEXT) + ["transductive"] + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
+    fields = list(_TEXT) + ["refit", "transductive"] + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)

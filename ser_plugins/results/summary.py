@@ -18,11 +18,19 @@ def _pm(cell: Dict[str, Optional[float]], scale: float = 1.0, digits: int = 4) -
     return mean if cell.get("std") is None else f"{mean} ± {scale * cell['std']:.{digits}f}"
 
 
-def evaluation_setting(normalize: Optional[str], dev: str) -> str:
+def dev_setting(dev: str, refit: bool = False) -> str:
+    """The dev protocol in a word or two: ``none``, ``speaker``, ``speaker, refit`` ..."""
+    return f"{dev}, refit" if refit else dev
+
+
+def evaluation_setting(normalize: Optional[str], dev: str, refit: bool = False) -> str:
     """A short description of how honest a run's evaluation is, for tables."""
     parts = [f"normalisation {normalize or 'none'}" + (" (transductive: test speakers' own statistics)"
                                                         if normalize == "speaker" else "")]
-    parts.append(f"dev {dev}" + (" (random utterances: leaks training speakers)" if dev == "random" else ""))
+    notes = {"random": " (random utterances: leaks training speakers)",
+             "none": " (no dev set: every training speaker trains)"}
+    parts.append(f"dev {dev}" + notes.get(dev, "")
+                 + (" + refit on train + dev for the chosen length" if refit else ""))
     return ", ".join(parts)
 
 
@@ -47,6 +55,7 @@ class Summary:
     seconds: float = 0.0
     protocol: str = ""
     dev: str = "speaker"
+    refit: bool = False
     normalize: Optional[str] = None
     transductive: bool = False
     fold_spread: str = FOLD_SPREAD
@@ -82,7 +91,7 @@ class Summary:
         lines = [f"# {self.name}", "",
                  f"upstream `{self.upstream}` ({self.finetune}, layer {self.layer}), "
                  f"aggregator `{self.aggregator}`, classifier `{self.classifier}`", "",
-                 f"Evaluation: protocol {self.protocol or 'default'}, {evaluation_setting(self.normalize, self.dev)}; "
+                 f"Evaluation: protocol {self.protocol or 'default'}, {evaluation_setting(self.normalize, self.dev, self.refit)}; "
                  f"± is the {self.fold_spread.split(';')[0]}.", "",
                  "| fold | WA | UA | macro-F1 | n |", "|---|---|---|---|---|"]
         for name, m in self.folds.items():

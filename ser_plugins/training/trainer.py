@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -146,16 +147,18 @@ def planned_epochs(max_steps: Optional[int], epochs: Optional[int], steps_per_ep
 
 
 class FoldTrainer:
-    """Trains one fold with early stopping on dev UA and restores the best checkpoint.
+    """Trains one fold for its step budget and keeps the weights ``training.select`` picks.
 
-    Writes ``last.safetensors``/``last_state.pt`` after each epoch (for ``--resume``) and
-    ``best.safetensors`` whenever dev UA improves.
+    Writes its resume state (``last_state.pt``, or ``state_file``) after the first epoch, after
+    every new best and otherwise at most every ``checkpoint_interval`` seconds, and the kept weights
+    to ``best.safetensors`` (on each new best under a dev selection, once at the end under ``last``).
     """
 
     def __init__(self, model: nn.Module, source: BatchSource, training: TrainingConfig, finetune: FinetuneConfig,
                  labels: Sequence[str], fold_dir: Path, device: str, save_checkpoints: bool = True,
                  on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True,
-                 eval_batch_size: Optional[int] = None) -> None:
+                 eval_batch_size: Optional[int] = None, checkpoint_interval: float = 0.0,
+                 state_file: str = "last_state.pt") -> None:
         self.model = model
         self.source = source
         self.training = training
@@ -173,6 +176,10 @@ class FoldTrainer:
         self.ctx = ddp_tools.context()  # torchrun: only rank 0 writes checkpoints
         self.ddp: Optional[nn.Module] = None
         self._unsynced = False
+        self.checkpoint_interval = checkpoint_interval
+        self.state_path = self.fold_dir / state_file
+        self._saved_at: Optional[float] = None  # monotonic time of the last resume checkpoint
+        self._save_due = True
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
         if self.training.class_weights:
@@ -182,7 +189,7 @@ class FoldTrainer:
 
     def _resume(self, optimizer, scheduler, scaler) -> tuple:
         """``(progress, best weights or None)`` from ``last_state.pt``: one file, written atomically."""
-        state_path = self.fold_dir / "last_state.pt"
+        state_path = self.state_path
         fresh = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0,
                  "stopped": False, "history": []}
         if not state_path.exists():
@@ -200,22 +207,22 @@ class FoldTrainer:
             best = load_weights(self.fold_dir / "best.safetensors")
         return {**fresh, **state["progress"]}, best
 
-    def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int) -> Dict[str, Any]:
+    def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int,
+            stop_at_step: Optional[int] = None) -> Dict[str, Any]:
         """Train for the step budget (or epochs), keep the weights ``training.select`` picks; returns the history.
 
         ``select: last`` keeps the final weights (the schedule has decayed); ``dev_loss`` / ``dev_ua``
         keep the epoch with the best dev cross-entropy / UA, and ``patience`` stops after that many
-        epochs without improvement.
+        epochs without improvement. Without ``dev_ids`` (``protocol.dev: none``) no dev evaluation
+        runs. ``stop_at_step`` ends training after that many optimiser steps while the schedule
+        keeps its planned length (a refit stops where the dev set chose).
         """
         t, model, device = self.training, self.model, self.device
         model.to(device)
         self.ddp = ddp_tools.wrap(model, device, self.ctx)
         optimizer = build_optimizer(model, t, self.finetune)
-        batches = self.source.count_batches(train_ids, self._plan(seed))
-        steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
-        epochs = planned_epochs(t.max_steps, t.epochs, steps_per_epoch)
-        total = min(t.max_steps or math.inf, epochs * steps_per_epoch)
-        scheduler = build_scheduler(optimizer, t.scheduler, t.warmup_steps, int(total))
+        epochs, total = self._budget(train_ids, seed)
+        scheduler = build_scheduler(optimizer, t.scheduler, t.warmup_steps, total)
         scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" and str(device).startswith("cuda") else None
         self.scaler = scaler
         loss_fn = self._loss_fn(train_ids)
@@ -225,21 +232,29 @@ class FoldTrainer:
         eval_bs = self.eval_batch_size
         bar = tqdm(range(progress["epoch"], epochs), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
                    disable=not self.progress)
+        limit = min(s for s in (t.max_steps, stop_at_step) if s) if (t.max_steps or stop_at_step) else None
         for epoch in bar:
-            if progress["stopped"] or (t.max_steps and progress["step"] >= t.max_steps):
+            if progress["stopped"] or (limit and progress["step"] >= limit):
                 break
             set_seed(seed * 1000 + epoch)  # python, numpy (transformers' masking) and torch: resumable by epoch
             ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t.balanced_sampling else train_ids
-            train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch)
-            dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t.precision)
-            record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss, "dev_loss": dev["loss"],
-                      "dev_ua": dev["ua"], "dev_wa": dev["wa"], "lr": optimizer.param_groups[0]["lr"]}
+            train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch, limit)
+            record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss,
+                      "lr": optimizer.param_groups[0]["lr"]}
+            dev = None
+            if dev_ids:
+                dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t.precision)
+                record.update(dev_loss=dev["loss"], dev_ua=dev["ua"], dev_wa=dev["wa"])
             progress["history"].append(record)
-            score = {"last": float(epoch), "dev_loss": -dev["loss"], "dev_ua": dev["ua"]}[t.select]
+            score = float(epoch) if dev is None or t.select == "last" else (
+                -dev["loss"] if t.select == "dev_loss" else dev["ua"])
+            self._save_due = epoch == 0
             if score > progress["best_score"] + 1e-9:
-                progress.update(best_score=score, best_ua=dev["ua"], best_epoch=epoch + 1, bad_epochs=0)
+                progress.update(best_score=score, best_ua=dev["ua"] if dev else -1.0, best_epoch=epoch + 1,
+                                bad_epochs=0)
                 if t.select != "last":  # with 'last' the current weights are the best: saved once, at the end
                     best_state = trainable_state(model)
+                    self._save_due = True  # the resume state and best.safetensors always agree
                     if self.save_checkpoints and self.ctx.main:
                         save_weights(self.fold_dir / "best.safetensors", best_state)
             else:
@@ -249,7 +264,8 @@ class FoldTrainer:
             progress["stopped"] = t.patience is not None and progress["bad_epochs"] >= t.patience
             progress["stopped"] = ddp_tools.broadcast(progress["stopped"], self.ctx)  # rank 0 decides
             self._save_last(optimizer, scheduler, progress, best_state)
-            bar.set_postfix(loss=f"{train_loss:.3f}", dev_ua=f"{dev['ua']:.3f}")
+            if self.progress:
+                bar.set_postfix(loss=f"{train_loss:.3f}", **({"dev_ua": f"{dev['ua']:.3f}"} if dev else {}))
             if self.on_epoch:
                 self.on_epoch(record)
             if progress["stopped"]:
@@ -260,18 +276,38 @@ class FoldTrainer:
                 save_weights(self.fold_dir / "best.safetensors", best_state)
         model.load_state_dict(best_state, strict=False)
         return {"history": progress["history"], "best_epoch": progress["best_epoch"], "best_dev_ua": progress["best_ua"],
-                "nan_steps": self.nan_steps}
+                "nan_steps": self.nan_steps, "total_steps": int(total), "steps": progress["step"]}
 
     def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
-        """Everything needed to resume after this epoch, in ONE atomically written file (rank 0's)."""
+        """Everything needed to resume after this epoch, in ONE atomically written file (rank 0's).
+
+        Skipped while the last one is younger than ``checkpoint_interval`` seconds, unless this
+        epoch is the first or a new best (a resumed fold replays the epochs since: same result).
+        """
         if not self.ctx.main:
             return
+        now = time.monotonic()
+        if not self._save_due and self._saved_at is not None and now - self._saved_at < self.checkpoint_interval:
+            return
+        self._saved_at = now
         state = {"model": trainable_state(self.model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "progress": progress,
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None}
         if not self.save_checkpoints and self.training.select != "last":
             state["best"] = best_state  # no best.safetensors on disk: keep the best weights here
-        save_state(self.fold_dir / "last_state.pt", state)
+        save_state(self.state_path, state)
+
+    def _budget(self, ids: Sequence[str], seed: int) -> Tuple[int, int]:
+        """``(epochs, optimiser steps)`` planned for training on ``ids``: the schedule's length."""
+        t = self.training
+        batches = self.source.count_batches(ids, self._plan(seed))
+        steps_per_epoch = max(1, math.ceil(batches / t.grad_accum))
+        epochs = planned_epochs(t.max_steps, t.epochs, steps_per_epoch)
+        return epochs, int(min(t.max_steps or math.inf, epochs * steps_per_epoch))
+
+    def planned_steps(self, ids: Sequence[str], seed: int) -> int:
+        """Optimiser steps the schedule plans for training on ``ids``."""
+        return self._budget(ids, seed)[1]
 
     def _plan(self, seed: int) -> BatchPlan:
         """The training batch plan of one epoch (the schedule is counted from the same plan)."""
@@ -282,7 +318,7 @@ class FoldTrainer:
         """Share of padded positions in one epoch of this trainer's training batches."""
         return self.source.padding_fraction(ids, self._plan(seed))
 
-    def _train_epoch(self, ids, optimizer, scheduler, loss_fn, progress, seed) -> float:
+    def _train_epoch(self, ids, optimizer, scheduler, loss_fn, progress, seed, limit: Optional[int] = None) -> float:
         t, model = self.training, self.model
         model.train()
         if not any(p.requires_grad for p in model.upstream.parameters()):
@@ -291,7 +327,7 @@ class FoldTrainer:
         optimizer.zero_grad(set_to_none=True)
         accum = 0
         for batch in self.source.batches(ids, self._plan(seed)):
-            if t.max_steps and progress["step"] >= t.max_steps:
+            if limit and progress["step"] >= limit:
                 break
             smallest = len(batch.ids) if self.ddp is None else max(1, len(batch.global_ids) // self.ctx.world)
             if smallest == 1 and self.has_batch_norm:  # under torchrun: decided on the global batch, same on all ranks
@@ -306,18 +342,20 @@ class FoldTrainer:
                 adjust = getattr(model.head.classifier, "training_logits", None)  # margins (AM-softmax) see the targets
                 logits = adjust(logits.float(), batch.targets) if adjust is not None else logits
                 loss = loss_fn(logits.float(), batch.targets)
-                finite = bool(torch.isfinite(loss))
+                value = loss.item()  # one read serves the finiteness check and the epoch's mean loss
+                finite = math.isfinite(value)
                 if self.ddp is not None:  # every rank skips the batch, or none does
                     finite = ddp_tools.sum_over_ranks([0.0 if finite else 1.0], self.ctx)[0] == 0
                 if not finite:
                     self._non_finite(loss, batch)  # never backpropagated: accumulated gradients stay valid
                     continue
-                scaled = loss * ddp_tools.loss_scale(batch, loss_fn, self.ctx) / t.grad_accum
+                factor = ddp_tools.loss_scale(batch, loss_fn, self.ctx) / t.grad_accum
+                scaled = loss * factor if factor != 1.0 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             self._unsynced = self.ddp is not None and not sync
             accum += 1
             rows = len(batch.ids) if getattr(batch, "weight", 1.0) else 0
-            total += loss.item() * rows
+            total += value * rows
             count += rows
             if accum == t.grad_accum:
                 self._step(optimizer, scheduler, accum)
