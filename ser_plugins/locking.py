@@ -91,3 +91,19 @@ class RunLock:
         """Delete the lock and holder files (only after ``__exit__``, for a directory this run created)."""
         for p in (self.holder_path, self.path):
             p.unlink(missing_ok=True)
+
+
+def held_elsewhere(directory: Path) -> bool:
+    """True when another process holds ``<directory>/.lock`` right now (a fold job training that fold)."""
+    path = Path(directory) / LOCK_NAME
+    if not path.exists():
+        return False
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False

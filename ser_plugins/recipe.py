@@ -144,6 +144,9 @@ class TrainingConfig(Section):
     nan_policy: Literal[NAN_POLICIES] = "skip"
     max_nan_steps: int = Field(default=20, ge=0, le=_MAX_STEPS)
     eval_batch_size: Optional[int] = Field(default=None, ge=1, le=1_000_000)
+    # torch intra-op threads while a fold trains; null: 1 for a head on precomputed features (measured
+    # faster: benchmarks/bench_head_speed.py), else the cores shared among this run's fold jobs
+    threads: Optional[int] = Field(default=None, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _has_a_length(self) -> "TrainingConfig":
@@ -460,7 +463,8 @@ def resolve_dev(recipe: Recipe) -> Recipe:
 
 
 # a head's default for the first key applies only where the recipe leaves the second unset too
-_DEFAULT_NEEDS = {"patience": "select"}
+_DEFAULT_NEEDS = {"patience": "select", "refit": "select"}
+_READS_DEV = ("select", "patience", "refit")  # head defaults left out when the recipe says protocol.dev: none
 
 
 def head_training_defaults(recipe: Recipe) -> Dict[str, Dict[str, Any]]:
@@ -501,6 +505,9 @@ def apply_head_training_defaults(recipe: Recipe) -> Recipe:
     for key, needs in _DEFAULT_NEEDS.items():
         if key in applied and needs in given:
             del applied[key]
+    if recipe.protocol.dev == "none":  # the recipe chose to train on every speaker: no dev-based choice
+        for key in _READS_DEV:
+            applied.pop(key, None)
     if not applied:
         return recipe
     merged = {**recipe.training.model_dump(exclude_unset=True), **applied}

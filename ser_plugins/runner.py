@@ -24,7 +24,7 @@ from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import DiskFullError, RunError
 from ser_plugins.io import atomic_write_json, atomic_write_text, read_json
-from ser_plugins.locking import BRIEF_PHASES, RunLock
+from ser_plugins.locking import BRIEF_PHASES, RunLock, held_elsewhere
 from ser_plugins.model import SERModel, build_head
 from ser_plugins.recipe import EXECUTION_ONLY_KEYS, Recipe, TrainingConfig, dump_recipe, safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
@@ -316,7 +316,11 @@ class Runner:
                     log.info("fold %s already finished; skipping", fold.name)
                     continue
                 self._reset_upstream(prep)
-                self._run_fold(prep, fold, prep.folds.index(fold))
+                threads = torch.get_num_threads()
+                try:
+                    self._run_fold(prep, fold, prep.folds.index(fold))
+                finally:  # the fold's training threads end with it (extraction and callers keep theirs)
+                    torch.set_num_threads(threads)
         # the summary covers every finished fold of the run (other jobs' too); the job finishing last writes it whole
         if not self.ctx.main:
             return ddp_tools.broadcast(None, self.ctx)
@@ -327,6 +331,23 @@ class Runner:
                 if done.exists():
                     results[fold.name] = read_json(done)
             return ddp_tools.broadcast(self._summarise(prep, results, time.time() - t0), self.ctx)
+
+    def _training_threads(self, prep: Prepared, fold: Fold, precomputed: bool) -> int:
+        """Intra-op threads for training ``fold``: ``training.threads``, else a choice that fits the machine.
+
+        A head on precomputed features is a few small matrix products per step, where threads cost
+        more than they give: 1. A running upstream gets the current thread count shared among the
+        fold jobs of this run that train at this moment (``--folds`` jobs, launcher jobs), so
+        parallel jobs never start more threads in all than the cores.
+        """
+        if self.recipe.training.threads:
+            return self.recipe.training.threads
+        if not str(self.device).startswith("cpu"):
+            return torch.get_num_threads()
+        if precomputed:
+            return 1
+        others = sum(held_elsewhere(self.run_dir / "folds" / f.name) for f in prep.folds if f.name != fold.name)
+        return max(1, torch.get_num_threads() // (1 + others))
 
     def _reset_upstream(self, prep: Prepared) -> None:
         """A trainable upstream back to its pretrained weights (each fold, and a refit, starts from them)."""
@@ -353,7 +374,12 @@ class Runner:
         writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard and self.ctx.main else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
-        eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=isinstance(source, FeatureSource))
+        precomputed = isinstance(source, FeatureSource)
+        eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=precomputed)
+        threads = self._training_threads(prep, fold, precomputed)
+        if threads != torch.get_num_threads():
+            log.info("fold %s: training with %d intra-op thread(s)", fold.name, threads)
+            torch.set_num_threads(threads)
         if self.ctx.active:  # torchrun: every global batch split across the ranks, for training and evaluation
             source = ddp_tools.ShardedSource(source, self.ctx)
 

@@ -126,7 +126,7 @@ class FeatureSource(_BucketedSource):
         return int(self.features[uid][0].shape[0])
 
     def _stacked_means(self) -> tuple:
-        """Means mode: every utterance's vectors stacked once, transformed once: ``(row of id, [N, 1, D] per layer)``.
+        """Means mode: every utterance stacked and transformed once: ``(row of id, [N, 1, D] per layer, targets)``.
 
         A transform acts on each row alone (a normaliser's per-speaker statistics), so transforming
         the stack once gives the rows that transforming each batch would give; batches then index it.
@@ -137,18 +137,19 @@ class FeatureSource(_BucketedSource):
             layers = [torch.stack([self.features[u][k] for u in order]) for k in range(len(self.features[order[0]]))]
             if self.transform is not None:
                 layers = self.transform(order, layers)
-            self._stack = (rows, layers)
+            targets = torch.tensor([self.targets.get(u, -1) for u in order])
+            self._stack = (rows, layers, targets)
         return self._stack
 
     def batches(self, ids: Sequence[str], plan: BatchPlan) -> Iterator[Batch]:
         """Length-bucketed batches; in training, utterances longer than ``max_duration`` are randomly cropped."""
         if self.frame_counts is not None and self.features:  # utterance means: one row each, never cropped
-            rows, layers = self._stacked_means()
+            rows, layers, targets = self._stacked_means()
             for b in self.plan(ids, plan):
                 uids = [ids[i] for i in b]
                 index = torch.tensor([rows[u] for u in uids])
                 yield Batch([layer[index] for layer in layers], torch.ones(len(uids), dtype=torch.long),
-                            torch.tensor([self.targets[u] for u in uids]), uids, features=True)
+                            targets[index], uids, features=True)
             return
         crop = self._max_len(plan.max_duration) if plan.shuffle else None
         rng = random.Random(plan.seed)

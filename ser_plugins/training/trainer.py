@@ -180,6 +180,7 @@ class FoldTrainer:
         self.state_path = self.fold_dir / state_file
         self._saved_at: Optional[float] = None  # monotonic time of the last resume checkpoint
         self._save_due = True
+        self._params: Optional[tuple] = None  # (optimizer, its parameters), read once per fit
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
         if self.training.class_weights:
@@ -375,7 +376,9 @@ class FoldTrainer:
 
     def _step(self, optimizer, scheduler, accumulated: int) -> None:
         """One optimiser step over ``accumulated`` batches (a partial group is rescaled to a mean)."""
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if self._params is None or self._params[0] is not optimizer:
+            self._params = (optimizer, [p for g in optimizer.param_groups for p in g["params"]])
+        params = [p for p in self._params[1] if p.grad is not None]
         if self._unsynced:  # an epoch's last, partial group was accumulated under no_sync: average it now
             for p in params:
                 torch.distributed.all_reduce(p.grad)
