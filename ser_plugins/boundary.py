@@ -45,10 +45,21 @@ def _shape(x: Any) -> str:
     return f"{type(x).__name__}"
 
 
-def _preview(values: Sequence[Any], limit: int = 8) -> str:
+def _preview(values: Sequence[Any], limit: int = 8, focus: Optional[int] = None) -> str:
+    """A short list for a message; ``focus`` (an index) is always shown, with its neighbours, however far in."""
     values = list(values)
-    more = f", ... ({len(values)} in all)" if len(values) > limit else ""
-    return "[" + ", ".join(str(v) for v in values[:limit]) + more + "]"
+    if len(values) <= limit:
+        return "[" + ", ".join(str(v) for v in values) + "]"
+    if focus is None or focus < limit - 1:
+        return "[" + ", ".join(str(v) for v in values[:limit]) + f", ... ({len(values)} in all)]"
+    lo, hi = max(3, focus - 2), min(len(values), focus + 3)
+    parts = [str(v) for v in values[:3]] + ["..."] + [str(v) for v in values[lo:hi]]
+    tail = ", ..." if hi < len(values) else ""
+    return "[" + ", ".join(parts) + tail + f" ({len(values)} in all)]"
+
+
+def _first(flags: Sequence[bool]) -> int:
+    return next(i for i, flag in enumerate(flags) if flag)
 
 
 def _positive_int(value: Any) -> bool:
@@ -157,12 +168,17 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
         raise fail(upstream, kind, "frame_lengths(wav_lengths) shape", f"[{batch}]", list(expected.shape))
     bad = (lengths < 1) | (lengths > frames) | (lengths != expected)
     if bool(bad.any()):  # the one device-to-host read
-        got, want = lengths.tolist(), expected.tolist()
-        if min(got) < 1 or max(got) > frames:
+        got, want, samples = lengths.tolist(), expected.tolist(), wav_lengths.tolist()
+        out_of_range = [not 1 <= n <= frames for n in got]
+        if any(out_of_range):  # the first offending value is quoted, however far into the batch
+            i = _first(out_of_range)
             raise fail(upstream, kind, f"lengths (valid frames of each of the {frames} output frames)",
-                       f"values in 1..{frames}", _preview(got))
-        raise fail(upstream, kind, f"lengths for wav_lengths {_preview(wav_lengths.tolist())}",
-                   f"its frame_lengths() rule {_preview(want)}", _preview(got))
+                       f"values in 1..{frames}", f"lengths[{i}] = {got[i]} in {_preview(got, focus=i)}")
+        i = _first([g != w for g, w in zip(got, want)])
+        raise fail(upstream, kind, f"lengths for wav_lengths {_preview(samples, focus=i)}",
+                   f"its frame_lengths() rule {_preview(want, focus=i)}",
+                   f"{_preview(got, focus=i)} (lengths[{i}] = {got[i]} for {samples[i]} samples, "
+                   f"frame_lengths() says {want[i]})")
 
 
 def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ser_plugins import registry
 from ser_plugins.boundary import (check_aggregator_declaration, check_aggregator_output, check_classifier_output,
-                                  check_upstream_declaration, check_upstream_output)
+                                  check_upstream_declaration, check_upstream_output, describe)
 from ser_plugins.contracts import Upstream
 from ser_plugins.errors import UserError
 from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSpec, Recipe
@@ -117,6 +117,119 @@ class SERModel(nn.Module):
     def forward_features(self, states: Sequence[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
         """Logits for precomputed hidden states of the kept layers (frozen upstream)."""
         return self.head(states, lengths)
+
+
+def aggregator_input_dim(model: SERModel) -> int:
+    """The feature size the model's aggregator receives (after layer use and projection)."""
+    projection = model.head.projection
+    if isinstance(projection, nn.Linear):
+        return int(projection.out_features)
+    return int(model.upstream.hidden_sizes[model.upstream_layers[0]])
+
+
+def _non_finite_rows(frames: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> tuple:
+    """``(rows with NaN/inf in their valid frames, rows with NaN/inf in their padded frames only)``.
+
+    ``frames`` is ``[B, T, D]`` (with ``lengths``) or ``[B, D]`` (without).
+    """
+    if lengths is None:
+        return [i for i, ok in enumerate(torch.isfinite(frames).flatten(1).all(-1).tolist()) if not ok], []
+    finite = torch.isfinite(frames).flatten(2).all(-1)  # [B, T]
+    valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths.to(frames.device)[:, None]
+    bad_valid = (~finite & valid).any(-1).tolist()
+    bad_pad = (~finite & ~valid).any(-1).tolist()
+    return ([i for i, bad in enumerate(bad_valid) if bad],
+            [i for i, bad in enumerate(bad_pad) if bad and not bad_valid[i]])
+
+
+def _rows_text(rows: List[int], total: int) -> str:
+    shown = rows if len(rows) <= 8 else rows[:8] + ["..."]
+    return f"{len(rows)} of {total} utterances (rows {', '.join(str(r) for r in shown)})"
+
+
+@torch.no_grad()
+def locate_non_finite(model: SERModel, batch_inputs: Any, lengths: torch.Tensor, features: bool) -> Optional[str]:
+    """Re-run one batch stage by stage; a one-line message naming the first stage with NaN/inf output, or None.
+
+    ``batch_inputs`` and ``lengths`` are what the model was given (``trainer.forward_batch``):
+    waveforms ``[B, S]`` and their sample counts (``features`` false), or the precomputed hidden
+    states of the kept layers and their frame counts (``features`` true). The stages: the upstream
+    (or the precomputed features), the layer use (``features.layer``), the projection
+    (``features.projection``), the aggregator, the classifier; the plugins are named with kind, name
+    and distribution. Frame-level outputs count their valid frames only (NaN/inf in the padding is
+    mentioned when the next stage turns it into NaN/inf). None when every stage is finite (then the
+    loss itself is not: e.g. a margin of the classifier's ``training_logits``).
+
+    The model keeps its mode (train/eval); run it under the same autocast as the failing forward.
+    Random number streams and buffers (BatchNorm statistics) are restored afterwards, so training
+    goes on as if it had not run.
+    """
+    head = model.head
+    device = lengths.device
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return _locate(model, head, batch_inputs, lengths, features)
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                if name in saved:
+                    buf.copy_(saved[name])
+
+
+def _locate(model: SERModel, head: SERHead, batch_inputs: Any, lengths: torch.Tensor, features: bool) -> Optional[str]:
+    upstream = model.upstream
+    if features:
+        states, frame_lengths = list(batch_inputs), lengths
+        for i, state in enumerate(states):
+            bad, _ = _non_finite_rows(state, frame_lengths)
+            if bad:
+                return (f"the precomputed features (layer {model.upstream_layers[i]} of "
+                        f"{describe(upstream, 'upstream')}) hold NaN/inf in the valid frames of "
+                        f"{_rows_text(bad, state.shape[0])}")
+    else:
+        out = upstream(batch_inputs, lengths)
+        check_upstream_output(upstream, out, lengths)
+        frame_lengths = out.lengths
+        for i, state in enumerate(out.hidden_states):
+            bad, _ = _non_finite_rows(state, frame_lengths)
+            if bad:
+                return (f"{describe(upstream, 'upstream')} gave NaN/inf in the valid frames of hidden_states[{i}] "
+                        f"for {_rows_text(bad, state.shape[0])}")
+        states = model.select_layers(out.hidden_states)
+    batch = int(frame_lengths.shape[0])
+    used = head.layer_use(states).float()
+    bad, padding = _non_finite_rows(used, frame_lengths)
+    if bad:
+        return (f"the layer use (features.layer, {type(head.layer_use).__name__}) gave NaN/inf in the valid frames "
+                f"of {_rows_text(bad, batch)} from finite hidden states")
+    feats = head.projection(used)
+    bad, padding = _non_finite_rows(feats, frame_lengths)
+    if bad:
+        return (f"the projection (features.projection, {type(head.projection).__name__}) gave NaN/inf in the valid "
+                f"frames of {_rows_text(bad, batch)} from finite input")
+    pooled = head.aggregator(feats, frame_lengths)
+    bad, _ = _non_finite_rows(pooled)
+    if bad:
+        frames = int(feats.shape[1])
+        rows_lengths = [int(frame_lengths[r]) for r in bad]
+        if padding and set(bad) <= set(padding):
+            source = ("its input held NaN/inf only in the padded frames of those rows, beyond lengths: padded "
+                      "frames must be finite, and the aggregator must not read them")
+        elif all(n < frames for n in rows_lengths):
+            source = (f"from finite input; all of them padded (valid frames {rows_lengths[:8]} of {frames}): "
+                      "it reads the padding, mask it with lengths")
+        else:
+            source = "from finite input frames"
+        return f"{describe(head.aggregator, 'aggregator')} gave NaN/inf for {_rows_text(bad, batch)} ({source})"
+    logits = head.classifier(pooled)
+    bad, _ = _non_finite_rows(logits)
+    if bad:
+        return (f"{describe(head.classifier, 'classifier')} gave NaN/inf logits for {_rows_text(bad, batch)} "
+                "from finite pooled vectors")
+    return None
 
 
 def head_sees_only_means(head: SERHead) -> bool:

@@ -7,7 +7,9 @@
 Each ``check_*`` builds the plugin (through the registry for a name, directly for a class), runs
 the same checks the built-in plugins pass and raises ``ContractCheckError`` (an
 ``AssertionError``) naming the plugin, the check and what was expected vs what came back. It
-returns the names of the checks that ran (a skipped check says why).
+returns the names of the checks that ran (a skipped check says why). A registered plugin that
+cannot be imported fails check ``'import'``, a constructor that raises fails check ``'build'``:
+test failures too (not pytest errors), with the original exception as the cause.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from ser_plugins import registry
 from ser_plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
                                   check_classifier_output, check_upstream_declaration, check_upstream_output, describe)
 from ser_plugins.contracts import FINETUNE_MODES
-from ser_plugins.probe import synthetic_waves
+from ser_plugins.probe import difference, synthetic_waves
 
 __all__ = ["ContractCheckError", "check_upstream", "check_aggregator", "check_classifier", "check_corpus"]
 
@@ -74,10 +76,18 @@ class _Checks:
 
 
 def _build(kind: str, plugin: Any, args: tuple, kwargs: dict) -> Tuple[Any, Optional[Callable[[], Any]]]:
-    """``(instance, factory for another instance or None)`` from a name, a class/factory or an instance."""
+    """``(instance, factory for another instance or None)`` from a name, a class/factory or an instance.
+
+    A registered plugin that cannot be found, imported or built fails check ``'import'`` or ``'build'``
+    (a ``ContractCheckError``: a test failure in pytest, with the plugin's own error as its cause).
+    """
     if isinstance(plugin, str):
+        try:
+            registry.load(kind, plugin)
+        except registry.PluginError as exc:
+            raise ContractCheckError(f"{kind} {plugin!r} failed check 'import': {exc}") from exc
         factory = lambda: registry.create(kind, plugin, *args, **kwargs)  # noqa: E731
-        return factory(), factory
+        return _first_instance(kind, repr(plugin), factory), factory
     if isinstance(plugin, torch.nn.Module) or (kind == "corpus" and not callable(plugin)):
         if kwargs:
             raise TypeError(f"options {sorted(kwargs)} were given with an already built {kind}")
@@ -94,7 +104,19 @@ def _build(kind: str, plugin: Any, args: tuple, kwargs: dict) -> Tuple[Any, Opti
             obj.config = options
         return obj
 
-    return factory(), factory
+    return _first_instance(kind, repr(name), factory), factory
+
+
+def _first_instance(kind: str, name: str, factory: Callable[[], Any]) -> Any:
+    """``factory()``; a constructor that raises fails check ``'build'`` (bad options stay a ``PluginError``
+    with the registry's hint, which ``ContractCheckError`` is too)."""
+    try:
+        return factory()
+    except ContractCheckError:
+        raise
+    except Exception as exc:  # the plugin's own exception, or the registry's option check
+        detail = str(exc) if isinstance(exc, registry.PluginError) else f"raised {type(exc).__name__}: {exc}"
+        raise ContractCheckError(f"{kind} {name} failed check 'build': {detail}") from exc
 
 
 def _devices(devices: Optional[Sequence[str]]) -> List[torch.device]:
@@ -105,17 +127,7 @@ def _devices(devices: Optional[Sequence[str]]) -> List[torch.device]:
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> Optional[str]:
     """None when close, else a one-line description of the largest difference."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    if a.shape != b.shape:
-        return f"shape {list(a.shape)} vs {list(b.shape)}"
-    diff = (a - b).abs()
-    both_nan = torch.isnan(a) & torch.isnan(b)
-    bad = (diff > atol + rtol * b.abs()) & ~both_nan | (torch.isnan(a) ^ torch.isnan(b))
-    if not bool(bad.any()):
-        return None
-    finite = ~torch.isnan(diff)
-    worst = float(diff[finite].max()) if bool(finite.any()) else float("nan")
-    return f"max abs difference {worst:.3g} (atol {atol:g}, rtol {rtol:g})"
+    return difference(a, b, atol, rtol)
 
 
 # --- upstreams --------------------------------------------------------------------------------------
