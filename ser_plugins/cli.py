@@ -58,12 +58,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     model = build_from_recipe(recipe, len(labels))
     from ser_plugins.probe import probe_model
 
-    probe_model(model, len(labels))  # one forward pass on synthetic audio: every plugin boundary is checked
+    probe_model(model, len(labels))  # one forward pass on synthetic audio (every plugin boundary checked), padding
     n_head = sum(p.numel() for p in model.head.parameters())
     n_up = sum(p.numel() for p in model.upstream.parameters())
     print(f"recipe OK: upstream {recipe.upstream.name} ({n_up:,} parameters, {model.upstream.num_layers} layers), "
           f"head {n_head:,} parameters{note}, finetune {recipe.finetune.mode}; "
-          "one forward pass on synthetic audio OK")
+          "one forward pass on synthetic audio OK, padding checks OK")
     return 0
 
 
@@ -145,9 +145,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``ser --version``: ser-plugins' version and those of torch and transformers (read from the installed
+    metadata: nothing is imported)."""
+    from importlib import metadata
+
+    from ser_plugins import __version__
+
+    def installed(dist: str) -> str:
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            return f"{dist} not installed"
+
+    python = ".".join(str(v) for v in sys.version_info[:3])
+    return f"ser-plugins {__version__} ({installed('torch')}, {installed('transformers')}; Python {python})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: computed when asked for, not each time the parser is built."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ser`` argument parser."""
     p = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition with plugin upstreams and heads.")
+    p.add_argument("--version", action=_VersionAction,
+                   help="print the versions of ser-plugins, torch and transformers and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -179,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_launcher_arguments(g)
     g.set_defaults(func=_cmd_grid)
 
-    v = sub.add_parser("validate", help="check a recipe and build its model, without data")
+    v = sub.add_parser("validate", help="check a recipe and build its model, without data; run it once on synthetic "
+                                        "audio and check its plugins' padding (finite, unchanged by padding)")
     v.add_argument("recipe")
     v.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=_cmd_validate)
@@ -191,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("kind", nargs="?", choices=list(registry.KINDS), help="only this kind")
     ls.add_argument("--pattern", default="*", help="glob on plugin names, e.g. '*hubert*'")
     ls.add_argument("--check", action="store_true",
-                    help="import every plugin, run each that builds from its defaults once on synthetic input, "
-                         "report broken ones and name clashes (exit 1 when any is broken or ambiguous)")
+                    help="import every plugin, run each that builds from its defaults once on synthetic input "
+                         "(with the padding checks of ser validate), report broken ones and name clashes "
+                         "(exit 1 when any is broken or ambiguous)")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_list)
 

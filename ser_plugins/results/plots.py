@@ -40,25 +40,44 @@ def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Pat
     plt.close(fig)
 
 
-def plot_curves(history: List[Dict[str, float]], path: Path, title: str = "") -> None:
-    """Training and dev loss and dev UA per epoch as a PNG."""
+#: up to this many epochs each point gets a marker; beyond, plain lines (markers would merge into a band)
+MARKER_EPOCHS = 20
+
+
+def plot_curves(history: List[Dict[str, float]], path: Path, title: str = ""):
+    """Training and dev loss (left axis) and dev UA (right axis) per epoch as a PNG; returns the figure.
+
+    Lines, with a marker on each point only for short histories (``MARKER_EPOCHS``); one legend for
+    both axes, below the plot, so that it hides no curve. A history without dev values
+    (``protocol.dev: none``) has the training loss only.
+    """
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(6, 3.5))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:red", label="train loss")
-    if all("dev_loss" in h for h in history):
-        ax1.plot(epochs, [h["dev_loss"] for h in history], "^--", color="tab:orange", label="dev loss")
-    ax1.legend(loc="upper center", fontsize=8)
+    marks = len(history) <= MARKER_EPOCHS
+
+    def style(marker: str, line: str = "-") -> dict:
+        return {"linestyle": line, "marker": marker if marks else None, "markersize": 4, "linewidth": 1.2}
+
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    lines = ax1.plot(epochs, [h["train_loss"] for h in history], color="tab:red", label="train loss", **style("o"))
+    if history and all("dev_loss" in h for h in history):
+        lines += ax1.plot(epochs, [h["dev_loss"] for h in history], color="tab:orange", label="dev loss",
+                          **style("^", "--"))
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss (cross-entropy)", color="tab:red")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h["dev_ua"] for h in history], "s-", color="tab:blue", label="dev UA")
-    ax2.set_ylabel("dev UA", color="tab:blue")
-    ax2.set_ylim(0, 1)
+    if history and all("dev_ua" in h for h in history):  # protocol.dev: none has no dev curve
+        ax2 = ax1.twinx()
+        lines += ax2.plot(epochs, [h["dev_ua"] for h in history], color="tab:blue", label="dev UA", **style("s"))
+        ax2.set_ylabel("dev UA", color="tab:blue")
+        ax2.set_ylim(0, 1)
+    # one legend for both axes, outside them (below the x label): it covers no line, whatever their course
+    fig.legend(lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), fontsize=8,
+               frameon=False)
     ax1.set_title(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend row
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+    return fig
 
 
 def plot_layer_weights(weights: Dict[str, List[float]], path: Path, title: str = "") -> None:
