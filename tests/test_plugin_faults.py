@@ -296,3 +296,17 @@ def test_in_a_plugin_authors_pytest_run_it_is_a_failure_not_an_error(tmp_path):
     assert "2 failed" in summary and "error" not in summary, res.stdout + res.stderr
     assert "ContractCheckError: aggregator 'missing_pool' failed check 'import'" in res.stdout
     assert "aggregator 'raising_pool' failed check 'build': raised RuntimeError: weights file missing" in res.stdout
+
+
+def test_a_non_finite_loss_in_training_names_the_plugin(broken, tiny_demo_root, tmp_path):
+    from helpers import recipe_for
+    from ser_plugins.recipe import load_recipe
+    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.trainer import TrainingDiverged
+
+    recipe = load_recipe(recipe_for(tiny_demo_root, aggregator="nan_on_padded", classifier="linear",
+                                    features={"normalize": None}, data={"precompute": False},
+                                    training={"epochs": 1, "batch_size": 8}))
+    with pytest.raises(TrainingDiverged) as caught:
+        run_recipe(recipe, str(tmp_path / "run"), folds=["1"], progress=False)
+    assert _named("aggregator", "nan_on_padded", "NanOnPadded") in str(caught.value)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ser_plugins.data.sources import Batch, BatchPlan, BatchSource
 from ser_plugins.errors import UserError
+from ser_plugins.model import SERModel, locate_non_finite
 from ser_plugins.recipe import FinetuneConfig, TrainingConfig
 from ser_plugins.results.metrics import classification_metrics
 from ser_plugins.training import distributed as ddp_tools
@@ -119,8 +120,10 @@ def evaluate(model: nn.Module, source: BatchSource, ids: Sequence[str], labels: 
             logits = forward_batch(model, batch)
         if not torch.isfinite(logits).all():
             bad = [batch.ids[i] for i in range(len(batch.ids)) if not torch.isfinite(logits[i]).all()]
-            raise TrainingDiverged(f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]}); "
-                                   "no result is written")
+            source = locate_non_finite(model, batch.inputs, batch.lengths, batch.features) \
+                if isinstance(model, SERModel) else None
+            raise TrainingDiverged(f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]})"
+                                   f"{': ' + source if source else ''}; no result is written")
         p = torch.softmax(logits.float(), dim=-1).cpu()
         probs.append(p)
         preds.extend(p.argmax(-1).tolist())
@@ -181,6 +184,7 @@ class FoldTrainer:
         self._saved_at: Optional[float] = None  # monotonic time of the last resume checkpoint
         self._save_due = True
         self._params: Optional[tuple] = None  # (optimizer, its parameters), read once per fit
+        self._non_finite_stage: Optional[str] = None  # the plugin that last gave NaN/inf, when named
 
     def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
         if self.training.class_weights:
@@ -371,8 +375,20 @@ class FoldTrainer:
             raise TrainingDiverged(f"fold {self.fold_dir.name}: every training batch held one utterance, and the head's "
                                    "BatchNorm needs two; raise training.max_batch_seconds or training.batch_size")
         if count == 0:
-            raise TrainingDiverged(f"fold {self.fold_dir.name}: no finite loss in a whole epoch")
+            stage = f" ({self._non_finite_stage})" if self._non_finite_stage else ""
+            raise TrainingDiverged(f"fold {self.fold_dir.name}: no finite loss in a whole epoch{stage}")
         return total / count
+
+    def _non_finite_source(self, batch) -> Optional[str]:
+        """Which stage (plugin) first gave NaN/inf on ``batch``; None when none can be named."""
+        if not isinstance(self.model, SERModel):
+            return None
+        with autocast(self.device, self.training.precision):
+            try:
+                return locate_non_finite(self.model, batch.inputs, batch.lengths, batch.features)
+            except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the original problem
+                log.debug("could not locate the non-finite stage: %s", exc)
+                return None
 
     def _step(self, optimizer, scheduler, accumulated: int) -> None:
         """One optimiser step over ``accumulated`` batches (a partial group is rescaled to a mean)."""
@@ -403,6 +419,10 @@ class FoldTrainer:
         self.nan_steps += 1
         msg = (f"fold {self.fold_dir.name}: non-finite loss ({loss.item()}) on a batch of "
                f"{len(batch.ids)} utterances (first: {batch.ids[0]})")
+        source = self._non_finite_source(batch)
+        if source:
+            msg += f": {source}"
+            self._non_finite_stage = source
         if self.training.nan_policy == "stop":
             raise TrainingDiverged(msg + "; training.nan_policy is 'stop'")
         if self.nan_steps > self.training.max_nan_steps:
