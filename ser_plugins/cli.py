@@ -105,19 +105,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    if deploy_commands.wants_deploy_predict(args):  # --engine onnx, --window: no torch import on the ONNX path
-        return deploy_commands.predict_command(args)
-    from ser_plugins.predict import Predictor, format_results
-
-    predictor = Predictor(Path(args.run_dir), args.fold, min_speaker_files=args.min_speaker_files)
-    results = predictor.predict_files(args.files)
-    sys.stdout.write(format_results(results, predictor.labels, args.format))
-    bad = [r for r in results if r["problem"] is not None]
-    for r in bad:
-        print(f"warning: {r['path']}: not scored: {r['problem']} ({r['detail']})", file=sys.stderr)
-    if bad:
-        print(f"warning: {len(bad)} of {len(results)} files not scored", file=sys.stderr)
-    return 1 if bad else 0
+    # both engines, whole files and --window: one code path (the ONNX one imports no torch)
+    return deploy_commands.predict_command(args)
 
 
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:

@@ -48,11 +48,6 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def wants_deploy_predict(args: argparse.Namespace) -> bool:
-    """True: every ``ser predict`` goes through ``predict_command`` (both engines, whole files and ``--window``)."""
-    return True
-
-
 def export_command(args: argparse.Namespace) -> int:
     """``ser export``: print one line per exported fold."""
     from ser_plugins.export import DEFAULT_ATOL, export_run
