@@ -41,7 +41,7 @@ SETUP_PHASE, SUMMARY_PHASE = BRIEF_PHASES
 
 STATE_FILE, REFIT_STATE_FILE = "last_state.pt", "refit_state.pt"  # a fold's resume state (deleted when it ends)
 SELECTION_FILE = "selection.json"  # a refitting fold's first pass: what the dev set chose
-MAX_NAMED_SKIPS = 1000  # skipped utterances named one by one in run.json (all are counted)
+MAX_NAMED_SKIPS = 1000  # skipped utterances and corpus problems named one by one in run.json (all are counted)
 
 
 def effective_precision(precision: str, device: str) -> str:
@@ -293,6 +293,7 @@ class Runner:
                                                "test": len(f.test)} for f in prep.folds],
             "skipped": count_reasons(prep.skipped), "skipped_files": skipped_files,
             "corpus_problems": len(prep.corpus_problems),
+            "corpus_problem_details": prep.corpus_problems[:MAX_NAMED_SKIPS],  # e.g. a manifest row's missing audio
             "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "refit": r.training.refit,
                            "normalize": r.features.normalize, "transductive": r.features.transductive},
             **prep.notes,

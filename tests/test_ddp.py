@@ -168,7 +168,7 @@ def test_torchrun_resumes_a_fold_killed_mid_training(small, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = read_json(ref / "folds" / "Session1" / "metrics.json"), read_json(two / "folds" / "Session1" / "metrics.json")
     assert len(b["history"]) == len(a["history"]) == 30
-    assert [e["dev_loss"] for e in b["history"]] == pytest.approx([e["dev_loss"] for e in a["history"]], abs=1e-6)
+    assert [e["train_loss"] for e in b["history"]] == pytest.approx([e["train_loss"] for e in a["history"]], abs=1e-6)
     assert b["confusion"] == a["confusion"]
     assert (two / "folds" / "Session1" / "predictions.csv").read_text() == \
         (ref / "folds" / "Session1" / "predictions.csv").read_text()

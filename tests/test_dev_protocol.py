@@ -156,3 +156,32 @@ def test_bf16_on_a_cpu_is_reported_and_fp32_recorded(tiny_demo_root, tmp_path, c
     run_recipe(recipe, str(tmp_path / "r"), folds=["1"], progress=False)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["precision"] == "fp32"
     assert any("training.precision: bf16 is ignored on cpu" in r.getMessage() for r in caplog.records)
+
+
+def test_run_json_names_each_skipped_file_and_each_missing_manifest_row(tiny_demo_root, tmp_path):
+    import csv
+
+    from ser_plugins.recipe import load_recipe as load
+    from ser_plugins.runner import Runner as R
+
+    utterances = R(load(quick(tiny_demo_root)), tmp_path / "x").prepare().utterances
+    rows = [{"id": u.id, "path": u.path, "label": u.label, "speaker": u.speaker, "session": u.session}
+            for u in utterances.values()]
+    rows[0]["path"] = str(tmp_path / "gone.wav")  # a listed file that does not exist
+    (tmp_path / "silent.wav").write_bytes(b"")  # exists, but holds no audio: skipped when decoded
+    rows[1]["path"] = str(tmp_path / "silent.wav")
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    recipe = quick(tiny_demo_root)
+    recipe["corpus"] = {"name": "manifest", "root": str(manifest)}
+    recipe["protocol"] = {"name": "session"}
+    out = tmp_path / "run"
+    run_recipe(load_recipe(recipe), str(out), folds=["2"], progress=False)
+    run = json.loads((out / "run.json").read_text())
+    assert any("gone.wav" in p and "missing" in p for p in run["corpus_problem_details"])
+    assert run["corpus_problems"] == len(run["corpus_problem_details"])
+    assert [f["id"] for f in run["skipped_files"]] == [rows[1]["id"]]
+    assert run["skipped_files"][0]["path"].endswith("silent.wav") and run["skipped_files"][0]["reason"]
