@@ -46,3 +46,34 @@ DATA2VEC_LARGE = _hf(
     "facebook/data2vec-audio-large",
     "data2vec-audio Large (313M), Libri-Light 60k h; 24 x 1024, post-LN, layer-norm CNN; normalised input, attention mask",
 )
+
+
+# --- Whisper encoders (the ``whisper`` builder, upstreams/whisper.py; input_mode padded by default) ---
+def _whisper(hub_id: str, description: str) -> Preset:
+    return Preset(builder="whisper", kwargs={"model": hub_id}, weights=hub_id, description=description)
+
+
+WHISPER_TINY = _whisper(
+    "openai/whisper-tiny",
+    "Whisper tiny encoder (8M of 39M), 680k h multilingual weak supervision; 4 x 384, 80 mel bins, 50 frames/s",
+)
+WHISPER_BASE = _whisper(
+    "openai/whisper-base",
+    "Whisper base encoder (21M of 74M), 680k h; 6 x 512, 80 mel bins, 50 frames/s",
+)
+WHISPER_SMALL = _whisper(
+    "openai/whisper-small",
+    "Whisper small encoder (88M of 244M), 680k h; 12 x 768, 80 mel bins, 50 frames/s",
+)
+WHISPER_MEDIUM = _whisper(
+    "openai/whisper-medium",
+    "Whisper medium encoder (307M of 769M), 680k h; 24 x 1024, 80 mel bins, 50 frames/s",
+)
+WHISPER_LARGE_V3 = _whisper(
+    "openai/whisper-large-v3",
+    "Whisper large-v3 encoder (637M of 1.55B), 1M h weak + 4M h pseudo-labelled; 32 x 1280, 128 mel bins, 50 frames/s",
+)
+WHISPER_LARGE_V3_TURBO = _whisper(
+    "openai/whisper-large-v3-turbo",
+    "Whisper large-v3-turbo encoder (637M of 809M; large-v3 with 4 decoder layers, trained further); 32 x 1280, 128 mel bins",
+)
