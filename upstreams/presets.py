@@ -77,3 +77,28 @@ WHISPER_LARGE_V3_TURBO = _whisper(
     "openai/whisper-large-v3-turbo",
     "Whisper large-v3-turbo encoder (637M of 809M; large-v3 with 4 decoder layers, trained further); 32 x 1280, 128 mel bins",
 )
+
+
+# --- emotion2vec (upstreams/emotion2vec.py): the architecture and input convention come from each
+# checkpoint's own config.yaml / fairseq cfg; ModelScope ids iic/<name> are the same files.
+def _emotion2vec(hub_id: str, description: str) -> Preset:
+    return Preset(builder="emotion2vec", kwargs={"model": hub_id}, weights=hub_id, description=description)
+
+
+EMOTION2VEC_BASE = _emotion2vec(
+    "emotion2vec/emotion2vec_base",
+    "emotion2vec (~90M), data2vec 2.0 pre-trained on 262 h of emotion speech; 4 prenet + 8 blocks x 768, post-LN, "
+    "layer-norm CNN, ALiBi, 10 extra tokens; normalised input",
+)
+EMOTION2VEC_PLUS_SEED = _emotion2vec(
+    "emotion2vec/emotion2vec_plus_seed",
+    "emotion2vec+ seed (~90M): emotion2vec fine-tuned on 201 h of academic SER data (EmoBox); normalised input",
+)
+EMOTION2VEC_PLUS_BASE = _emotion2vec(
+    "emotion2vec/emotion2vec_plus_base",
+    "emotion2vec+ base (~90M): fine-tuned on 4,788 h of filtered pseudo-labelled emotion data; normalised input",
+)
+EMOTION2VEC_PLUS_LARGE = _emotion2vec(
+    "emotion2vec/emotion2vec_plus_large",
+    "emotion2vec+ large (~300M): fine-tuned on 42,526 h of filtered pseudo-labelled emotion data; normalised input",
+)
