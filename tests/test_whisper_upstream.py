@@ -556,6 +556,23 @@ def test_offline_preset_without_a_local_copy_says_how_to_get_it(tmp_path, monkey
         assert needle in message
 
 
+def test_without_transformers_it_imports_and_says_which_extra(tmp_path):
+    """transformers is optional (the ``hf`` extra): the module imports without it, building names the extra."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['transformers'] = None\n"
+        "import upstreams.whisper as w\n"
+        "try:\n    w.WhisperUpstream(model='openai/whisper-tiny')\n"
+        "except ImportError as exc:\n    print('ERR', exc)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "ERR" in res.stdout and "ser-plugins[hf]" in res.stdout
+
+
 def test_folder_without_weights(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(WeightsNotFoundError, match="config.json"):
