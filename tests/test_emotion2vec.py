@@ -14,6 +14,7 @@ import enum
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -73,13 +74,15 @@ TINY_MODEL_CONF: Dict = {
 #: variations on the released architecture, all built by the reference: the released one (post-LN,
 #: layer-norm CNN, per-head ALiBi scale; an even positional kernel, 12 // 3 = 4), a pre-LN one with a
 #: LayerNorm before the positional convs and a per-layer ALiBi scale, and a GroupNorm CNN without extra
-#: tokens and with an odd positional kernel (15 // 3 = 5)
+#: tokens, with an odd positional kernel (15 // 3 = 5) and 6 heads (ALiBi slopes for a non-power of 2, as the
+#: released models' 12)
 VARIANTS: Dict[str, Dict] = {
     "released": {},
     "pre_ln": {"layer_norm_first": True,
                "audio": {"conv_pos_pre_ln": True, "learned_alibi_scale_per_layer": True}},
-    "group_norm": {"audio": {"extractor_mode": "default", "num_extra_tokens": 0, "conv_pos_width": 15,
-                             "learned_alibi_scale_per_head": False}},
+    "group_norm": {"embed_dim": 48, "num_heads": 6,
+                   "audio": {"extractor_mode": "default", "num_extra_tokens": 0, "conv_pos_width": 15,
+                             "num_alibi_heads": 6, "learned_alibi_scale_per_head": False}},
 }
 
 
@@ -219,7 +222,8 @@ def test_every_layer_equals_the_funasr_reference(tiny, variant, one_torch_thread
     up = ser_plugins.create_upstream("emotion2vec", model=folder)
     assert isinstance(up, Emotion2vecUpstream) and up.format == "funasr"
     assert (up.hop_length, up.min_samples, up.sample_rate) == (320, 400, 16000)
-    assert up.hidden_sizes == [32] * STATES and up.batch_invariant == (variant != "group_norm")
+    dim = model_conf(variant)["embed_dim"]
+    assert up.hidden_sizes == [dim] * STATES and up.batch_invariant == (variant != "group_norm")
     worst = [0.0] * STATES
     for seconds in SECONDS:
         wav = wave(seconds)
@@ -483,6 +487,27 @@ def test_presets_are_data():
         preset = load("upstream", name)
         assert isinstance(preset, Preset) and preset.builder == "emotion2vec"
         assert preset.kwargs == {"model": hub} and preset.weights == hub and preset.description
+
+
+def test_local_checkpoints_need_nothing_beyond_torch(tiny):
+    """Neither transformers, huggingface_hub, FunASR, fairseq nor omegaconf (blocked here) for a local folder;
+    hub ids need huggingface_hub, an optional extra."""
+    from importlib import metadata
+
+    code = (
+        "import sys\n"
+        "for name in ('transformers', 'huggingface_hub', 'funasr', 'fairseq', 'omegaconf', 'torchaudio'):\n"
+        "    sys.modules[name] = None  # import fails\n"
+        "import torch, ser_plugins\n"
+        f"up = ser_plugins.create_upstream('emotion2vec', model={tiny['released'][1]!r})\n"
+        "print(len(up(torch.zeros(1, 8000), torch.tensor([8000])).hidden_states))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == str(STATES)
+    requires = [r.replace(" ", "") for r in metadata.requires("ser-plugins") or []]
+    assert 'huggingface_hub>=0.20;extra=="emotion2vec"' in requires
+    assert not any(r.startswith(("huggingface_hub", "funasr")) and "extra==" not in r for r in requires)
 
 
 def test_config_parsing():

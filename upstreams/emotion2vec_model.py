@@ -302,29 +302,23 @@ def alibi_slopes(heads: int) -> List[float]:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection, an additive bias and a key padding mask."""
+    """Multi-head self-attention with one fused qkv projection and an additive float mask (bias + padding)."""
 
     def __init__(self, dim: int, heads: int, attn_drop: float, proj_drop: float) -> None:
         super().__init__()
         self.heads = heads
-        self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor], key_valid: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, Dh]
-        scores = (q * self.scale) @ k.transpose(-2, -1)
-        if bias is not None:  # the reference adds the (float32) bias in float32
-            scores = scores.float() + bias
-        if key_valid is not None:
-            scores = scores.masked_fill(~key_valid[:, None, None, :], float("-inf"))
-        weights = self.attn_drop(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype))
-        out = (weights @ v).transpose(1, 2).reshape(batch, length, dim)
-        return self.proj_drop(self.out_proj(out))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.out_proj(out.transpose(1, 2).reshape(batch, length, dim)))
 
 
 class FeedForward(nn.Module):
@@ -353,12 +347,13 @@ class Block(nn.Module):
         self.ffn = FeedForward(dim, int(dim * cfg.mlp_ratio), cfg.activation_dropout)
         self.post_mlp_dropout = nn.Dropout(cfg.post_mlp_drop)
 
-    def forward(self, x: torch.Tensor, bias: Optional[torch.Tensor], key_valid: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``mask``: additive attention mask ``[B or 1, heads, N, N]`` (ALiBi bias, -inf on padded keys) or None."""
         if self.layer_norm_first:
-            x = x + self.attention(self.norm1(x), bias, key_valid)
+            x = x + self.attention(self.norm1(x), mask)
             r = self.ffn(self.norm2(x))
             return r + self.post_mlp_dropout(r)  # sic: data2vec 2.0's pre-LN block adds the FFN output to itself
-        x = self.norm1(x + self.attention(x, bias, key_valid))
+        x = self.norm1(x + self.attention(x, mask))
         return self.norm2(x + self.post_mlp_dropout(self.ffn(x)))
 
 
@@ -418,21 +413,31 @@ class Emotion2vecEncoder(nn.Module):
         return frames
 
     # --- forward ---------------------------------------------------------------------------------
-    def _alibi(self, frames: int, block: int, device: torch.device) -> Optional[torch.Tensor]:
-        """The scaled ALiBi bias of ``block``, ``[1, heads, E + T, E + T]``, zero on the extra tokens' rows/columns."""
+    def _alibi_base(self, frames: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The unscaled ALiBi bias ``[1, heads, E + T, E + T]``: ``-slope_h * |i - j|``, zero on the extra tokens'
+        rows and columns and for heads beyond ``num_alibi_heads``."""
         if self.alibi_scale is None:
             return None
         pos = torch.arange(frames, device=device)
         distance = (pos.unsqueeze(0) - pos.unsqueeze(1)).abs().neg().float()
         bias = self.alibi_slopes.float().to(device)[:, None, None] * distance.unsqueeze(0)  # [Ha, T, T]
-        scale = self.alibi_scale.clamp_min(0)
-        scale = scale[block] if scale.shape[0] > 1 else scale[0]  # [1, Ha or 1, 1, 1]
-        bias = bias.unsqueeze(0) * scale.float()
         extra = self.cfg.num_extra_tokens
-        missing = self.cfg.num_heads - self.cfg.num_alibi_heads  # heads without a bias
+        missing = self.cfg.num_heads - self.cfg.num_alibi_heads
         if extra or missing:
             bias = F.pad(bias, (extra, 0, extra, 0, 0, missing))
-        return bias
+        return bias.unsqueeze(0)
+
+    def _mask(self, base: Optional[torch.Tensor], block: int, padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Block ``block``'s additive attention mask: the ALiBi bias times its scale (clamped at 0) plus ``padding``."""
+        if base is None:
+            return padding
+        scale = self.alibi_scale.clamp_min(0).float()
+        scale = scale[block] if scale.shape[0] > 1 else scale[0]  # [1, Ha or 1, 1, 1]
+        missing = base.shape[1] - scale.shape[1]
+        if scale.shape[1] > 1 and missing:
+            scale = F.pad(scale, (0, 0, 0, 0, 0, missing))
+        mask = base * scale
+        return mask if padding is None else mask + padding
 
     def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 num_blocks: Optional[int] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
@@ -448,26 +453,30 @@ class Emotion2vecEncoder(nn.Module):
             valid = torch.arange(frames, device=x.device).unsqueeze(0) < frame_counts.unsqueeze(1)
         x = x + self.pos_conv(x, valid)
         extra = self.cfg.num_extra_tokens
-        key_valid = None
         if self.extra_tokens is not None:
             x = torch.cat([self.extra_tokens.expand(batch, -1, -1).to(x.dtype), x], dim=1)
-            if valid is not None:
-                valid = F.pad(valid, (extra, 0), value=True)
-        if valid is not None:
-            key_valid = valid
+        padding = None
+        if valid is not None:  # -inf on padded keys; the extra tokens are always valid
+            keys = F.pad(valid, (extra, 0), value=True)
+            padding = torch.zeros(keys.shape, dtype=torch.float32, device=x.device).masked_fill(~keys, float("-inf"))
+            padding = padding[:, None, None, :]
         if self.prenet_norm is not None:
             x = self.prenet_norm(x)
         x = self.prenet_dropout(x)
         states = [x[:, extra:]]
         count = len(self.blocks) if num_blocks is None else int(num_blocks)
+        base = self._alibi_base(frames, x.device)
+        shared = self.alibi_scale is None or self.alibi_scale.shape[0] == 1  # one mask for every block
+        mask = self._mask(base, 0, padding) if shared else None
         for i, block in enumerate(list(self.blocks)[:count]):
             if i == self.cfg.prenet_depth:
                 x = self.input_dropout(x)
-            bias = self._alibi(frames, i, x.device)
+            if not shared:
+                mask = self._mask(base, i, padding)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, bias, key_valid, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
             else:
-                x = block(x, bias, key_valid)
+                x = block(x, mask)
             states.append(x[:, extra:])
         if self.final_norm is not None and count == len(self.blocks):
             states[-1] = self.final_norm(states[-1])
