@@ -151,6 +151,15 @@ def test_cut_log_mel_equals_extractor_on_the_utterance_alone(dirs):
     assert worst["torch"] <= 1e-4 and worst["numpy"] <= 1e-4
 
 
+def test_log_mel_stays_float32_under_mixed_precision(dirs):
+    up = build(dirs["w30"])
+    wavs, lengths = batch(16000, 7000)
+    reference, _ = up.input_features(wavs, lengths)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed, _ = up.input_features(wavs, lengths)
+    assert mixed.dtype == torch.float32 and max_diff(mixed, reference) == 0.0
+
+
 def test_log_mel_exports_to_onnx(tmp_path):
     """The log-mel is plain torch (gather, unfold, rfft, matmul): it exports, with dynamic batch and length."""
     pytest.importorskip("onnxscript")
@@ -173,6 +182,37 @@ def test_log_mel_exports_to_onnx(tmp_path):
     ref = LogMel()(wavs, lengths)
     for i, n in enumerate(lengths.tolist()):
         assert max_diff(got[i, :, : n // 160], ref[i, :, : n // 160]) < 1e-4
+
+
+def test_padded_upstream_exports_to_onnx_for_any_number_of_windows(dirs, tmp_path):
+    """log-mel + encoder in one graph, traced on one window, run by onnxruntime on one and on three windows."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    up = build(dirs["v3_short"])
+
+    class Part(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = up
+
+        def forward(self, wavs, lengths):
+            out = self.up(wavs, lengths)
+            return tuple(out.hidden_states) + (out.lengths,)
+
+    path = tmp_path / "whisper.onnx"
+    dims = ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("samples", min=401, max=10**7)},
+            {0: torch.export.Dim("batch", max=64)})
+    torch.onnx.export(Part().eval(), batch(20000, 9000), str(path), dynamo=True, dynamic_shapes=dims, verbose=False)
+    session = ort.InferenceSession(str(path))
+    names = [i.name for i in session.get_inputs()]
+    for lengths in [(25000, 1000), (5 * SR + 7, 30000, 401)]:  # one 2-s window; three
+        wavs, lens = batch(*lengths, seed=2)
+        got = session.run(None, {names[0]: wavs.numpy(), names[1]: lens.numpy()})
+        with torch.no_grad():
+            ref = Part()(wavs, lens)
+        assert got[-1].tolist() == ref[-1].tolist()
+        for g, r in zip(got[:-1], ref[:-1]):
+            assert g.shape == tuple(r.shape) and max_diff(torch.from_numpy(g), r) < 1e-4
 
 
 # --- frames ---------------------------------------------------------------------------------------

@@ -379,16 +379,20 @@ class WhisperUpstream(Upstream):
             peak = torch.full_like(window_lengths, x.shape[1] // self.mel_hop)
         else:
             ends, peak = window_lengths, mel_frames
-        mel = log_mel_spectrogram(x, ends, peak, self.window, self.filters, self.n_fft, self.mel_hop)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # float32 under mixed precision too
+            mel = log_mel_spectrogram(x, ends, peak, self.window.float(), self.filters.float(), self.n_fft, self.mel_hop)
         return mel, mel_frames
 
     # --- the encoder -------------------------------------------------------------------------
-    def encode(self, features: torch.Tensor, mel_frames: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def encode(self, features: torch.Tensor, mel_frames: Optional[torch.Tensor] = None,
+               keep: Optional[int] = None) -> List[torch.Tensor]:
         """Every kept hidden state ``[N, T, D]`` of the encoder for log-mel ``features`` ``[N, n_mels, F]``.
 
         ``mel_frames=None``: the whole input is valid (``WhisperEncoder``'s computation, any ``F``
         up to 3000, the positions sliced to ``ceil(F / 2)``); otherwise frames at or beyond
         ``mel_frames`` are zeroed before each convolution and masked out of the attention.
+        ``keep``: return only the first ``keep`` frames of each state (copies: a padded 30-s window's
+        other frames are freed as soon as the next layer has read them).
         """
         enc = self.encoder
         dtype = enc.conv1.weight.dtype
@@ -410,10 +414,17 @@ class WhisperUpstream(Upstream):
             valid = torch.arange(steps, device=x.device).unsqueeze(0) < ((frames + 1) // 2).unsqueeze(1)
             blocked = torch.zeros(valid.shape, dtype=dtype, device=x.device).masked_fill(~valid, torch.finfo(dtype).min)
             attention = blocked[:, None, None, :].expand(-1, 1, steps, steps)
-        states = [hidden]
-        for layer in enc.layers:
+        wanted = set(self._layer_indices)
+
+        def kept(index: int, state: torch.Tensor) -> Optional[torch.Tensor]:
+            if index not in wanted:
+                return None
+            return state if keep is None else state[:, :keep].contiguous()  # no copy when nothing is cut
+
+        states = [kept(0, hidden)]
+        for index, layer in enumerate(enc.layers, start=1):
             hidden = self._run_layer(layer, hidden, attention)
-            states.append(hidden)
+            states.append(kept(index, hidden))
         if self._final_norm:
             states[-1] = enc.layer_norm(states[-1])
         return [states[i] for i in self._layer_indices]
@@ -437,9 +448,11 @@ class WhisperUpstream(Upstream):
         count = features.shape[0] // batch
         samples = max(wavs.shape[1], self.min_samples)
         trainable = any(p.requires_grad for p in self.encoder.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            states = self.encode(features, None if self.input_mode == "padded" else mel_frames)
         total = self._total_frames(samples)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            # one window: its first `total` frames; several: every frame of each (total > max_positions)
+            states = self.encode(features, None if self.input_mode == "padded" else mel_frames,
+                                 keep=torch.sym_min(total, self.max_positions))
         selected = [s.reshape(batch, count * s.shape[1], s.shape[2])[:, :total] for s in states]
         if selected[0].dtype != torch.float32:
             selected = [s.float() for s in selected]
