@@ -474,7 +474,8 @@ def test_offline_hub_id_without_local_copy_explains_how_to_get_it(tmp_path, monk
     msg = str(err.value)
     for part in ("emotion2vec/emotion2vec_plus_large", "model=/path/to/emotion2vec_plus_large",
                  "huggingface-cli download emotion2vec/emotion2vec_plus_large",
-                 "modelscope download --model iic/emotion2vec_plus_large", "HF_HUB_OFFLINE"):
+                 "modelscope download --model iic/emotion2vec_plus_large", "HF_HUB_OFFLINE",
+                 f"Looked in the Hugging Face cache at {tmp_path / 'empty_cache'}"):
         assert part in msg, (part, msg)
     assert isinstance(err.value, OSError)  # as the hf upstream's
 

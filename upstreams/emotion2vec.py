@@ -34,7 +34,7 @@ from upstreams.emotion2vec_model import (
     map_reference_state_dict,
 )
 from upstreams.hf import DTypeLike, resolve_dtype
-from upstreams.hf_hub import WeightsNotFoundError, _one_line, offline_mode
+from upstreams.hf_hub import WeightsNotFoundError, _hub_cache_dir, _one_line, offline_mode
 from upstreams.safe_checkpoint import STUB_PREFIXES, load_checkpoint, to_plain
 
 __all__ = ["Emotion2vecUpstream", "Emotion2vecSource", "locate_emotion2vec", "load_emotion2vec",
@@ -45,9 +45,10 @@ __all__ = ["Emotion2vecUpstream", "Emotion2vecSource", "locate_emotion2vec", "lo
 EMOTION2VEC_STUB_PREFIXES: Tuple[str, ...] = STUB_PREFIXES + ("examples.data2vec.", "emotion2vec.", "funasr.")
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.pt"
-#: ModelScope ids and their Hugging Face mirrors (the same files)
+#: ModelScope ids (iic/..., formerly damo/...) and their Hugging Face mirrors (the same files)
 HF_MIRRORS: Dict[str, str] = {
-    f"iic/{name}": f"emotion2vec/{name}"
+    f"{org}/{name}": f"emotion2vec/{name}"
+    for org in ("iic", "damo")
     for name in ("emotion2vec_base", "emotion2vec_base_finetuned", "emotion2vec_plus_seed", "emotion2vec_plus_base",
                  "emotion2vec_plus_large")
 }
@@ -96,8 +97,7 @@ def not_found(model: str, reason: str, revision: Optional[str] = None, cache_dir
         else:
             lines.append("  * or check this machine's access to the Hugging Face Hub (network, proxy, HF_ENDPOINT, "
                          "HF_TOKEN); on machines without internet set HF_HUB_OFFLINE=1 to fail fast")
-        if cache_dir:
-            lines.append(f"Looked in the Hugging Face cache at {cache_dir}.")
+        lines.append(f"Looked in the Hugging Face cache at {_hub_cache_dir(cache_dir)}.")
     else:
         lines += [
             f"  * check the path {os.path.abspath(os.path.expanduser(model))}: it must be a folder with {WEIGHTS_FILE} "
