@@ -46,7 +46,7 @@ from ser_plugins import list_plugins
 from ser_plugins.data.normalize import Normalizer
 from ser_plugins.data.prepare import prepare
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 

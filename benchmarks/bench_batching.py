@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from common import ForwardCounter, demo_corpus, layernorm_wav2vec2_folder, load_average, machine, median, spread
 
-import ser_plugins.data.features as features_module
+import ser_plugins.data.extract as features_module
 from ser_plugins import create_corpus, create_upstream
 from ser_plugins.data.audio import load_audio
 from ser_plugins.data.batching import bucket_batches

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from common import machine
 
-import ser_plugins.data.features as data
+import ser_plugins.data.extract as data
 from ser_plugins import create_aggregator, create_upstream
-from ser_plugins.boundary import check_aggregator_output, check_upstream_output
+from ser_plugins.plugins.boundary import check_aggregator_output, check_upstream_output
 from ser_plugins.data.batching import pad_waves
 
 

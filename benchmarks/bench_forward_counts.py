@@ -17,8 +17,8 @@ from pathlib import Path
 
 from common import WORK, demo_corpus
 
-from ser_plugins.grid import run_grid
-from ser_plugins.io import read_json
+from ser_plugins.launch.grid import run_grid
+from ser_plugins.runtime.atomic import read_json
 
 HEADS = "mean,stats,attentive_stats"
 S3PRL = {"total_steps": 30_000, "train_batch_size": 4, "gradient_accumulate_steps": 8, "eval_step": 1_000}

@@ -1,7 +1,7 @@
 """Trainable frame-level heads on the demo corpus: accuracy beside a converged linear reference, and cost.
 
 Accuracy: log-mel filter banks (80, frozen), leave-one-session-out (5 folds, dev = one held-out
-training speaker), each head trained by the real runner (``ser_plugins.runner.run_recipe``),
+training speaker), each head trained by the real runner (``ser_plugins.training.runner.run_recipe``),
 with speaker normalisation (``--normalize speaker,none`` adds the heads without it: about twice
 the time). Reference on the same features and the same folds, with and without speaker
 normalisation: scikit-learn ``LogisticRegression(max_iter=5000)`` on each utterance's mean fbank
@@ -36,7 +36,7 @@ from common import WORK, demo_corpus, machine
 import ser_plugins
 from ser_plugins.results.metrics import classification_metrics, mean_std
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import Runner, run_recipe
+from ser_plugins.training.runner import Runner, run_recipe
 
 #: head name -> (aggregator section, classifier section); the defaults of each plugin unless stated
 #: the heads run by default (``--heads`` picks others from HEADS)

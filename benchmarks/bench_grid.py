@@ -27,8 +27,8 @@ from typing import Any, Dict, List
 import yaml
 from common import WORK, ForwardCounter, demo_corpus, hubert_base_folder, load_average, machine, median, spread
 
-from ser_plugins.grid import run_grid
-from ser_plugins.io import read_json
+from ser_plugins.launch.grid import run_grid
+from ser_plugins.runtime.atomic import read_json
 from upstreams.hf import TransformersEncoderUpstream
 
 HEADS = [("mean", "linear"), ("stats", "mlp"), ("attentive_stats", "mlp")]

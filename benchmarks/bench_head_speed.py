@@ -32,10 +32,10 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from common import machine, median, spread
+from common import machine, spread
 
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import Runner
+from ser_plugins.training.runner import Runner
 from ser_plugins.training.trainer import build_scheduler, planned_epochs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,9 +20,9 @@ import numpy as np
 
 def train_and_export(name: str, recipe_extra: dict, root: Path, work: Path) -> tuple:
     """A one-fold, one-epoch run of the recipe and its ONNX export (reused when present)."""
-    from ser_plugins.export import export_run
+    from ser_plugins.deploy.export import export_run
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     run_dir, export_dir = work / f"run_{name}", work / f"export_{name}"
     if not (run_dir / "summary.json").exists():
@@ -62,8 +62,8 @@ def main() -> None:
     import torch
 
     from common import WORK, demo_corpus, hubert_base_folder, machine
-    from ser_plugins.inference_graph import load_fold_graphs
-    from ser_plugins.onnx_engine import OnnxPredictor
+    from ser_plugins.deploy.inference_graph import load_fold_graphs
+    from ser_plugins.deploy.onnx_engine import OnnxPredictor
 
     torch.set_num_threads(args.threads)
     root = demo_corpus(4)

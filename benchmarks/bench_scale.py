@@ -58,7 +58,7 @@ def tiny_hubert() -> Path:
 
 def corpus(per_speaker: int) -> Path:
     """The demo corpus at ``per_speaker`` utterances per speaker (generated once, outside benchmarks/)."""
-    from ser_plugins import registry
+    from ser_plugins.plugins import registry
 
     root = WORK / "scale" / f"demo_{per_speaker}"
     if not (root / "Session1").exists():
@@ -90,7 +90,7 @@ def child(spec: dict) -> dict:
     from ser_plugins.data.prepare import prepare
     from ser_plugins.model import SERModel, build_head
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.training.seeding import set_seed
+    from ser_plugins.runtime.seeding import set_seed
     from ser_plugins.training.trainer import FoldTrainer, build_optimizer, build_scheduler
 
     spec = dict(spec)

@@ -27,14 +27,14 @@ def rss_mb(field="VmRSS"):  # VmHWM: this process's own peak (ru_maxrss would in
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 if engine == "onnx":
-    from ser_plugins.onnx_engine import OnnxPredictor
+    from ser_plugins.deploy.onnx_engine import OnnxPredictor
     scorer = OnnxPredictor(model, threads=1)
 else:
     import torch
     torch.set_num_threads(1)
-    from ser_plugins.inference_graph import TorchScorer
+    from ser_plugins.deploy.inference_graph import TorchScorer
     scorer = TorchScorer(model)
-from ser_plugins.timeline import analyse_recording
+from ser_plugins.deploy.timeline import analyse_recording
 loaded = rss_mb()
 t = time.perf_counter()
 res = analyse_recording(wav, scorer, 3.0, 1.0, out, vad_db=-40, progress=False)

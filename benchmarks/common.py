@@ -63,7 +63,7 @@ def layernorm_wav2vec2_folder(tiny: bool = False) -> Path:
 
 def demo_corpus(utterances_per_speaker: int) -> Path:
     """The synthetic IEMOCAP-layout corpus at a chosen size (generated once; 10 speakers, 1.05-3.95 s utterances)."""
-    from ser_plugins import registry
+    from ser_plugins.plugins import registry
 
     root = WORK / f"demo_{utterances_per_speaker}"
     if not (root / "Session1").exists():

@@ -6,7 +6,7 @@ from typing import List, Mapping, Optional, Sequence
 
 from corpora.demo_synth import generate_demo_corpus
 from corpora.iemocap import DEFAULT_LABELS, DEFAULT_MERGE, IemocapCorpus
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 
 
 def has_sessions(root: str) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ser_plugins.contracts import Corpus, Utterance
+from ser_plugins.plugins.contracts import Corpus, Utterance
 
 #: Every label an IEMOCAP consensus line may carry (``xxx`` = no majority agreement).
 IEMOCAP_LABELS: Tuple[str, ...] = ("neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ser_plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, Utterance
+from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, Utterance
 
 REQUIRED_COLUMNS = ("path", "label", "speaker")
 OPTIONAL_COLUMNS = ("fold", "split", "session", "start", "end", "id")

@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ser_plugins.contracts import Aggregator, lengths_to_mask
+from ser_plugins.plugins.contracts import Aggregator, lengths_to_mask
 
 
 def _check_dim(name: str, value: int) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 
 from downstreams.aggregators import masked_softmax, valid_frames
 from downstreams.frame_layers import FRAME_NETWORK_TRAINING, dropout_rate, positive_int
-from ser_plugins.contracts import Aggregator
+from ser_plugins.plugins.contracts import Aggregator
 
 
 def reverse_index(lengths: torch.Tensor, frames: int) -> torch.Tensor:

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ser_plugins.contracts import Classifier
+from ser_plugins.plugins.contracts import Classifier
 
 ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,

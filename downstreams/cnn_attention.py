@@ -33,7 +33,7 @@ from downstreams.frame_layers import (
     positive_int,
     zero_padding,
 )
-from ser_plugins.contracts import Aggregator
+from ser_plugins.plugins.contracts import Aggregator
 
 
 class CnnSelfAttention(Aggregator):

@@ -21,7 +21,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
-from ser_plugins.contracts import Classifier
+from ser_plugins.plugins.contracts import Classifier
 
 MARGIN_TYPES = ("additive", "angular")
 

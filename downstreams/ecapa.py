@@ -47,7 +47,7 @@ from downstreams.frame_layers import (
     positive_int,
     zero_padding,
 )
-from ser_plugins.contracts import Aggregator
+from ser_plugins.plugins.contracts import Aggregator
 
 
 class SqueezeExcitation(nn.Module):

@@ -5,8 +5,9 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
+from ser_plugins import moved
 from ser_plugins.errors import UserError
-from ser_plugins.registry import (
+from ser_plugins.plugins.registry import (
     Preset,
     PluginError,
     create_aggregator,
@@ -15,6 +16,8 @@ from ser_plugins.registry import (
     create_upstream,
     list_plugins,
 )
+
+moved.install()  # the module names from before the layout by stage keep working (ser_plugins/moved.py)
 
 __version__ = "0.1.0"
 
@@ -39,8 +42,9 @@ __all__ = [
 
 #: names imported on first use, with their module: they need torch
 _LAZY = {
-    "Aggregator": "contracts", "Classifier": "contracts", "Corpus": "contracts", "Upstream": "contracts",
-    "UpstreamOutput": "contracts", "Utterance": "contracts", "PluginContractError": "boundary",
+    "Aggregator": "plugins.contracts", "Classifier": "plugins.contracts", "Corpus": "plugins.contracts",
+    "Upstream": "plugins.contracts", "UpstreamOutput": "plugins.contracts", "Utterance": "plugins.contracts",
+    "PluginContractError": "plugins.boundary",
 }
 
 

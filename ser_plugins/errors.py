@@ -7,6 +7,7 @@ subclasses of ``UserError`` for problems a user can fix (a missing checkpoint, a
 from __future__ import annotations
 
 import errno
+import os
 import pickle
 import re
 from typing import Optional
@@ -84,3 +85,22 @@ def refused_pickle(what: str, exc: Optional[BaseException] = None) -> UnsafeChec
         f"refused to load {what}: its pickle holds objects other than tensors and plain data{named}, "
         "so loading it could run code; nothing was executed. Use a safetensors copy of these weights, "
         "or convert the file to safetensors on a machine where you trust its source")
+
+
+def user_message(exc: BaseException) -> Optional[str]:
+    """The one-line message of an error that is the user's to fix, or None for a bug (keeps its traceback).
+
+    Besides ``UserError``: a missing file, a full disk (named by its errno wherever it was raised) and
+    a pickle the weights-only unpickler refused (with our advice, never PyTorch's ``weights_only=False``).
+    """
+    if isinstance(exc, (UserError, FileNotFoundError, FileExistsError)):
+        return str(exc)
+    code = disk_full_errno(exc)
+    if code is not None:
+        where = getattr(exc, "filename", None)
+        return f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} (no room left on the disk, or over a size limit)"
+    if isinstance(exc, pickle.UnpicklingError):
+        if is_refusal(exc):
+            return str(refused_pickle("a pickled file", exc))
+        return f"cannot read a pickled file: {unpickler_detail(exc)} (nothing was executed)"
+    return None

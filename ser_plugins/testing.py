@@ -20,11 +20,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ser_plugins import registry
-from ser_plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
+from ser_plugins.plugins import registry
+from ser_plugins.plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
                                   check_classifier_output, check_upstream_declaration, check_upstream_output, describe)
-from ser_plugins.contracts import FINETUNE_MODES
-from ser_plugins.probe import difference, synthetic_waves
+from ser_plugins.plugins.contracts import FINETUNE_MODES
+from ser_plugins.plugins.probe import difference, synthetic_waves
 
 __all__ = ["ContractCheckError", "check_upstream", "check_aggregator", "check_classifier", "check_corpus"]
 
@@ -466,7 +466,7 @@ def check_corpus(plugin: Any, /, **kwargs: Any) -> List[str]:
     segment bounds ``0 <= start < end``, the ``fold``/``split`` values its protocol needs;
     ``problems`` a list of ``CorpusProblem``; a second instance loads the same utterances.
     """
-    from ser_plugins.contracts import CorpusProblem, Utterance
+    from ser_plugins.plugins.contracts import CorpusProblem, Utterance
 
     corpus, factory = _build("corpus", plugin, (), kwargs)
     c = _Checks(corpus, "corpus")

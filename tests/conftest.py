@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_demo_root(tmp_path_factory) -> Path:
     """A small demo corpus (IEMOCAP layout) generated once per test session."""
-    from ser_plugins import registry
+    from ser_plugins.plugins import registry
 
     root = tmp_path_factory.mktemp("demo") / "IEMOCAP_full_release"
     registry.load("corpus", "demo").generate(root, seed=0, utterances_per_speaker=12)

@@ -19,7 +19,7 @@ import bench_batching  # noqa: E402
 import common  # noqa: E402
 import torch  # noqa: E402
 
-import ser_plugins.data.features as features_module  # noqa: E402
+import ser_plugins.data.extract as features_module  # noqa: E402
 from ser_plugins import create_upstream  # noqa: E402
 from ser_plugins.data.batching import bucket_batches  # noqa: E402
 from upstreams.hf import TransformersEncoderUpstream  # noqa: E402

@@ -9,7 +9,7 @@ from importlib import metadata
 import pytest
 
 import ser_plugins
-from ser_plugins import cli
+from ser_plugins.cli import commands as cli  # the command module (cli.main, cli.version_text)
 from ser_plugins.results.plots import MARKER_EPOCHS, plot_curves
 
 
@@ -41,7 +41,7 @@ def test_version_says_not_installed_and_imports_nothing_heavy(monkeypatch):
 
     monkeypatch.setattr(metadata, "version", version)
     assert "transformers not installed" in cli.version_text()
-    code = ("import sys; from ser_plugins import cli; print(cli.version_text()); "
+    code = ("import sys; from ser_plugins.cli import commands as cli; print(cli.version_text()); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     text, imported = res.stdout.strip().splitlines()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ser_plugins import Aggregator, Classifier, Corpus, PluginError, Upstream, UpstreamOutput, Utterance
-from ser_plugins.contracts import lengths_to_mask
+from ser_plugins.plugins.contracts import lengths_to_mask
 from ser_plugins.testing import (ContractCheckError, check_aggregator, check_classifier, check_corpus,
                                  check_upstream)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ser_plugins.io import read_json
+from ser_plugins.runtime.atomic import read_json
 
 # same data, same seeds, the same global batches: only the order of float reductions differs (the gradient is
 # summed over two ranks' rows instead of one batch), so probabilities agree to float32 rounding
@@ -21,7 +21,7 @@ SER = str(Path(sys.executable).parent / "ser")
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from ser_plugins import registry
+    from ser_plugins.plugins import registry
 
     base = tmp_path_factory.mktemp("ddp")
     root = base / "IEMOCAP_full_release"
@@ -50,7 +50,7 @@ def predictions(path: Path) -> dict:
 
 def test_torchrun_two_ranks_match_one_process(small, tmp_path):
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     base, path = small
     one = tmp_path / "one"
@@ -118,7 +118,7 @@ def test_torchrun_fine_tunes_the_upstream_with_ddp(small, tmp_path):
     from test_hf_upstream import save_tiny
 
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     base, path = small
     model = save_tiny(tmp_path / "w2v2", "w2v2_large", mask_time_prob=0.0)  # SpecAugment off: no random masks

@@ -164,7 +164,7 @@ def test_demo_generate_classmethod_and_overwrite(tmp_path: Path) -> None:
 
 
 def test_demo_registered_as_corpus_plugin(tmp_path: Path) -> None:
-    from ser_plugins.registry import create_corpus
+    from ser_plugins.plugins.registry import create_corpus
 
     corpus = create_corpus("demo", root=str(tmp_path / "x"), utterances_per_speaker=2)
     assert isinstance(corpus, DemoCorpus) and len(corpus.load()) > 0

@@ -9,7 +9,7 @@ import torch
 from helpers import recipe_for
 from ser_plugins.recipe import RecipeError, load_recipe
 from ser_plugins.results.report import write_report
-from ser_plugins.runner import Runner, run_recipe
+from ser_plugins.training.runner import Runner, run_recipe
 from ser_plugins.training import trainer as trainer_mod
 
 
@@ -162,7 +162,7 @@ def test_run_json_names_each_skipped_file_and_each_missing_manifest_row(tiny_dem
     import csv
 
     from ser_plugins.recipe import load_recipe as load
-    from ser_plugins.runner import Runner as R
+    from ser_plugins.training.runner import Runner as R
 
     utterances = R(load(quick(tiny_demo_root)), tmp_path / "x").prepare().utterances
     rows = [{"id": u.id, "path": u.path, "label": u.label, "speaker": u.speaker, "session": u.session}

@@ -8,7 +8,7 @@ import torch
 
 import ser_plugins
 from ser_plugins import PluginError, list_plugins
-from ser_plugins.registry import check_kwargs
+from ser_plugins.plugins.registry import check_kwargs
 from ser_plugins.testing import check_aggregator, check_classifier
 
 AGGREGATORS = sorted({s.name for s in list_plugins("aggregator")})

@@ -21,12 +21,12 @@ import onnx  # noqa: E402
 
 from helpers import recipe_for  # noqa: E402
 from ser_plugins.cli import main  # noqa: E402
-from ser_plugins.export import DEFAULT_ATOL, ExportError, export_run  # noqa: E402
+from ser_plugins.deploy.export import DEFAULT_ATOL, ExportError, export_run  # noqa: E402
 from ser_plugins import export as export_module  # noqa: E402
-from ser_plugins.onnx_engine import EngineError, OnnxPredictor  # noqa: E402
-from ser_plugins.predict import Predictor  # noqa: E402
+from ser_plugins.deploy.onnx_engine import EngineError, OnnxPredictor  # noqa: E402
+from ser_plugins.deploy.predict import Predictor  # noqa: E402
 from ser_plugins.recipe import load_recipe  # noqa: E402
-from ser_plugins.runner import run_recipe  # noqa: E402
+from ser_plugins.training.runner import run_recipe  # noqa: E402
 
 FBANK_HEADS = [  # every aggregator, both classifiers
     ("mean", {"name": "linear"}),
@@ -159,7 +159,7 @@ def test_export_refuses_a_mismatch_and_writes_nothing(fbank_run, tmp_path, monke
 
 def test_unexportable_plugin_is_named_and_nothing_is_written(tiny_demo_root, tmp_path, fake_dist, one_torch_thread):
     source = """
-        from ser_plugins.contracts import Aggregator
+        from ser_plugins.plugins.contracts import Aggregator
 
         class LoudMax(Aggregator):
             def __init__(self, input_dim):
@@ -217,8 +217,8 @@ def test_onnx_engine_runs_without_torch_or_training_code(fbank_run, tmp_path, ti
         "from ser_plugins.cli import main\n"
         f"rc = main(['predict', {str(out)!r}, {wav!r}, '--engine', 'onnx', '--threads', '1'])\n"
         "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in ("
-        "'ser_plugins.training.trainer', 'ser_plugins.runner', 'ser_plugins.model', 'ser_plugins.predict', "
-        "'ser_plugins.contracts', 'ser_plugins.boundary', 'ser_plugins.export', 'transformers'))\n"
+        "'ser_plugins.training.trainer', 'ser_plugins.training.runner', 'ser_plugins.model', 'ser_plugins.deploy.predict', "
+        "'ser_plugins.plugins.contracts', 'ser_plugins.plugins.boundary', 'ser_plugins.deploy.export', 'transformers'))\n"
         "print(json.dumps({'rc': rc, 'heavy': heavy}))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -241,8 +241,8 @@ def test_more_upstreams_export_equal(tmp_path, tiny_demo_root, one_torch_thread,
     """Exportability of further upstreams, on an untrained model (a random head)."""
     import torch
 
-    from ser_plugins.export import check_waves, export_graph, verify
-    from ser_plugins.inference_graph import FoldGraph
+    from ser_plugins.deploy.export import check_waves, export_graph, verify
+    from ser_plugins.deploy.inference_graph import FoldGraph
     from ser_plugins.model import build_model
 
     if upstream == "w2v2_large":

@@ -19,10 +19,10 @@ import torch
 
 from ser_plugins import cli, registry
 from ser_plugins.data.audio import AudioError, load_audio
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.decode import DataError, decode_corpus
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import Runner, RunError, run_recipe
+from ser_plugins.training.runner import Runner, RunError, run_recipe
 from helpers import LogCollector, recipe_for
 
 SR = 16000
@@ -130,7 +130,7 @@ def bad_audio(tmp_path_factory, tiny_demo_root):
 
     # spy: every decode must happen before the first fold starts training
     import ser_plugins.data.decode as data_mod
-    import ser_plugins.runner as runner_mod
+    import ser_plugins.training.runner as runner_mod
 
     order: List[str] = []
     real_load, real_trainer = data_mod.load_audio, runner_mod.FoldTrainer

@@ -16,7 +16,7 @@ import yaml
 from ser_plugins import cli, registry
 from ser_plugins.data.folds import ProtocolError
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import RunError, Runner, run_recipe
+from ser_plugins.training.runner import RunError, Runner, run_recipe
 from helpers import LogCollector, recipe_for
 
 
@@ -73,7 +73,7 @@ def bad_labels(tmp_path_factory, tiny_demo_root):
             txt.write_text("\n".join(
                 ln.replace("\tsad\t", "\tfru\t") if ln.startswith("[") else ln for ln in txt.read_text().split("\n")))
 
-    import ser_plugins.runner as runner_mod
+    import ser_plugins.training.runner as runner_mod
 
     handler = LogCollector()
 

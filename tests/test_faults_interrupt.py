@@ -19,11 +19,11 @@ import torch
 import yaml
 
 from ser_plugins import cli
-from ser_plugins.training.checkpoint import load_state
-from ser_plugins.io import atomic_save, atomic_write_json, read_json
-from ser_plugins.locking import LockedError
+from ser_plugins.runtime.checkpoint import load_state
+from ser_plugins.runtime.atomic import atomic_save, atomic_write_json, read_json
+from ser_plugins.runtime.locking import LockedError
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import RunError, run_recipe
+from ser_plugins.training.runner import RunError, run_recipe
 from helpers import recipe_for
 
 
@@ -173,7 +173,7 @@ def test_a_writer_failing_mid_write_leaves_the_old_file_intact(tmp_path):
 
 KILLED_WRITER = """
 import os, signal, sys
-from ser_plugins.io import atomic_save, atomic_write_json
+from ser_plugins.runtime.atomic import atomic_save, atomic_write_json
 path = sys.argv[1]
 atomic_write_json(path, {"fold": "old", "wa": 0.5})
 def writer(tmp):
@@ -220,7 +220,7 @@ CACHE_WORKER = """
 import inspect, sys, time
 from pathlib import Path
 import torch
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.feature_cache import FeatureCache
 root, wav_dir, go = sys.argv[1:4]
 utts = [Utterance(p.stem, str(p), "neu", "s") for p in sorted(Path(wav_dir).rglob("*.wav"))[:12]]
@@ -245,7 +245,7 @@ print("bad", bad)
 
 
 def test_two_processes_sharing_a_feature_cache_never_see_a_partial_entry(tiny_demo_root, tmp_path):
-    from ser_plugins.contracts import Utterance
+    from ser_plugins.plugins.contracts import Utterance
     from ser_plugins.data.feature_cache import FeatureCache
 
     cache, go = tmp_path / "cache", tmp_path / "go"

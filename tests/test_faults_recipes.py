@@ -14,7 +14,7 @@ import yaml
 
 from ser_plugins import cli
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 from helpers import recipe_for
 
 

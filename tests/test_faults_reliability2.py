@@ -29,15 +29,16 @@ import soundfile as sf
 import torch
 import yaml
 
-from ser_plugins import cli, registry
+from ser_plugins import registry
+from ser_plugins.cli import commands as cli  # the command module: its _cmd_* functions are patched
 from ser_plugins.data.decode import decode_corpus
 from ser_plugins.data.prepare import plan
 from ser_plugins.errors import CorruptFileError, DiskFullError, UnsafeCheckpointError
-from ser_plugins.io import atomic_write_json, atomic_write_text
-from ser_plugins.locking import LockedError, RunLock
+from ser_plugins.runtime.atomic import atomic_write_json, atomic_write_text
+from ser_plugins.runtime.locking import LockedError, RunLock
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import run_recipe
-from ser_plugins.training.checkpoint import load_state
+from ser_plugins.training.runner import run_recipe
+from ser_plugins.runtime.checkpoint import load_state
 from helpers import recipe_for
 
 SR = 16000
@@ -227,7 +228,7 @@ def test_predict_flags_audio_that_training_would_skip(finished_run, tiny_demo_ro
         assert (row["status"], row["problem"], row["emotion"], row["probabilities"]) == ("error", reason, None, None)
         assert row["detail"]
     # training skips the same audio, for the same reasons
-    from ser_plugins.contracts import Utterance
+    from ser_plugins.plugins.contracts import Utterance
 
     utts = [Utterance(k, str(p), "neu", "s") for k, p in odd.items() if k in ("silent", "constant", "too_short")]
     audio = decode_corpus(utts, SR, 400, progress=False)
@@ -247,7 +248,7 @@ def test_predict_csv_output_is_one_row_per_file(finished_run, tiny_demo_root, tm
 
 
 def test_speaker_statistics_pool_only_the_scored_files(finished_run, tiny_demo_root, tmp_path):
-    from ser_plugins.predict import Predictor
+    from ser_plugins.deploy.predict import Predictor
 
     wavs = [str(w) for w in good_wavs(tiny_demo_root, 3)]
     silent = str(_odd_files(tmp_path, Path(wavs[0]))["silent"])
@@ -402,7 +403,7 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_finished_folds_stay_intact(tin
 def test_a_torch_save_on_a_full_disk_is_a_disk_full_error(tmp_path):
     if signal.getsignal(signal.SIGXFSZ) != signal.SIG_IGN:
         pytest.skip("SIGXFSZ is not ignored in this interpreter")
-    from ser_plugins.training.checkpoint import save_state, save_weights
+    from ser_plugins.runtime.checkpoint import save_state, save_weights
 
     state = {"w": torch.zeros(100_000)}
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -469,7 +470,7 @@ def test_result_files_honour_the_umask(finished_run, tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from ser_plugins.locking import RunLock
+from ser_plugins.runtime.locking import RunLock
 with RunLock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -498,7 +499,7 @@ NO_FCNTL = """
 import sys, warnings
 sys.modules["fcntl"] = None  # as on Windows: no fcntl module
 warnings.simplefilter("ignore")
-from ser_plugins.locking import LockedError, RunLock
+from ser_plugins.runtime.locking import LockedError, RunLock
 with RunLock(sys.argv[1]):
     try:
         with RunLock(sys.argv[1]):
@@ -509,7 +510,7 @@ with RunLock(sys.argv[1]):
 
 
 def test_the_lock_does_not_need_fcntl(tmp_path):
-    source = Path(__file__).resolve().parents[1] / "ser_plugins" / "locking.py"
+    source = Path(__file__).resolve().parents[1] / "ser_plugins" / "runtime" / "locking.py"
     assert "import fcntl" not in source.read_text()
     res = subprocess.run([sys.executable, "-c", NO_FCNTL, str(tmp_path / "run")], capture_output=True, text=True,
                          timeout=60)

@@ -18,9 +18,9 @@ from ser_plugins.errors import UserError
 import torch
 
 from ser_plugins import cli, registry
-from ser_plugins.training.checkpoint import load_state, load_weights
+from ser_plugins.runtime.checkpoint import load_state, load_weights
 from ser_plugins.recipe import RecipeError, dump_recipe, load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 
 
 class RunsShell:
@@ -177,7 +177,7 @@ def test_an_override_with_a_python_tag_is_not_constructed(tmp_path, tiny_demo_ro
 
 
 def test_a_downloaded_run_with_a_malicious_recipe_yaml_runs_no_code_on_predict(tmp_path, tiny_demo_root):
-    from ser_plugins.predict import Predictor
+    from ser_plugins.deploy.predict import Predictor
 
     marker = tmp_path / "PWNED"
     run = tmp_path / "run"

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.model import build_head, build_upstream, head_sees_only_means
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 
 
 def make_wav(path, seconds=0.5, seed=0):

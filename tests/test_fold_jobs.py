@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from ser_plugins import cli
-from ser_plugins.io import read_json
-from ser_plugins.locking import LockedError, RunLock
+from ser_plugins.runtime.atomic import read_json
+from ser_plugins.runtime.locking import LockedError, RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 COMPARED = ("folds", "mean_std", "pooled", "complete", "labels")

@@ -1,7 +1,7 @@
 """Protocols: leave-one-session-out, leave-one-speaker-out, fold/split columns, dev strategies."""
 import pytest
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.folds import ProtocolError, check_folds, make_folds
 
 

@@ -301,7 +301,7 @@ def test_bad_cosine_options_raise(kwargs, message):
 @pytest.mark.parametrize("name", FRAME_HEADS)
 def test_frame_heads_train_in_the_runner_on_frozen_fbank(fast_recipe, tmp_path, name):
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     fast_recipe.update(aggregator={"name": name, **SMALL[name]}, training={"epochs": 1, "batch_size": 16},
                        features={"normalize": "speaker"} if name == "ecapa_tdnn" else {})
@@ -315,9 +315,9 @@ def test_frame_heads_train_in_the_runner_on_frozen_fbank(fast_recipe, tmp_path, 
 
 def test_cosine_margin_is_applied_by_the_trainer_and_prediction_works(fast_recipe, tmp_path, monkeypatch):
     from downstreams.cosine import CosineClassifier
-    from ser_plugins.predict import Predictor
+    from ser_plugins.deploy.predict import Predictor
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     calls = []
     original = CosineClassifier.training_logits
@@ -344,9 +344,9 @@ def test_frame_heads_train_with_a_fine_tuned_upstream(fast_recipe, tmp_path):
     pytest.importorskip("transformers")
     from test_hf_upstream import save_tiny
 
-    from ser_plugins.training.checkpoint import load_weights
+    from ser_plugins.runtime.checkpoint import load_weights
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     model_dir = save_tiny(str(tmp_path / "hubert"), "hubert_base")
     initial = ser_plugins.create_upstream("hf", model=model_dir).state_dict()

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ser_plugins import cli
-from ser_plugins.grid import GridError, parse_sweeps
+from ser_plugins.launch.grid import GridError, parse_sweeps
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_a_three_head_grid_runs_the_upstream_once_per_utterance(grid_recipe, tmp
 
 def test_a_mean_head_served_from_frames_equals_its_own_extraction(grid_recipe, tmp_path, one_torch_thread):
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     cli.main(["grid", str(grid_recipe), "--out", str(tmp_path / "grid"), "-q", "--folds", "1",
               "--sweep", "aggregator=mean,stats", "-o", "classifier=linear"])

@@ -7,7 +7,7 @@ import torch
 
 import ser_plugins
 from ser_plugins import list_plugins
-from ser_plugins.contracts import UpstreamOutput
+from ser_plugins.plugins.contracts import UpstreamOutput
 from ser_plugins.testing import check_upstream
 
 HANDCRAFTED = sorted(s.name for s in list_plugins("upstream") if s.value.startswith("upstreams.handcrafted:"))

@@ -12,7 +12,7 @@ from ser_plugins.recipe import RecipeError, dump_recipe, load_recipe
 _UNIQUE = itertools.count()
 
 PLUGIN = """
-from ser_plugins.contracts import Aggregator
+from ser_plugins.plugins.contracts import Aggregator
 import torch
 
 class Pool(Aggregator):
@@ -124,7 +124,7 @@ def test_ser_list_check_shows_a_heads_training_defaults(capsys):
 
 def test_resume_names_what_changed_in_the_recipe(fast_recipe, tmp_path):
     from ser_plugins.errors import RunError
-    from ser_plugins.runner import recipe_differences, run_recipe
+    from ser_plugins.training.runner import recipe_differences, run_recipe
 
     out = tmp_path / "run"
     run_recipe(load_recipe(fast_recipe), str(out), folds=["Session1"], progress=False)

@@ -19,7 +19,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="pip install 'ser-plugins[hf]'")
 
 import ser_plugins  # noqa: E402
-from ser_plugins.registry import Preset, load  # noqa: E402
+from ser_plugins.plugins.registry import Preset, load  # noqa: E402
 from ser_plugins.testing import check_upstream  # noqa: E402
 from upstreams.hf import HFUpstream, WeightsNotFoundError, normalize_waveforms, receptive_field  # noqa: E402
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from ser_plugins import cli, registry
-from ser_plugins.io import read_json
+from ser_plugins.runtime.atomic import read_json
 from ser_plugins.launch import Job
-from ser_plugins.locking import RunLock
+from ser_plugins.runtime.locking import RunLock
 
 N_UTTS = 100  # the tiny demo corpus: 5 sessions x 2 speakers x 10 usable utterances
 
@@ -125,8 +125,8 @@ def test_ray_launcher_without_ray_says_what_to_install(monkeypatch, tmp_path):
 def test_job_resources_come_from_the_recipe_section_and_the_flags_override_them(tmp_path, tiny_demo_root):
     from helpers import recipe_for
 
-    from ser_plugins.grid import expand
-    from ser_plugins.grid_launch import resources_for
+    from ser_plugins.launch.grid import expand
+    from ser_plugins.launch.grid_launch import resources_for
     from ser_plugins.recipe import RecipeError, load_recipe
 
     path = tmp_path / "res.yaml"
@@ -144,7 +144,7 @@ def test_job_resources_come_from_the_recipe_section_and_the_flags_override_them(
 
 def test_resources_do_not_block_a_resume(tmp_path, fast_recipe, one_torch_thread):
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     out = tmp_path / "run"
     run_recipe(load_recipe(fast_recipe, ["training.epochs=1"]), str(out), folds=["1"], progress=False)

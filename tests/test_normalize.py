@@ -7,7 +7,7 @@ import torch
 
 from ser_plugins.data.normalize import Moments, Normalizer
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 
 
 def _utts(seed=0):

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from ser_plugins import cli, registry
-from ser_plugins.boundary import PluginContractError
+from ser_plugins.plugins.boundary import PluginContractError
 from ser_plugins.data.features import extract_features
 from ser_plugins.testing import ContractCheckError, check_aggregator, check_upstream
 

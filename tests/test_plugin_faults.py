@@ -21,9 +21,9 @@ import torch
 import yaml
 
 from ser_plugins import Upstream, UpstreamOutput, cli, registry
-from ser_plugins.boundary import PluginContractError, check_upstream_output
+from ser_plugins.plugins.boundary import PluginContractError, check_upstream_output
 from ser_plugins.model import SERModel, build_head, locate_non_finite
-from ser_plugins.probe import check_aggregator_padding, probe_upstream
+from ser_plugins.plugins.probe import check_aggregator_padding, probe_upstream
 from ser_plugins.recipe import FeaturesConfig, PluginSpec
 from ser_plugins.testing import ContractCheckError, check_aggregator
 
@@ -301,7 +301,7 @@ def test_in_a_plugin_authors_pytest_run_it_is_a_failure_not_an_error(tmp_path):
 def test_a_non_finite_loss_in_training_names_the_plugin(broken, tiny_demo_root, tmp_path):
     from helpers import recipe_for
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
     from ser_plugins.training.trainer import TrainingDiverged
 
     recipe = load_recipe(recipe_for(tiny_demo_root, aggregator="nan_on_padded", classifier="linear",

@@ -1,5 +1,5 @@
 """`ser predict` with both engines, torch (a run directory) and onnx (its export): the same per-file reasons,
-exit status and text/json/csv output, from the one shared loop (ser_plugins.scoring). See docs/deploy.md.
+exit status and text/json/csv output, from the one shared loop (ser_plugins.deploy.scoring). See docs/deploy.md.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ ENGINES = ("torch", "onnx")
 @pytest.fixture(scope="module")
 def models(tiny_demo_root, tmp_path_factory) -> Dict[str, List[str]]:
     """One speaker-normalised fold, trained once and exported once: ``ser predict`` arguments per engine."""
-    from ser_plugins.export import export_run
+    from ser_plugins.deploy.export import export_run
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     base = tmp_path_factory.mktemp("engines")
     recipe = load_recipe(recipe_for(tiny_demo_root, name="engines", features={"normalize": "speaker"}))
@@ -181,7 +181,7 @@ def test_onnx_engine_reports_bad_files_without_torch(models, wavs):
         "from ser_plugins.cli import main\n"
         f"rc = main({argv!r})\n"
         "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m in "
-        "('ser_plugins.predict', 'ser_plugins.model', 'ser_plugins.runner', 'ser_plugins.export'))\n"
+        "('ser_plugins.deploy.predict', 'ser_plugins.model', 'ser_plugins.training.runner', 'ser_plugins.deploy.export'))\n"
         "print(json.dumps({'rc': rc, 'heavy': heavy}))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

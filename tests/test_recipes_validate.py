@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ser_plugins import registry
+from ser_plugins.plugins import registry
 from ser_plugins.recipe import PLUGIN_KINDS, load_recipe, load_yaml, safe_load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ser_plugins import registry
-from ser_plugins.registry import AmbiguousPluginError, PluginLoadError, UnknownPluginError
+from ser_plugins.plugins import registry
+from ser_plugins.plugins.registry import AmbiguousPluginError, PluginLoadError, UnknownPluginError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 BUILTINS = {
@@ -28,7 +28,7 @@ def test_builtins_are_found_through_entry_points():
 
 def test_listing_imports_no_plugin_module_nor_torch():
     code = (
-        "import sys, ser_plugins.registry as r; specs = r.list_plugins();"
+        "import sys, ser_plugins.plugins.registry as r; specs = r.list_plugins();"
         "assert len(specs) >= 12, specs;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('upstreams', 'downstreams', 'corpora', 'transformers')];"
         "print(bad); assert not bad, bad"
@@ -133,7 +133,7 @@ def test_config_records_every_option_with_its_default(fake_dist):
 
 def test_preset_is_data_resolved_to_its_builder(fake_dist):
     source = """
-        from ser_plugins.registry import Preset
+        from ser_plugins.plugins.registry import Preset
         SMALL_FBANK = Preset(builder="fbank", kwargs={"n_mels": 24}, weights=None, description="24 mel bins")
     """
     fake_dist("preset-dist", "preset_mod", source, {"ser_plugins.upstreams": {"small_fbank": "preset_mod:SMALL_FBANK"}})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.folds import ProtocolError, check_folds, make_folds
 from ser_plugins.data.sources import BatchPlan, FeatureSource, WaveSource
 from ser_plugins.results.metrics import classification_metrics, mean_std
@@ -93,7 +93,7 @@ def test_schedule_and_batches_come_from_one_plan_with_crops_and_budgets(kind):
 
 def test_unbatchable_finetuned_upstreams_are_scored_one_utterance_at_a_time():
     from ser_plugins.recipe import TrainingConfig
-    from ser_plugins.runner import eval_batch_size
+    from ser_plugins.training.runner import eval_batch_size
 
     class Up:
         batch_invariant = False

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from ser_plugins.locking import LockedError, RunLock
-from ser_plugins.predict import Predictor
+from ser_plugins.runtime.locking import LockedError, RunLock
+from ser_plugins.deploy.predict import Predictor
 from ser_plugins.recipe import load_recipe
 from ser_plugins.results.report import MARK, write_report
-from ser_plugins.runner import RunError, run_recipe
+from ser_plugins.training.runner import RunError, run_recipe
 
 
 @pytest.fixture(scope="module")

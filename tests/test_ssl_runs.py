@@ -14,11 +14,11 @@ pytest.importorskip("transformers")
 
 from test_hf_upstream import save_tiny  # noqa: E402
 
-from ser_plugins.training.checkpoint import load_weights  # noqa: E402
+from ser_plugins.runtime.checkpoint import load_weights  # noqa: E402
 from ser_plugins.model import build_from_recipe  # noqa: E402
-from ser_plugins.predict import Predictor  # noqa: E402
+from ser_plugins.deploy.predict import Predictor  # noqa: E402
 from ser_plugins.recipe import load_recipe  # noqa: E402
-from ser_plugins.runner import run_recipe  # noqa: E402
+from ser_plugins.training.runner import run_recipe  # noqa: E402
 from ser_plugins.training.trainer import build_optimizer  # noqa: E402
 
 

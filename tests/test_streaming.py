@@ -12,7 +12,7 @@ import torch
 from ser_plugins.data.feature_stream import LazyFeatures, prefetch
 from ser_plugins.data.memory import resolve_workers
 from ser_plugins.recipe import RecipeError, load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 
 TINY_BUDGET = 1e-6  # GiB: forces streaming on any corpus
 
@@ -58,7 +58,7 @@ def test_frozen_features_streamed_from_the_cache_give_identical_results(fast_rec
 
 
 def test_streamed_features_without_a_cache_dir_use_a_temporary_one_removed_afterwards(fast_recipe, tmp_path):
-    from ser_plugins.runner import Runner
+    from ser_plugins.training.runner import Runner
 
     fast_recipe["data"] = {"max_ram_gb": TINY_BUDGET}
     runner = Runner(load_recipe(fast_recipe), tmp_path / "r", progress=False)
@@ -129,7 +129,7 @@ def test_streamed_batches_equal_in_ram_batches_with_crops():
 
     from ser_plugins.data.sources import BatchPlan, WaveSource
     from ser_plugins.data.wave_stream import StreamedWaveSource
-    from ser_plugins.contracts import Utterance
+    from ser_plugins.plugins.contracts import Utterance
     import soundfile as sf
     import tempfile
 
@@ -165,7 +165,7 @@ def faulty_root(tmp_path_factory, tiny_demo_root):
 
     import soundfile as sf
 
-    from ser_plugins import registry
+    from ser_plugins.plugins import registry
     from test_faults_audio import UNUSABLE, USABLE
 
     root = tmp_path_factory.mktemp("faulty") / "IEMOCAP_full_release"
@@ -377,7 +377,7 @@ def test_a_streamed_pass_shortens_the_thread_switch_interval_and_restores_it(fas
 
     from ser_plugins.data import feature_stream
     from ser_plugins.data.sources import BatchPlan
-    from ser_plugins.runner import Runner
+    from ser_plugins.training.runner import Runner
 
     fast_recipe["data"] = {"max_ram_gb": TINY_BUDGET}
     prep = Runner(load_recipe(fast_recipe), tmp_path / "r", progress=False).prepare()

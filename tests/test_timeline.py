@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from ser_plugins.data.audio import AudioError, load_audio
-from ser_plugins.timeline import TimelineError, analyse_recording, speech_fraction, stream_windows
+from ser_plugins.deploy.timeline import TimelineError, analyse_recording, speech_fraction, stream_windows
 
 RATE = 16000
 
@@ -116,9 +116,9 @@ def exported(tiny_demo_root, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from helpers import recipe_for
-    from ser_plugins.export import export_run
+    from ser_plugins.deploy.export import export_run
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     base = tmp_path_factory.mktemp("timeline_run")
     run_recipe(load_recipe(recipe_for(tiny_demo_root, name="tl")), str(base / "run"), folds=["1"], progress=False)

@@ -8,7 +8,7 @@ import torch
 
 from ser_plugins.data.sources import BatchPlan, FeatureSource
 from ser_plugins.recipe import load_recipe
-from ser_plugins.runner import run_recipe
+from ser_plugins.training.runner import run_recipe
 from ser_plugins.training.trainer import FoldTrainer, autocast, build_scheduler
 
 

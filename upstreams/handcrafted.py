@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ser_plugins.contracts import Upstream, UpstreamOutput, lengths_to_mask
+from ser_plugins.plugins.contracts import Upstream, UpstreamOutput, lengths_to_mask
 
 NORMALIZE_MODES: Tuple[Optional[str], ...] = (None, "utterance")
 _CMVN_EPS = 1e-5

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ser_plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
+from ser_plugins.plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
 from ser_plugins.errors import CorruptFileError, is_refusal, refused_pickle, unpickler_detail
 from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,

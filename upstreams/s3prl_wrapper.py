@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ser_plugins.contracts import Upstream, UpstreamOutput
+from ser_plugins.plugins.contracts import Upstream, UpstreamOutput
 from ser_plugins.errors import UserError
 
 

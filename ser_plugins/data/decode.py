@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.errors import UserError
 

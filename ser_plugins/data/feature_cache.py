@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ser_plugins.contracts import Utterance
-from ser_plugins.io import atomic_save, atomic_write_json
+from ser_plugins.plugins.contracts import Utterance
+from ser_plugins.runtime.atomic import atomic_save, atomic_write_json
 
 log = logging.getLogger("ser_plugins")
 

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data import temp_cache
 from ser_plugins.data.entry_reader import EntryReader, byte_view
 from ser_plugins.data.feature_cache import FeatureCache
@@ -260,7 +260,7 @@ def _stream(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: 
             precision: str, device: str, means_only: bool, need_moments: bool, progress: bool, store_frames: bool,
             tmp_dir: Optional[str]):
     """``stream_frozen_features`` into ``tmp_dir`` (when not None) or ``data.cache_dir``."""
-    from ser_plugins.data.features import FrozenFeatures, extract_features
+    from ser_plugins.data.extract import FrozenFeatures, extract_features
     from ser_plugins.data.wave_stream import scan_corpus, stream_batches
 
     keep_frames = not means_only or need_moments

@@ -2,104 +2,22 @@
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ser_plugins.boundary import check_upstream_output
-from ser_plugins.contracts import Utterance
-from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fraction
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.normalize import Moments
-from ser_plugins.training import distributed as ddp_tools
+from ser_plugins.data.extract import FrozenFeatures, extract_features  # noqa: F401 - extract_features: also importable from here
+from ser_plugins.runtime import distributed as ddp_tools
 
 log = logging.getLogger("ser_plugins")
 
 
 @torch.inference_mode()
-def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.ndarray]], layers: Sequence[int],
-                     max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
-                     dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
-                     stats: Optional[Dict[str, float]] = None, reduce_mean: bool = False,
-                     frame_counts: Optional[Dict[str, int]] = None, lengths: Optional[Dict[str, int]] = None,
-                     batch_loader: Optional[Callable[..., Iterator[tuple]]] = None,
-                     sink: Optional[Callable[[str, List[torch.Tensor], int], None]] = None,
-                     ) -> Dict[str, List[torch.Tensor]]:
-    """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
-
-    Batches are length-bucketed under ``max_batch_samples`` padded samples (an utterance longer
-    than that runs alone), so memory stays bounded. With ``reduce_mean`` only each layer's
-    time-average is kept (``[1, D]`` float32), for heads that see nothing else. ``frame_counts``
-    receives every utterance's number of frames; ``stats`` the padding fraction, the number of
-    batches, the audio seconds and the wall time. Streamed (``data/feature_stream.py``): ``lengths``
-    replaces ``waves``, ``batch_loader(ids, batches)`` yields the padded batches, and
-    ``sink(id, layers, frames)`` receives each utterance's layers instead of the returned dict.
-    """
-    ids = list(waves) if lengths is None else list(lengths)
-    sizes = lengths
-    lengths = [len(waves[i]) for i in ids] if sizes is None else [sizes[i] for i in ids]
-    if not upstream.batch_invariant:
-        batch_size = 1  # padding would change the features: each utterance alone, as at prediction time
-    batches = bucket_batches(lengths, batch_size, max_batch_samples)
-    out: Dict[str, List[torch.Tensor]] = {}
-    upstream.eval()
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-           if precision != "fp32" and str(device).startswith("cuda") else None)
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(ids), desc="extract features", unit="utt", disable=not progress, leave=False)
-    padded = (batch_loader(ids, batches) if batch_loader is not None
-              else (pad_waves([waves[ids[i]] for i in b]) for b in batches))
-    for b, (wavs, wav_lengths) in zip(batches, padded):
-        if amp is not None:
-            with amp:
-                res = upstream(wavs.to(device), wav_lengths.to(device))
-        else:
-            res = upstream(wavs.to(device), wav_lengths.to(device))
-        check_upstream_output(upstream, res, wav_lengths.to(device))
-        frames = res.lengths.cpu()
-        for j, i in enumerate(b):
-            n = int(frames[j])
-            if reduce_mean:
-                # rounded to the storage dtype first: the same numbers as the mean of stored frames
-                feats = [res.hidden_states[k][j, :n].to(dtype).float().mean(0, keepdim=True).cpu() for k in layers]
-            else:
-                feats = [res.hidden_states[k][j, :n].to("cpu", dtype).clone() for k in layers]
-            if sink is not None:
-                sink(ids[i], feats, n)
-            else:
-                out[ids[i]] = feats
-            if frame_counts is not None:
-                frame_counts[ids[i]] = n
-        bar.update(len(b))
-    bar.close()
-    if stats is not None:
-        stats.update(padding_fraction=padding_fraction(lengths, batches), batches=len(batches),
-                     audio_seconds=sum(lengths) / upstream.sample_rate,
-                     seconds=time.perf_counter() - t0)
-    return out
-
-
-@dataclass
-class FrozenFeatures:
-    """Per-utterance layer tensors (frames, or ``[1, D]`` means) with frame counts and run notes.
-
-    ``moments`` holds every utterance's frame statistics when a normaliser will need them.
-    """
-
-    features: Dict[str, List[torch.Tensor]]
-    frame_counts: Dict[str, int]
-    skipped: Dict[str, str]
-    means_only: bool
-    notes: Dict[str, Any] = field(default_factory=dict)
-    moments: Optional[Dict[str, Moments]] = None
-
-
 def _read_other_shares(ctx: Any, forwards: int, skipped: Dict[str, str], misses: Sequence[Utterance],
                         features: Dict[str, List[torch.Tensor]], frame_counts: Dict[str, int],
                         cache: FeatureCache) -> tuple:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 
 GB = 1024 ** 3
 AUTO_FRACTION = 0.5  # data.max_ram_gb: null -> this share of the RAM available when the run starts

@@ -149,14 +149,14 @@ class Normalizer:
 
     def save(self, path: Path) -> None:
         """Write the state as safetensors (atomically), with the kind in the metadata."""
-        from ser_plugins.training.checkpoint import save_weights
+        from ser_plugins.runtime.checkpoint import save_weights
 
         save_weights(path, self.state_dict(), metadata={"kind": self.kind, "eps": str(self.eps)})
 
     @classmethod
     def load(cls, path: Path) -> "Normalizer":
         """Read a normaliser written by ``save``."""
-        from ser_plugins.training.checkpoint import load_weights, read_metadata
+        from ser_plugins.runtime.checkpoint import load_weights, read_metadata
 
         meta = read_metadata(path)
         return cls(meta.get("kind", "speaker"), float(meta.get("eps", 1e-5))).load_state_dict(load_weights(path))

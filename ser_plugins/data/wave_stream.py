@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ser_plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.decode import DataError

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ser_plugins.io import read_json
+from ser_plugins.runtime.atomic import read_json
 from ser_plugins.recipe import safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.summary import Summary

@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ser_plugins.io import atomic_save
+from ser_plugins.runtime.atomic import atomic_save
 
 
 def _pyplot():

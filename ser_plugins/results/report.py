@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ser_plugins.errors import UserError
-from ser_plugins.io import atomic_write_text
+from ser_plugins.runtime.atomic import atomic_write_text
 from ser_plugins.results.partial import current_summary
 from ser_plugins.results.summary import dev_setting
 

@@ -19,8 +19,8 @@ from ser_plugins.model import SERModel, locate_non_finite
 from ser_plugins.recipe import FinetuneConfig, TrainingConfig
 from ser_plugins.results.metrics import classification_metrics
 from ser_plugins.training import distributed as ddp_tools
-from ser_plugins.training.checkpoint import load_state, load_weights, save_state, save_weights
-from ser_plugins.training.seeding import set_seed
+from ser_plugins.runtime.checkpoint import load_state, load_weights, save_state, save_weights
+from ser_plugins.runtime.seeding import set_seed
 
 log = logging.getLogger("ser_plugins")
 

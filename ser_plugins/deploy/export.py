@@ -1,6 +1,6 @@
 """``ser export``: one fold of a run as one ONNX file, written only when onnxruntime reproduces PyTorch.
 
-For each fold: build its inference graph (``ser_plugins.inference_graph.FoldGraph``), export it
+For each fold: build its inference graph (``ser_plugins.deploy.inference_graph.FoldGraph``), export it
 with ``torch.onnx`` (the dynamo exporter by default; the TorchScript-based exporter only when the
 dynamo one fails and ``--exporter auto`` allows it), run the ONNX file with onnxruntime on
 synthetic utterances of several lengths (and any ``check_files``) and compare its probabilities
@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ser_plugins.boundary import describe
+from ser_plugins.plugins.boundary import describe
 from ser_plugins.data.normalize import NORMALIZER_FILE
 from ser_plugins.errors import UserError
-from ser_plugins.inference_graph import FoldGraph, fold_names, load_fold_graphs
-from ser_plugins.io import atomic_write_json
+from ser_plugins.deploy.inference_graph import FoldGraph, fold_names, load_fold_graphs
+from ser_plugins.runtime.atomic import atomic_write_json
 
 log = logging.getLogger("ser_plugins")
 

@@ -2,7 +2,7 @@
 
 Every readable file is scored; a file that cannot be read, or that training would have skipped
 (silent, constant, non-finite samples, too short, non-finite features), is reported with its
-reason instead of a score (``ser_plugins.scoring``, shared with the ONNX engine). ``format_results``
+reason instead of a score (``ser_plugins.deploy.scoring``, shared with the ONNX engine). ``format_results``
 writes the results as text, JSON or CSV.
 """
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ser_plugins.boundary import check_upstream_output
+from ser_plugins.plugins.boundary import check_upstream_output
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
 from ser_plugins.errors import CorruptFileError, UserError
-from ser_plugins.io import read_json
+from ser_plugins.runtime.atomic import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
 from ser_plugins.recipe import RecipeError, resolve, safe_load
-from ser_plugins.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
-from ser_plugins.training.checkpoint import load_weights
+from ser_plugins.deploy.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
+from ser_plugins.runtime.checkpoint import load_weights
 
 
 class PredictError(UserError, RuntimeError):
@@ -134,7 +134,7 @@ class Predictor:
         return int(self.upstream.min_samples)
 
     def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
-        """One result per file, in order (``ser_plugins.scoring.score_files``): scored, or the reason it was not.
+        """One result per file, in order (``ser_plugins.deploy.scoring.score_files``): scored, or the reason it was not.
 
         Files are run one at a time (no padding: a file's prediction never depends on the others),
         except for the speaker statistics, which pool all usable files.

@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ser_plugins.registry import PluginError
+from ser_plugins.plugins.registry import PluginError
 
 
 class PluginContractError(PluginError):
@@ -26,7 +26,7 @@ def describe(plugin: Any, kind: str) -> str:
     name = getattr(plugin, "plugin_name", None) or type(plugin).__name__
     dist = getattr(plugin, "plugin_dist", None)
     if dist is None:
-        from ser_plugins.fingerprint import distribution_of
+        from ser_plugins.plugins.fingerprint import distribution_of
 
         dist = distribution_of(plugin)["name"] or "unknown"
     return f"{kind} {name!r} (distribution {dist!r}, {type(plugin).__module__}.{type(plugin).__qualname__})"

@@ -3,7 +3,7 @@
 The file is read in blocks (soundfile), mixed down to mono and resampled block by block (soxr's
 streaming resampler); windows of ``window`` seconds every ``hop`` seconds are cut from a buffer
 that never holds more than one window plus one block, scored in small batches of equal-length
-windows by any ``ser_plugins.scoring.WindowScorer`` (``probabilities([B, S]) -> [B, C]``, ``labels``,
+windows by any ``ser_plugins.deploy.scoring.WindowScorer`` (``probabilities([B, S]) -> [B, C]``, ``labels``,
 ``sample_rate``, ``min_samples``: the ONNX engine or the PyTorch graph), and written to the CSV as they come.
 Memory is bounded by the block, the window batch and one row of probabilities per window.
 
@@ -27,8 +27,8 @@ import numpy as np
 
 from ser_plugins.data.audio import AudioError
 from ser_plugins.errors import UserError
-from ser_plugins.io import atomic_path
-from ser_plugins.scoring import WindowScorer
+from ser_plugins.runtime.atomic import atomic_path
+from ser_plugins.deploy.scoring import WindowScorer
 
 log = logging.getLogger("ser_plugins")
 

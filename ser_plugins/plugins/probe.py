@@ -1,7 +1,7 @@
 """One forward pass of a plugin (or a composed model) on short synthetic input: no data, no download.
 
 ``ser validate`` probes a recipe's model, ``ser list --check`` every installed plugin that can be
-built from its defaults. Every output is checked with ``ser_plugins.boundary``, so a plugin that
+built from its defaults. Every output is checked with ``ser_plugins.plugins.boundary``, so a plugin that
 breaks its contract is caught before any run. Beyond shapes, both run the padding checks of
 ``ser_plugins.testing`` on tiny synthetic batches (loosely: they catch a plugin that reads its
 padding, not rounding): outputs finite for a padded batch, and an utterance's valid upstream
@@ -16,8 +16,8 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ser_plugins import registry
-from ser_plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
+from ser_plugins.plugins import registry
+from ser_plugins.plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
                                   check_classifier_output, check_upstream_declaration, check_upstream_output, fail)
 
 #: options a kind's constructor receives from the core, not from the user

@@ -114,7 +114,7 @@ class Upstream(nn.Module):
         distribution and version, and a fingerprint of its source (``source_fingerprint()``);
         upstreams with weights add the weights' identity (hub id + revision, or a file hash).
         """
-        from ser_plugins.fingerprint import distribution_of, resolved_config
+        from ser_plugins.plugins.fingerprint import distribution_of, resolved_config
 
         return {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -129,7 +129,7 @@ class Upstream(nn.Module):
 
         Override to widen it (code in other folders) or to pin it (e.g. return a release tag).
         """
-        from ser_plugins.fingerprint import source_fingerprint
+        from ser_plugins.plugins.fingerprint import source_fingerprint
 
         return source_fingerprint(type(self))
 

@@ -2,7 +2,7 @@
 
 ``FoldGraph`` chains what ``ser predict`` does for one file -- upstream, the kept layers, the
 run's saved normalisation, layer use, projection, aggregator, classifier, softmax -- so that
-``ser_plugins.export`` can hand it to an ONNX exporter and ``ser predict --window`` can score a
+``ser_plugins.deploy.export`` can hand it to an ONNX exporter and ``ser predict --window`` can score a
 batch of equal-length windows with it. A normalised run's graph applies the fold's saved
 statistics (``folds/<fold>/normalizer.safetensors``), as ``ser predict`` does for a few files.
 Every row of the input is one whole utterance: rows are never padded, so the graph needs no
@@ -22,7 +22,7 @@ from torch import nn
 from ser_plugins.data.normalize import Normalizer
 from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel
-from ser_plugins.scoring import OneByOne
+from ser_plugins.deploy.scoring import OneByOne
 
 class GraphError(UserError, RuntimeError):
     """A run directory whose inference graph cannot be built."""
@@ -96,10 +96,10 @@ def fold_names(run_dir: Path) -> List[str]:
 def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[FoldGraph], object]:
     """``(graphs, predictor)``: one ``FoldGraph`` per fold (or only ``fold``), in eval mode.
 
-    The predictor (``ser_plugins.predict.Predictor``) is the same loading path ``ser predict``
+    The predictor (``ser_plugins.deploy.predict.Predictor``) is the same loading path ``ser predict``
     uses; it is returned so callers can compare against it.
     """
-    from ser_plugins.predict import Predictor
+    from ser_plugins.deploy.predict import Predictor
 
     run_dir = Path(run_dir)
     predictor = Predictor(run_dir, fold, min_speaker_files=sys.maxsize)  # always the saved statistics
@@ -111,7 +111,7 @@ def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[Fo
 class TorchScorer(OneByOne):
     """Scores batches of equal-length windows with PyTorch: the mean of the folds' probabilities (a ``Scorer``).
 
-    The PyTorch counterpart of ``ser_plugins.onnx_engine.OnnxPredictor`` for ``ser predict --window``;
+    The PyTorch counterpart of ``ser_plugins.deploy.onnx_engine.OnnxPredictor`` for ``ser predict --window``;
     a speaker-normalised run's windows get the fold's typical speaker statistics, like the exported model.
     """
 

@@ -16,7 +16,7 @@ from typing import Optional
 from filelock import FileLock, Timeout
 
 from ser_plugins.errors import UserError
-from ser_plugins.io import atomic_write_text
+from ser_plugins.runtime.atomic import atomic_write_text
 
 LOCK_NAME = ".lock"
 HOLDER_NAME = ".lock.holder"

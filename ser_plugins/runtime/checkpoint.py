@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ser_plugins.errors import CorruptFileError, UnsafeCheckpointError, is_refusal, refused_pickle, unpickler_detail
-from ser_plugins.io import atomic_save
+from ser_plugins.runtime.atomic import atomic_save
 
 
 def save_weights(path: Path, state: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:

@@ -94,7 +94,7 @@ def run_job(job: Job) -> Dict[str, Any]:
     """Run one job in this process; returns what it did (folds finished, upstream forward passes)."""
     from ser_plugins.data.prepare import prepare
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import Runner, pick_device
+    from ser_plugins.training.runner import Runner, pick_device
 
     recipe = load_recipe(job.recipe, job.overrides)
     if job.extract:
@@ -146,15 +146,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         value = run_job(job)
     except Exception as exc:
-        from ser_plugins.cli import _user_message
+        from ser_plugins.errors import user_message
 
-        message = _user_message(exc)
+        message = user_message(exc)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
     if len(args) > 1:
-        from ser_plugins.io import atomic_write_json
+        from ser_plugins.runtime.atomic import atomic_write_json
 
         atomic_write_json(Path(args[1]), value)
     return 0

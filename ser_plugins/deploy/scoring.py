@@ -1,7 +1,7 @@
 """Scoring audio files, the same way for every engine: the ``Scorer`` protocol, the per-file loop, the output.
 
-``ser predict`` scores files with a run directory (``ser_plugins.predict.Predictor``, PyTorch) or an
-exported folder (``ser_plugins.onnx_engine.OnnxPredictor``, onnxruntime); both are ``Scorer`` s and go
+``ser predict`` scores files with a run directory (``ser_plugins.deploy.predict.Predictor``, PyTorch) or an
+exported folder (``ser_plugins.deploy.onnx_engine.OnnxPredictor``, onnxruntime); both are ``Scorer`` s and go
 through ``score_files`` (decode, check, score) and ``write_results`` (text, JSON or CSV, warnings, exit
 status). A file that cannot be read, or that training would have skipped, gets its reason instead of a
 score; the other files are still scored.

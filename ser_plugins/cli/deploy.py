@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:  # numpy and the engines are imported only when a command needs them
-    from ser_plugins.scoring import Scorer, WindowScorer
+    from ser_plugins.deploy.scoring import Scorer, WindowScorer
 
 
 def add_export_parser(sub: Any) -> None:
@@ -50,7 +50,7 @@ def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
 
 def export_command(args: argparse.Namespace) -> int:
     """``ser export``: print one line per exported fold."""
-    from ser_plugins.export import DEFAULT_ATOL, export_run
+    from ser_plugins.deploy.export import DEFAULT_ATOL, export_run
 
     atol = DEFAULT_ATOL if args.atol is None else args.atol
     results = export_run(Path(args.run_dir), Path(args.out), args.fold, args.all_folds, atol, args.exporter,
@@ -66,10 +66,10 @@ def file_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None
                 threads: int = 0) -> "Scorer":
     """The ``Scorer`` of whole files: a run directory's ``Predictor`` (torch) or an exported folder's ``OnnxPredictor``."""
     if engine == "onnx":
-        from ser_plugins.onnx_engine import OnnxPredictor
+        from ser_plugins.deploy.onnx_engine import OnnxPredictor
 
         return OnnxPredictor(_export_folder(run_dir, fold), threads=threads, min_speaker_files=min_speaker_files)
-    from ser_plugins.predict import Predictor
+    from ser_plugins.deploy.predict import Predictor
 
     return Predictor(Path(run_dir), fold, min_speaker_files=min_speaker_files)
 
@@ -77,10 +77,10 @@ def file_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None
 def window_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None, threads: int = 0) -> "WindowScorer":
     """The ``WindowScorer`` of ``--window``: batches of equal-length windows (the exported graph, or the ONNX engine)."""
     if engine == "onnx":
-        from ser_plugins.onnx_engine import OnnxPredictor
+        from ser_plugins.deploy.onnx_engine import OnnxPredictor
 
         return OnnxPredictor(_export_folder(run_dir, fold), threads=threads)
-    from ser_plugins.inference_graph import TorchScorer
+    from ser_plugins.deploy.inference_graph import TorchScorer
 
     return TorchScorer(Path(run_dir), fold)
 
@@ -91,7 +91,7 @@ def _export_folder(run_dir: Path, fold: Optional[str]) -> Path:
 
 def predict_files(scorer: "Scorer", files: Sequence[str], fmt: str = "text") -> int:
     """Score whole files and write them as ``fmt`` (text, json, csv); the exit status of ``ser predict``."""
-    from ser_plugins.scoring import score_files, write_results
+    from ser_plugins.deploy.scoring import score_files, write_results
 
     return write_results(score_files(scorer, files), scorer.labels, fmt)
 
@@ -104,8 +104,8 @@ def predict_timelines(scorer: "WindowScorer", files: Sequence[str], window: floa
     Returns the exit status of ``ser predict``: 0 when every recording was analysed, 1 when some was not.
     """
     from ser_plugins.data.audio import AudioError
-    from ser_plugins.scoring import audio_problem, not_scored_line, warn_not_scored
-    from ser_plugins.timeline import analyse_recording
+    from ser_plugins.deploy.scoring import audio_problem, not_scored_line, warn_not_scored
+    from ser_plugins.deploy.timeline import analyse_recording
 
     bad = []
     for path in files:
@@ -125,7 +125,7 @@ def predict_timelines(scorer: "WindowScorer", files: Sequence[str], window: floa
 
 def check_predict_options(window: Optional[float], hop: Optional[float], vad: str, fmt: str, batch_size: int) -> None:
     """Refuse ``ser predict`` options that would be ignored or cannot work."""
-    from ser_plugins.timeline import TimelineError
+    from ser_plugins.deploy.timeline import TimelineError
 
     for given, name in ((hop is not None, "--hop"), (vad != "none", "--vad")):
         if given and window is None:

@@ -4,24 +4,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ser_plugins import deploy_commands, registry
-from ser_plugins.errors import UserError
+from ser_plugins.cli import deploy as deploy_commands
+from ser_plugins.errors import user_message
+from ser_plugins.plugins import registry
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ser_plugins.recipe import load_recipe
-    from ser_plugins.runner import run_recipe
+    from ser_plugins.training.runner import run_recipe
 
     recipe = load_recipe(args.recipe, args.override)
     folds = args.folds.split(",") if args.folds else None
     summary = run_recipe(recipe, args.out, folds, args.resume, progress=not args.quiet)
-    from ser_plugins.runner import run_dir_for
-    from ser_plugins.training.distributed import context
+    from ser_plugins.training.runner import run_dir_for
+    from ser_plugins.runtime.distributed import context
 
     if not context().main:  # torchrun: rank 0 speaks for the run
         return 0
@@ -31,11 +31,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
-    from ser_plugins.grid import run_grid
+    from ser_plugins.launch.grid import run_grid
 
     folds = args.folds.split(",") if args.folds else None
     if args.launcher:
-        from ser_plugins.grid_commands import launched_grid
+        from ser_plugins.cli.grid import launched_grid
 
         return launched_grid(args, folds)
     result = run_grid(args.recipes, Path(args.out), args.override, args.sweep, folds, args.resume,
@@ -56,7 +56,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if labels is None:
         labels, note = ["class0", "class1"], " (classes unknown until the corpus is read: built with 2)"
     model = build_from_recipe(recipe, len(labels))
-    from ser_plugins.probe import probe_model
+    from ser_plugins.plugins.probe import probe_model
 
     probe_model(model, len(labels))  # one forward pass on synthetic audio (every plugin boundary checked), padding
     n_head = sum(p.numel() for p in model.head.parameters())
@@ -84,7 +84,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for s in specs:
         line = f"{s.kind:<11} {s.name:<{width}}  {s.dist}"
         if args.check:
-            from ser_plugins.probe import probe_plugin
+            from ser_plugins.plugins.probe import probe_plugin
 
             try:
                 line += f"  {probe_plugin(s)}"
@@ -95,7 +95,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(line)
     if not args.check:
         return 0
-    from ser_plugins.probe import report_clashes
+    from ser_plugins.plugins.probe import report_clashes
 
     ambiguous = report_clashes(args.kind, args.pattern)
     if broken or ambiguous:
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", help="comma-separated fold numbers (1-based) or names to run")
     g.add_argument("--resume", action="store_true", help="continue: finished runs and folds are not recomputed")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    from ser_plugins.grid_commands import add_launcher_arguments
+    from ser_plugins.cli.grid import add_launcher_arguments
 
     add_launcher_arguments(g)
     g.set_defaults(func=_cmd_grid)
@@ -264,39 +264,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:
-        message = _user_message(exc)
+        message = user_message(exc)
         if args.debug or message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         code = 2
     if "torch.distributed" in sys.modules:  # a torchrun rank: ends here, see end_process
-        from ser_plugins.training.distributed import end_process
+        from ser_plugins.runtime.distributed import end_process
 
         end_process(code)
     return code
-
-
-def _user_message(exc: BaseException) -> Optional[str]:
-    """The one-line message of an error that is the user's to fix, or None for a bug (keeps its traceback).
-
-    Besides ``UserError``: a missing file, a full disk (named by its errno wherever it was raised) and
-    a pickle the weights-only unpickler refused (with our advice, never PyTorch's ``weights_only=False``).
-    """
-    import pickle
-
-    from ser_plugins.errors import disk_full_errno, is_refusal, refused_pickle, unpickler_detail
-
-    if isinstance(exc, (UserError, FileNotFoundError, FileExistsError)):
-        return str(exc)
-    code = disk_full_errno(exc)
-    if code is not None:
-        where = getattr(exc, "filename", None)
-        return f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} (no room left on the disk, or over a size limit)"
-    if isinstance(exc, pickle.UnpicklingError):
-        if is_refusal(exc):
-            return str(refused_pickle("a pickled file", exc))
-        return f"cannot read a pickled file: {unpickler_detail(exc)} (nothing was executed)"
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,9 @@
 """Predictions from an exported folder (``ser export``) with onnxruntime: no torch, no training code.
 
-Imports only numpy, onnxruntime and ``ser_plugins.scoring`` (numpy, soundfile + soxr). A folder holds one
+Imports only numpy, onnxruntime and ``ser_plugins.deploy.scoring`` (numpy, soundfile + soxr). A folder holds one
 ``model.onnx`` + ``model.json``, or one subfolder per fold (``ser export --all-folds``), whose
 probabilities are averaged like ``ser predict`` averages a run's folds. Files are decoded, checked and
-reported by the same code as the PyTorch engine's (``ser_plugins.scoring.score_files``).
+reported by the same code as the PyTorch engine's (``ser_plugins.deploy.scoring.score_files``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from ser_plugins.errors import UserError
-from ser_plugins.scoring import OneByOne, Outcome
+from ser_plugins.deploy.scoring import OneByOne, Outcome
 
 SIDECAR = "model.json"
 FORMAT = "ser-plugins-onnx"
@@ -63,7 +63,7 @@ class OnnxPredictor(OneByOne):
     """Class probabilities from one or several exported folds (averaged), with onnxruntime on CPU (a ``Scorer``).
 
     ``threads``: onnxruntime intra-op threads (0: its default). ``min_speaker_files``: as for
-    ``ser_plugins.predict.Predictor``; an exported speaker-normalised model applies its fold's typical
+    ``ser_plugins.deploy.predict.Predictor``; an exported speaker-normalised model applies its fold's typical
     speaker statistics, so scoring at least that many files at once (where the PyTorch engine would use
     the files' own statistics) is refused rather than answered differently.
     """

@@ -38,7 +38,7 @@ def parse_options(items: List[str]) -> Dict[str, Any]:
 
 def launched_grid(args: argparse.Namespace, folds: Optional[List[str]]) -> int:
     """Run ``ser grid --launcher``: print the report and every failed job with its log; exit 1 when a job failed."""
-    from ser_plugins.grid_launch import launch_grid
+    from ser_plugins.launch.grid_launch import launch_grid
 
     resources = {"gpus": args.gpus, "cpus": args.cpus, "mem_gb": args.mem_gb, "time_min": args.time_min,
                  "partition": args.partition}
