@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ser_plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
+from ser_plugins.plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
 from upstreams.emotion2vec_model import (
     Emotion2vecCheckpointError,
     Emotion2vecConfig,

@@ -1,13 +1,13 @@
-"""Named self-supervised upstreams: data only, each a hub id for the ``hf`` builder.
+"""Named self-supervised upstreams: data only, each a hub id for its builder (``hf``, ``emotion2vec``, ``whisper``).
 
-Every checkpoint's input normalisation and attention-mask convention come from its own saved
+For ``hf``, every checkpoint's input normalisation and attention-mask convention come from its own saved
 ``preprocessor_config.json`` (read by ``HFUpstream``), so no preset repeats them. Override the
 weights with a local copy by passing ``model=/path/to/folder`` (user kwargs win over preset
 kwargs). Facts per checkpoint are tabulated in ``docs/self_supervised.md``.
 """
 from __future__ import annotations
 
-from ser_plugins.registry import Preset
+from ser_plugins.plugins.registry import Preset
 
 
 def _hf(hub_id: str, description: str) -> Preset:

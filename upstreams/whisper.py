@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ser_plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
+from ser_plugins.plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
 from ser_plugins.errors import CorruptFileError, is_refusal, refused_pickle, unpickler_detail
 from upstreams.hf import DTypeLike, require_transformers, resolve_dtype
 from upstreams.hf_hub import (
