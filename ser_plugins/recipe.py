@@ -549,6 +549,42 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
+def recipe_differences(old: Any, new: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between a saved recipe and this one, as ``key: old -> new``."""
+    if not isinstance(old, dict):
+        return [f"{prefix or 'recipe'}: {old!r} -> {new!r}"] if old != new else []
+    out: List[str] = []
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, path)
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+def resume_differences(saved: Any, recipe: Recipe) -> Optional[List[str]]:
+    """What keeps ``recipe`` from resuming the run whose saved recipe (plain data) is ``saved``.
+
+    ``None`` when the two compute the same: ``output.dir``, the ``launcher`` section and the
+    ``EXECUTION_ONLY_KEYS`` are left out of the comparison. Otherwise the differing keys as
+    ``key: old -> new`` (``recipe_differences``; empty when only a key's presence differs).
+    """
+    old, mine = copy.deepcopy(saved), recipe.to_dict()
+    if isinstance(old, dict):
+        old.get("output", {}).pop("dir", None)
+        old.pop("launcher", None)  # resources never change results
+    mine["output"].pop("dir", None)
+    mine.pop("launcher", None)
+    for section, keys in EXECUTION_ONLY_KEYS.items():  # the RAM budget, the workers: same results
+        for d in (old, mine):
+            if isinstance(d, dict) and isinstance(d.get(section), dict):
+                for key in keys:
+                    d[section].pop(key, None)
+    return None if old == mine else recipe_differences(old, mine)
+
+
 def recipe_json_schema() -> Dict[str, Any]:
     """JSON Schema of a recipe (``ser schema``): editors use it to complete and check recipe files."""
     schema = Recipe.model_json_schema()
