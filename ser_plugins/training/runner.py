@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import logging
 import os
 import platform
@@ -19,29 +17,25 @@ from tqdm.auto import tqdm
 
 from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.data.folds import Fold
-from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
+from ser_plugins.data.normalize import Normalizer
 from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import DiskFullError, RunError
-from ser_plugins.runtime.atomic import atomic_write_json, atomic_write_text, read_json
 from ser_plugins.runtime.locking import BRIEF_PHASES, RunLock, held_elsewhere
 from ser_plugins.model import SERModel, build_head
-from ser_plugins.recipe import EXECUTION_ONLY_KEYS, Recipe, TrainingConfig, dump_recipe, safe_load
+from ser_plugins.recipe import Recipe, TrainingConfig, resume_differences
+from ser_plugins.recipe import recipe_differences  # noqa: F401 - moved to recipe.py; still importable here
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
+from ser_plugins.results.run_dir import REFIT_STATE_FILE, STATE_FILE, FoldDir, RunDir, run_info
 from ser_plugins.results.summary import Summary
 from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.runtime.seeding import set_seed
-from ser_plugins.training.trainer import FoldTrainer, evaluate
+from ser_plugins.training.trainer import FitResult, FoldTrainer, evaluate
 
 log = logging.getLogger("ser_plugins")
 
 SETUP_PHASE, SUMMARY_PHASE = BRIEF_PHASES
-
-
-STATE_FILE, REFIT_STATE_FILE = "last_state.pt", "refit_state.pt"  # a fold's resume state (deleted when it ends)
-SELECTION_FILE = "selection.json"  # a refitting fold's first pass: what the dev set chose
-MAX_NAMED_SKIPS = 1000  # skipped utterances and corpus problems named one by one in run.json (all are counted)
 
 
 def effective_precision(precision: str, device: str) -> str:
@@ -143,21 +137,6 @@ def _environment() -> Dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def recipe_differences(old: Any, new: Dict[str, Any], prefix: str = "") -> List[str]:
-    """Dotted keys whose values differ between a saved recipe and this one, as ``key: old -> new``."""
-    if not isinstance(old, dict):
-        return [f"{prefix or 'recipe'}: {old!r} -> {new!r}"] if old != new else []
-    out: List[str] = []
-    for key in list(old) + [k for k in new if k not in old]:
-        a, b = old.get(key), new.get(key)
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += recipe_differences(a, b, path)
-        elif a != b:
-            out.append(f"{path}: {a!r} -> {b!r}")
-    return out
-
-
 class Runner:
     """Runs a resolved recipe over the folds of its corpus and writes the run directory.
 
@@ -170,6 +149,7 @@ class Runner:
         self.recipe = recipe
         self.store_frames = store_frames
         self.run_dir = Path(run_dir)
+        self.files = RunDir(self.run_dir)  # the run directory's files (results.run_dir)
         self.fold_selection = folds
         self.resume = resume
         self.progress = progress
@@ -184,27 +164,16 @@ class Runner:
         self._initial_upstream: Optional[Dict[str, torch.Tensor]] = None
 
     def _check_run_dir(self) -> None:
-        saved = self.run_dir / "recipe.yaml"
+        saved = self.files.recipe
         if saved.exists():
             if not self.resume and not self.fold_selection:  # a fold job (--folds) joins its run's directory
                 raise RunError(f"{self.run_dir} already holds a run; pass --resume to continue it or --out for a new one")
             try:
-                old = safe_load(saved.read_text())
+                old = self.files.read_recipe()
             except Exception as exc:  # noqa: BLE001 - any YAML problem: the file is not ours
                 raise RunError(f"{saved}: not a readable recipe ({type(exc).__name__}); use a new --out") from None
-            mine = self.recipe.to_dict()
-            if isinstance(old, dict):
-                old.get("output", {}).pop("dir", None)
-                old.pop("launcher", None)  # resources never change results
-            mine["output"].pop("dir", None)
-            mine.pop("launcher", None)
-            for section, keys in EXECUTION_ONLY_KEYS.items():  # the RAM budget, the workers: same results
-                for d in (old, mine):
-                    if isinstance(d, dict) and isinstance(d.get(section), dict):
-                        for key in keys:
-                            d[section].pop(key, None)
-            if old != mine:
-                changed = recipe_differences(old, mine)
+            changed = resume_differences(old, self.recipe)  # None: the same results (recipe.py)
+            if changed is not None:
                 where = f" ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})" if changed else ""
                 raise RunError(f"--resume: the recipe differs from the one saved in {saved}{where}; use a new --out")
 
@@ -259,7 +228,7 @@ class Runner:
             if locked and not started:
                 if created:
                     self._remove_created(lock, created)
-                elif not (self.run_dir / "recipe.yaml").exists():  # a directory of the user's: only our lock files go
+                elif not self.files.is_run:  # a directory of the user's: only our lock files go
                     lock.remove_files()
 
     def _follow(self) -> Summary:
@@ -282,36 +251,29 @@ class Runner:
 
     def _write_run_files(self, prep: Prepared) -> None:
         r = self.recipe
-        atomic_write_text(self.run_dir / "recipe.yaml", dump_recipe(r))
+        self.files.write_recipe(r)
         paths = {u.id: u.path for u in self._planned_utterances} if self._planned_utterances else {}
-        skipped_files = [{"id": uid, "path": paths.get(uid, ""), "reason": reason}
-                         for uid, reason in sorted(prep.skipped.items())[:MAX_NAMED_SKIPS]]
-        atomic_write_json(self.run_dir / "run.json", {
-            "environment": _environment(), "device": self.device, "precision": self.precision,
-            "upstream": prep.upstream.identity(),
-            "labels": prep.labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
-                                               "test": len(f.test)} for f in prep.folds],
-            "skipped": count_reasons(prep.skipped), "skipped_files": skipped_files,
-            "corpus_problems": len(prep.corpus_problems),
-            "corpus_problem_details": prep.corpus_problems[:MAX_NAMED_SKIPS],  # e.g. a manifest row's missing audio
-            "evaluation": {"protocol": prep.protocol, "dev": r.protocol.dev, "refit": r.training.refit,
-                           "normalize": r.features.normalize, "transductive": r.features.transductive},
-            **prep.notes,
-        })
+        self.files.write_run_info(run_info(
+            environment=_environment(), device=self.device, precision=self.precision,
+            upstream=prep.upstream.identity(), labels=prep.labels, folds=prep.folds,
+            skipped=prep.skipped, skipped_counts=count_reasons(prep.skipped), paths=paths,
+            corpus_problems=prep.corpus_problems, protocol=prep.protocol, dev=r.protocol.dev,
+            refit=r.training.refit, normalize=r.features.normalize, transductive=r.features.transductive,
+            notes=prep.notes))
 
     def _run_folds(self, prep: Prepared, folds: List[Fold], t0: float) -> Summary:
         r = self.recipe
         if r.finetune.mode != "frozen":
             self._initial_upstream = {k: v.clone() for k, v in prep.upstream.state_dict().items()}
         for fold in tqdm(folds, desc="folds", unit="fold", disable=not self.progress):
-            fold_dir = self.run_dir / "folds" / fold.name
+            fold_dir = self.files.fold(fold.name)
             with contextlib.ExitStack() as held:
-                done = (fold_dir / "metrics.json").exists()
+                done = fold_dir.finished
                 if not done and self.ctx.main:
-                    held.enter_context(RunLock(fold_dir, hint="another job trains this fold; wait for it (re-running "
-                                                              "skips finished folds)"))
-                    done = (fold_dir / "metrics.json").exists()  # finished by another job while we waited
-                    for orphan in [] if done else fold_dir.rglob(".*.tmp"):  # left by a killed job; the lock is ours
+                    held.enter_context(RunLock(fold_dir.path, hint="another job trains this fold; wait for it (re-running "
+                                                                   "skips finished folds)"))
+                    done = fold_dir.finished  # finished by another job while we waited
+                    for orphan in [] if done else fold_dir.path.rglob(".*.tmp"):  # left by a killed job; the lock is ours
                         orphan.unlink(missing_ok=True)
                 if ddp_tools.broadcast(done, self.ctx):  # under torchrun, rank 0 decides for all
                     log.info("fold %s already finished; skipping", fold.name)
@@ -328,9 +290,8 @@ class Runner:
         with RunLock(self.run_dir, phase=SUMMARY_PHASE, wait=True):
             results = {}
             for fold in prep.folds:
-                done = self.run_dir / "folds" / fold.name / "metrics.json"
-                if done.exists():
-                    results[fold.name] = read_json(done)
+                if self.files.fold_finished(fold.name):
+                    results[fold.name] = self.files.read_fold_metrics(fold.name)
             return ddp_tools.broadcast(self._summarise(prep, results, time.time() - t0), self.ctx)
 
     def _training_threads(self, prep: Prepared, fold: Fold, precomputed: bool) -> int:
@@ -347,7 +308,7 @@ class Runner:
             return torch.get_num_threads()
         if precomputed:
             return 1
-        others = sum(held_elsewhere(self.run_dir / "folds" / f.name) for f in prep.folds if f.name != fold.name)
+        others = sum(held_elsewhere(self.files.fold(f.name).path) for f in prep.folds if f.name != fold.name)
         return max(1, torch.get_num_threads() // (1 + others))
 
     def _reset_upstream(self, prep: Prepared) -> None:
@@ -355,7 +316,7 @@ class Runner:
         if self._initial_upstream is not None:
             prep.upstream.load_state_dict(self._initial_upstream)
 
-    def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: Path):
+    def _fold_source(self, prep: Prepared, fold: Fold, fold_dir: FoldDir):
         """The batch source of one fold: the shared features through this fold's normaliser (if any)."""
         kind = self.recipe.features.normalize
         if kind is None:
@@ -363,16 +324,15 @@ class Runner:
         speakers = prep.speakers
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
         if self.ctx.main:
-            normalizer.save(fold_dir / NORMALIZER_FILE)
+            normalizer.save(fold_dir.normalizer)
         return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:
         r = self.recipe
-        fold_dir = self.run_dir / "folds" / fold.name
-        fold_dir.mkdir(parents=True, exist_ok=True)
+        fold_dir = self.files.fold(fold.name).mkdir()
         source = self._fold_source(prep, fold, fold_dir)
         seed = r.seed + index
-        writer = _tensorboard(self.run_dir / "tensorboard" / fold.name) if r.output.tensorboard and self.ctx.main else None
+        writer = _tensorboard(self.files.tensorboard(fold.name)) if r.output.tensorboard and self.ctx.main else None
         on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
         t0 = time.time()
         precomputed = isinstance(source, FeatureSource)
@@ -388,77 +348,68 @@ class Runner:
             set_seed(seed)
             head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
             model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
-            return FoldTrainer(model, source, training, r.finetune, prep.labels, fold_dir, self.device,
+            return FoldTrainer(model, source, training, r.finetune, prep.labels, fold_dir.path, self.device,
                                r.output.save_checkpoints, on_epoch, self.progress, eval_bs,
                                r.output.checkpoint_interval, state_file)
 
-        selection_file = fold_dir / SELECTION_FILE
-        if r.training.refit and selection_file.exists():  # resumed during the refit: the dev choice is made
-            fit = read_json(selection_file)
+        if r.training.refit and fold_dir.selection.exists():  # resumed during the refit: the dev choice is made
+            fit = FitResult.from_dict(fold_dir.read_selection())
         else:
             trainer = trainer_for(r.training, STATE_FILE)
             fit = trainer.fit(fold.train, fold.dev, seed)
-        refit = None
+        refit: Optional[FitResult] = None
         if r.training.refit:
-            if self.ctx.main and not selection_file.exists():
-                atomic_write_json(selection_file, fit)
+            if self.ctx.main and not fold_dir.selection.exists():
+                fold_dir.write_selection(fit.to_dict())
             self._reset_upstream(prep)
-            trainer, refit = self._refit(trainer_for, fold, fit, seed)
+            trainer, refit, refit_train = self._refit(trainer_for, fold, fit, seed)
         model = trainer.model
         if writer:
             writer.close()
         test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, self.precision)
         if not self.ctx.main:
             return {}
-        self._write_predictions(fold_dir / "predictions.csv", test, prep)
-        plot_confusion(test["confusion"], prep.labels, fold_dir / "confusion.png",
+        fold_dir.write_predictions(test, prep.speakers, prep.labels)
+        plot_confusion(test["confusion"], prep.labels, fold_dir.confusion,
                        f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}")
-        if fit["history"]:
-            plot_curves(fit["history"], fold_dir / "curves.png", f"fold {fold.name}")
+        if fit.history:
+            plot_curves(fit.history, fold_dir.curves, f"fold {fold.name}")
         metrics = {k: test[k] for k in ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")}
         metrics.update(fold=fold.name, seed=seed, train=len(fold.train), dev=len(fold.dev), test=len(fold.test),
-                       best_epoch=fit["best_epoch"], best_dev_ua=fit["best_dev_ua"] if fold.dev else None,
-                       nan_steps=fit["nan_steps"] + (refit["nan_steps"] if refit else 0),
-                       seconds=round(time.time() - t0, 2), history=fit["history"],
+                       best_epoch=fit.best_epoch, best_dev_ua=fit.best_dev_ua if fold.dev else None,
+                       nan_steps=fit.nan_steps + (refit.nan_steps if refit else 0),
+                       seconds=round(time.time() - t0, 2), history=fit.history,
                        train_padding_fraction=round(trainer.padding_fraction(fold.train, seed), 4))
         if refit is not None:
-            metrics["refit"] = {k: refit[k] for k in ("train", "steps", "total_steps", "history")}
+            metrics["refit"] = {"train": refit_train, "steps": refit.steps, "total_steps": refit.total_steps,
+                                "history": refit.history}
         layer_use = model.head.layer_use
         if hasattr(layer_use, "normalized_weights"):
             metrics["layer_weights"] = {"layers": prep.kept_layers,
                                         "weights": layer_use.normalized_weights().detach().cpu().tolist()}
-        atomic_write_json(fold_dir / "metrics.json", metrics)  # written last: marks the fold done
-        for private in (STATE_FILE, REFIT_STATE_FILE, SELECTION_FILE):  # resume state of a finished fold
-            (fold_dir / private).unlink(missing_ok=True)
+        fold_dir.write_metrics(metrics)  # written last: marks the fold done
+        fold_dir.remove_resume_state()  # the trainer's and the refit's resume files of a finished fold
         log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
         return metrics
 
-    def _refit(self, trainer_for, fold: Fold, fit: Dict[str, Any], seed: int) -> tuple:
+    def _refit(self, trainer_for, fold: Fold, fit: FitResult, seed: int) -> tuple:
         """Train a fresh head on train + dev up to the share of the budget the dev set chose.
 
         The chosen epoch's step count, as a share of the first pass's planned steps, is applied to
         the refit's own plan (more utterances per epoch: more steps), so the model stops at the same
-        point of its learning-rate schedule, having seen each utterance about as often.
+        point of its learning-rate schedule, having seen each utterance about as often. Returns
+        ``(trainer, its FitResult, training utterances)``.
         """
-        chosen = fit["history"][fit["best_epoch"] - 1]["step"] if fit["best_epoch"] else fit["steps"]
+        chosen = fit.history[fit.best_epoch - 1]["step"] if fit.best_epoch else fit.steps
         training = self.recipe.training.model_copy(update={"select": "last", "patience": None, "refit": False})
         trainer = trainer_for(training, REFIT_STATE_FILE)
         ids = list(fold.train) + list(fold.dev)
         planned = trainer.planned_steps(ids, seed)
-        stop = max(1, round(chosen * planned / max(1, fit["total_steps"])))
+        stop = max(1, round(chosen * planned / max(1, fit.total_steps)))
         log.info("fold %s: refit on train + dev (%d utterances) for %d of %d steps (dev chose epoch %d, step %d)",
-                 fold.name, len(ids), stop, planned, fit["best_epoch"], chosen)
+                 fold.name, len(ids), stop, planned, fit.best_epoch, chosen)
         refit = trainer.fit(ids, [], seed, stop_at_step=stop)
-        return trainer, {**refit, "train": len(ids)}
-
-    def _write_predictions(self, path: Path, test: Dict[str, Any], prep: Prepared) -> None:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["id", "speaker", "label", "prediction"] + [f"p_{lab}" for lab in prep.labels])
-        for uid, tgt, pred, probs in zip(test["ids"], test["targets"], test["predictions"], test["probabilities"]):
-            w.writerow([uid, prep.utterances[uid].speaker, prep.labels[tgt], prep.labels[pred]]
-                       + [f"{p:.5f}" for p in probs])
-        atomic_write_text(path, buf.getvalue())
+        return trainer, refit, len(ids)
 
     def _summarise(self, prep: Prepared, results: Dict[str, Dict[str, Any]], seconds: float) -> Summary:
         r = self.recipe
@@ -480,10 +431,9 @@ class Runner:
         )
         weights = {n: results[n]["layer_weights"]["weights"] for n in results if "layer_weights" in results[n]}
         if weights:
-            plot_layer_weights(weights, self.run_dir / "layer_weights.png", f"{summary.upstream}: learned layer weights")
-        plot_confusion(pooled, prep.labels, self.run_dir / "confusion_pooled.png", "pooled test folds")
-        atomic_write_json(self.run_dir / "summary.json", summary.to_dict())
-        atomic_write_text(self.run_dir / "results.md", summary.to_markdown())
+            plot_layer_weights(weights, self.files.layer_weights, f"{summary.upstream}: learned layer weights")
+        plot_confusion(pooled, prep.labels, self.files.pooled_confusion, "pooled test folds")
+        self.files.write_summary(summary)
         return summary
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel, locate_non_finite
 from ser_plugins.recipe import FinetuneConfig, TrainingConfig
 from ser_plugins.results.metrics import classification_metrics
+from ser_plugins.results.run_dir import BEST_FILE, STATE_FILE
 from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.runtime.checkpoint import load_state, load_weights, save_state, save_weights
 from ser_plugins.runtime.seeding import set_seed
@@ -149,6 +151,27 @@ def planned_epochs(max_steps: Optional[int], epochs: Optional[int], steps_per_ep
     return min(n for n in (by_steps, epochs) if n is not None)
 
 
+@dataclasses.dataclass
+class FitResult:
+    """What ``FoldTrainer.fit`` returns: the epochs' history and the choice made from it."""
+
+    history: List[Dict[str, Any]]  # one record per epoch: epoch, step, train_loss, lr [, dev_loss, dev_ua, dev_wa]
+    best_epoch: int  # the kept epoch (1-based; 0 when none ran)
+    best_dev_ua: float  # dev UA of the kept epoch (-1.0 without a dev set)
+    nan_steps: int  # optimiser steps skipped for a non-finite loss
+    total_steps: int  # optimiser steps the schedule planned
+    steps: int  # optimiser steps taken
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready form (a refitting fold's ``selection.json``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "FitResult":
+        """From ``to_dict``'s form (unknown keys ignored)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
 class FoldTrainer:
     """Trains one fold for its step budget and keeps the weights ``training.select`` picks.
 
@@ -161,7 +184,7 @@ class FoldTrainer:
                  labels: Sequence[str], fold_dir: Path, device: str, save_checkpoints: bool = True,
                  on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True,
                  eval_batch_size: Optional[int] = None, checkpoint_interval: float = 0.0,
-                 state_file: str = "last_state.pt") -> None:
+                 state_file: str = STATE_FILE) -> None:
         self.model = model
         self.source = source
         self.training = training
@@ -208,13 +231,13 @@ class FoldTrainer:
         self.nan_steps = state["progress"].get("nan_steps", 0)
         log.info("fold %s: resuming after epoch %d", self.fold_dir.name, state["progress"]["epoch"])
         best = state.get("best")
-        if best is None and (self.fold_dir / "best.safetensors").exists():
-            best = load_weights(self.fold_dir / "best.safetensors")
+        if best is None and (self.fold_dir / BEST_FILE).exists():
+            best = load_weights(self.fold_dir / BEST_FILE)
         return {**fresh, **state["progress"]}, best
 
     def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int,
-            stop_at_step: Optional[int] = None) -> Dict[str, Any]:
-        """Train for the step budget (or epochs), keep the weights ``training.select`` picks; returns the history.
+            stop_at_step: Optional[int] = None) -> FitResult:
+        """Train for the step budget (or epochs), keep the weights ``training.select`` picks; returns a ``FitResult``.
 
         ``select: last`` keeps the final weights (the schedule has decayed); ``dev_loss`` / ``dev_ua``
         keep the epoch with the best dev cross-entropy / UA, and ``patience`` stops after that many
@@ -261,7 +284,7 @@ class FoldTrainer:
                     best_state = trainable_state(model)
                     self._save_due = True  # the resume state and best.safetensors always agree
                     if self.save_checkpoints and self.ctx.main:
-                        save_weights(self.fold_dir / "best.safetensors", best_state)
+                        save_weights(self.fold_dir / BEST_FILE, best_state)
             else:
                 progress["bad_epochs"] += 1
             progress["epoch"] = epoch + 1
@@ -278,10 +301,10 @@ class FoldTrainer:
         if t.select == "last":
             best_state = trainable_state(model)
             if self.save_checkpoints and self.ctx.main:
-                save_weights(self.fold_dir / "best.safetensors", best_state)
+                save_weights(self.fold_dir / BEST_FILE, best_state)
         model.load_state_dict(best_state, strict=False)
-        return {"history": progress["history"], "best_epoch": progress["best_epoch"], "best_dev_ua": progress["best_ua"],
-                "nan_steps": self.nan_steps, "total_steps": int(total), "steps": progress["step"]}
+        return FitResult(history=progress["history"], best_epoch=progress["best_epoch"], best_dev_ua=progress["best_ua"],
+                         nan_steps=self.nan_steps, total_steps=int(total), steps=progress["step"])
 
     def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
         """Everything needed to resume after this epoch, in ONE atomically written file (rank 0's).
