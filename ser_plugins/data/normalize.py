@@ -21,10 +21,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 
-Layers = List[torch.Tensor]  # one [T, D] tensor per kept layer
+from ser_plugins.results.run_dir import NORMALIZER_FILE  # noqa: F401 - a fold's saved normaliser; importable here
 
-#: a fold's saved normaliser: ``folds/<fold>/NORMALIZER_FILE`` of a run directory
-NORMALIZER_FILE = "normalizer.safetensors"
+Layers = List[torch.Tensor]  # one [T, D] tensor per kept layer
 
 
 @dataclass

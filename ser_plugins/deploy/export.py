@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from ser_plugins.plugins.boundary import describe
-from ser_plugins.data.normalize import NORMALIZER_FILE
 from ser_plugins.errors import UserError
 from ser_plugins.deploy.inference_graph import FoldGraph, fold_names, load_fold_graphs
+from ser_plugins.results.run_dir import BEST_FILE, FOLDS_DIR, NORMALIZER_FILE, RECIPE_FILE, RunDir
 from ser_plugins.runtime.atomic import atomic_write_json
 
 log = logging.getLogger("ser_plugins")
@@ -316,7 +316,7 @@ def _normalisation(graph: FoldGraph, fold: str) -> Dict[str, Any]:
     """What the exported graph standardises its features with (the fold's saved normaliser), for the sidecar."""
     if graph.standardise is None:
         return {"kind": None, "statistics": None, "applied": None}
-    saved = f"folds/{fold}/{NORMALIZER_FILE}"
+    saved = f"{FOLDS_DIR}/{fold}/{NORMALIZER_FILE}"
     if graph.standardise.kind == "global":
         return {"kind": "global", "statistics": "training", "applied": (
             "(x - mean) / std on every kept upstream layer, with the mean and standard deviation of the fold's "
@@ -379,11 +379,11 @@ def export_run(run_dir: Path, out: Path, fold: Optional[str] = None, all_folds: 
     """Export one fold to ``out`` (``fold``, or the run's only fold) or, with ``all_folds``, every fold
     to ``out/<fold>/`` (``ser predict --engine onnx out`` then averages them, like ``ser predict``)."""
     run_dir, out = Path(run_dir), Path(out)
-    if not (run_dir / "recipe.yaml").exists():
-        raise ExportError(f"{run_dir} is not a run directory (no recipe.yaml)")
+    if not RunDir(run_dir).is_run:
+        raise ExportError(f"{run_dir} is not a run directory (no {RECIPE_FILE})")
     names = fold_names(run_dir)
     if not names:
-        raise ExportError(f"{run_dir} has no trained fold (no folds/*/best.safetensors)")
+        raise ExportError(f"{run_dir} has no trained fold (no {FOLDS_DIR}/*/{BEST_FILE})")
     if fold and all_folds:
         raise ExportError("give either --fold or --all-folds, not both")
     if all_folds:

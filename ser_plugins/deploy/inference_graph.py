@@ -23,6 +23,7 @@ from ser_plugins.data.normalize import Normalizer
 from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel
 from ser_plugins.deploy.scoring import OneByOne
+from ser_plugins.results.run_dir import RunDir
 
 class GraphError(UserError, RuntimeError):
     """A run directory whose inference graph cannot be built."""
@@ -90,7 +91,7 @@ class FoldGraph(nn.Module):
 
 def fold_names(run_dir: Path) -> List[str]:
     """Folds of a run that have a best checkpoint, sorted."""
-    return sorted(p.parent.name for p in (Path(run_dir) / "folds").glob("*/best.safetensors"))
+    return RunDir(run_dir).trained_folds()
 
 
 def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[FoldGraph], object]:

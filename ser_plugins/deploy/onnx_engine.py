@@ -1,6 +1,7 @@
 """Predictions from an exported folder (``ser export``) with onnxruntime: no torch, no training code.
 
-Imports only numpy, onnxruntime and ``ser_plugins.deploy.scoring`` (numpy, soundfile + soxr). A folder holds one
+Imports only numpy, onnxruntime, ``ser_plugins.deploy.scoring`` (numpy, soundfile + soxr) and the run
+directory's file names (``ser_plugins.results.run_dir``, standard library only). A folder holds one
 ``model.onnx`` + ``model.json``, or one subfolder per fold (``ser export --all-folds``), whose
 probabilities are averaged like ``ser predict`` averages a run's folds. Files are decoded, checked and
 reported by the same code as the PyTorch engine's (``ser_plugins.deploy.scoring.score_files``).
@@ -15,6 +16,7 @@ import numpy as np
 
 from ser_plugins.errors import UserError
 from ser_plugins.deploy.scoring import OneByOne, Outcome
+from ser_plugins.results.run_dir import RECIPE_FILE
 
 SIDECAR = "model.json"
 FORMAT = "ser-plugins-onnx"
@@ -33,7 +35,7 @@ def find_exports(folder: Path) -> List[Path]:
     found = sorted(folder.glob(f"*/{SIDECAR}"))
     if found:
         return found
-    if (folder / "recipe.yaml").is_file():
+    if (folder / RECIPE_FILE).is_file():
         raise EngineError(f"{folder} is a run directory, not an exported model: run 'ser export {folder} --out DIR' "
                           "and pass DIR, or drop --engine onnx")
     raise EngineError(f"{folder} holds no exported model ({SIDECAR}); make one with 'ser export RUN_DIR --out {folder}'")

@@ -16,11 +16,11 @@ import torch
 
 from ser_plugins.plugins.boundary import check_upstream_output
 from ser_plugins.data.batching import pad_waves
-from ser_plugins.data.normalize import NORMALIZER_FILE, Normalizer
+from ser_plugins.data.normalize import Normalizer
 from ser_plugins.errors import CorruptFileError, UserError
-from ser_plugins.runtime.atomic import read_json
 from ser_plugins.model import SERModel, build_head, build_upstream
-from ser_plugins.recipe import RecipeError, resolve, safe_load
+from ser_plugins.recipe import RecipeError, resolve
+from ser_plugins.results.run_dir import BEST_FILE, FOLDS_DIR, RECIPE_FILE, RUN_FILE, FoldDir, RunDir
 from ser_plugins.deploy.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
 from ser_plugins.runtime.checkpoint import load_weights
 
@@ -30,21 +30,20 @@ class PredictError(UserError, RuntimeError):
 
 
 def _fold_checkpoints(run_dir: Path, fold: Optional[str]) -> List[Path]:
-    ckpts = sorted((run_dir / "folds").glob("*/best.safetensors"))
-    if fold:
-        ckpts = [c for c in ckpts if c.parent.name == fold]
+    ckpts = RunDir(run_dir).checkpoints(fold)
     if not ckpts:
-        raise PredictError(f"no best.safetensors checkpoint under {run_dir}/folds" + (f"/{fold}" if fold else ""))
+        raise PredictError(f"no {BEST_FILE} checkpoint under {run_dir}/{FOLDS_DIR}" + (f"/{fold}" if fold else ""))
     return ckpts
 
 
 def load_run_recipe(run_dir: Path):
     """The resolved recipe saved in a run directory (a damaged or foreign file is named in the error)."""
-    path = Path(run_dir) / "recipe.yaml"
+    files = RunDir(run_dir)
+    path = files.recipe
     if not path.exists():
-        raise PredictError(f"{run_dir} is not a run directory (no recipe.yaml)")
+        raise PredictError(f"{run_dir} is not a run directory (no {RECIPE_FILE})")
     try:
-        data = safe_load(path.read_text())
+        data = files.read_recipe()
     except Exception as exc:  # noqa: BLE001 - any YAML problem (tags, syntax): not a recipe we wrote
         raise PredictError(f"{path}: not a readable recipe ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     try:
@@ -55,13 +54,14 @@ def load_run_recipe(run_dir: Path):
 
 def read_labels(run_dir: Path) -> List[str]:
     """The class labels saved in a run's run.json (a damaged or foreign file is named in the error)."""
-    path = Path(run_dir) / "run.json"
+    files = RunDir(run_dir)
+    path = files.run_file
     if not path.exists():
-        raise PredictError(f"{run_dir} is not a finished run directory (no run.json)")
-    data = read_json(path)
+        raise PredictError(f"{run_dir} is not a finished run directory (no {RUN_FILE})")
+    data = files.read_run_info()
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise CorruptFileError(f"{path}: has no list of class labels (\"labels\"); not a run.json that ser wrote")
+        raise CorruptFileError(f"{path}: has no list of class labels (\"labels\"); not a {RUN_FILE} that ser wrote")
     return labels
 
 
@@ -106,7 +106,7 @@ class Predictor:
         """The fold's saved normaliser, checked against the feature sizes of the layers it standardises."""
         if self.recipe.features.normalize is None:
             return None
-        path = fold_dir / NORMALIZER_FILE
+        path = FoldDir(fold_dir).normalizer
         if not path.exists():
             raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
                                "and its statistics are needed to predict")

@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ser_plugins.data.prepare import needs_frames
 from ser_plugins.errors import UserError
-from ser_plugins.runtime.atomic import atomic_write_json, read_json
+from ser_plugins.runtime.atomic import atomic_write_json
 from ser_plugins.recipe import Recipe, load_recipe
 from ser_plugins.results.report import write_report
+from ser_plugins.results.run_dir import GRID_FILE, RunDir
 from ser_plugins.training.runner import Runner
 
 log = logging.getLogger("ser_plugins")
@@ -109,9 +110,9 @@ def run_grid(recipe_paths: Sequence[str], out: Path, overrides: Sequence[str] = 
     for run in runs:
         log.info("grid: %s -> %s", run.name, run.run_dir)
         Runner(run.recipe, run.run_dir, folds, resume, progress, store_frames=run.store_frames).run()
-        run.forward_passes = int(read_json(run.run_dir / "run.json").get("upstream_forward_passes", 0))
+        run.forward_passes = int(RunDir(run.run_dir).read_run_info().get("upstream_forward_passes", 0))
         result.forward_passes += run.forward_passes
-    atomic_write_json(out / "grid.json", {
+    atomic_write_json(out / GRID_FILE, {
         "runs": [{"name": r.name, "dir": str(r.run_dir), "upstream_forward_passes": r.forward_passes,
                   "stored_frames": r.store_frames} for r in runs],
         "upstream_forward_passes": result.forward_passes,

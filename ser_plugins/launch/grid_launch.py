@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from ser_plugins.plugins import registry
 from ser_plugins.data.prepare import plan
 from ser_plugins.launch.grid import GridResult, GridRun, _upstream_key, expand
-from ser_plugins.runtime.atomic import atomic_write_json, atomic_write_text, read_json
+from ser_plugins.runtime.atomic import atomic_write_json, atomic_write_text
 from ser_plugins.launch import RESOURCE_KEYS, Job, JobResult, LaunchError
 from ser_plugins.recipe import dump_recipe
 from ser_plugins.results.partial import current_summary
 from ser_plugins.results.report import write_report
+from ser_plugins.results.run_dir import GRID_FILE, RunDir
 from ser_plugins.training.runner import select_folds
 
 log = logging.getLogger("ser_plugins")
@@ -53,7 +54,7 @@ def plan_jobs(runs: Sequence[GridRun], out: Path, folds: Optional[Sequence[str]]
                 extract[key] = Job(f"extract-{len(extract) + 1}", str(recipe_file), str(run.run_dir),
                                    store_frames=run.store_frames, extract=True, resources=res)
         names = [f.name for f in select_folds(plan(r).folds, folds)]
-        todo = [n for n in names if not (run.run_dir / "folds" / n / "metrics.json").exists()]
+        todo = [n for n in names if not RunDir(run.run_dir).fold_finished(n)]
         finished += len(names) - len(todo)
         if not todo:
             continue
@@ -88,12 +89,13 @@ def launch_grid(recipe_paths: Sequence[str], out: Path, launcher: str, launcher_
     result = GridResult(runs)
     result.forward_passes = sum(int(r.value.get("upstream_forward_passes", 0)) for r in results)
     for run in runs:
-        info = read_json(run.run_dir / "run.json") if (run.run_dir / "run.json").exists() else {}
+        files = RunDir(run.run_dir)
+        info = files.read_run_info() if files.run_file.exists() else {}
         run.forward_passes = int(info.get("upstream_forward_passes", 0)) if not run.recipe.data.cache_dir else 0
         result.forward_passes += run.forward_passes
     result.jobs = results
     result.failed = [r for r in results if r.state != "done"]
-    atomic_write_json(out / "grid.json", {
+    atomic_write_json(out / GRID_FILE, {
         "launcher": launcher, "jobs_per": jobs_per,
         "runs": [{"name": r.name, "dir": str(r.run_dir), "stored_frames": r.store_frames} for r in runs],
         "jobs": [{"name": r.job.name, "state": r.state, "log": r.log, "error": r.error, "folds": r.job.folds,

@@ -8,37 +8,31 @@ folds' metrics, marked incomplete.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ser_plugins.runtime.atomic import read_json
-from ser_plugins.recipe import safe_load
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
+from ser_plugins.results.run_dir import RunDir
 from ser_plugins.results.summary import Summary
 
 
 def finished_folds(run_dir: Path) -> Dict[str, Dict[str, Any]]:
     """``{fold name: metrics}`` of every finished fold, in the run's fold order (``run.json``) when known."""
-    run_dir = Path(run_dir)
-    order: List[str] = []
-    if (run_dir / "run.json").exists():
-        order = [f["name"] for f in read_json(run_dir / "run.json").get("folds", [])]
-    found = {p.parent.name: p for p in (run_dir / "folds").glob("*/metrics.json")}
-    names = [n for n in order if n in found] + sorted(n for n in found if n not in order)
-    return {n: read_json(found[n]) for n in names}
+    return RunDir(run_dir).finished_folds()
 
 
 def summary_from_folds(run_dir: Path) -> Optional[Summary]:
     """A summary built from the finished folds on disk (None when no fold has finished or the run files are missing)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists() or not (run_dir / "recipe.yaml").exists():
+    files = RunDir(run_dir)
+    if not files.run_file.exists() or not files.is_run:
         return None
-    results = finished_folds(run_dir)
+    results = files.finished_folds()
     if not results:
         return None
-    run = read_json(run_dir / "run.json")
-    recipe = safe_load((run_dir / "recipe.yaml").read_text())
+    run = files.read_run_info()
+    recipe = files.read_recipe()
     per_fold = list(results.values())
     pooled = np.sum([np.array(m["confusion"]) for m in per_fold], axis=0)
     evaluation = run.get("evaluation", {})
@@ -58,13 +52,12 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
 
 def current_summary(run_dir: Path) -> Optional[Summary]:
     """``summary.json`` when it covers every finished fold, else the summary of the finished folds; None if none."""
-    run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
-    if path.exists():
-        saved = Summary.load(path)
-        if saved.complete or set(saved.folds) == set(finished_folds(run_dir)):
+    files = RunDir(run_dir)
+    if files.summary.exists():
+        saved = files.read_summary()
+        if saved.complete or set(saved.folds) == set(files.finished_folds()):
             return saved
-    built = summary_from_folds(run_dir)
-    if built is None and path.exists():
-        return Summary.load(path)
+    built = summary_from_folds(files.path)
+    if built is None and files.summary.exists():
+        return files.read_summary()
     return built

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 from ser_plugins.errors import UserError
 from ser_plugins.runtime.atomic import atomic_write_text
 from ser_plugins.results.partial import current_summary
+from ser_plugins.results.run_dir import SUMMARY_FILE
 from ser_plugins.results.summary import dev_setting
 
 COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "normalize", "dev", "folds",
@@ -29,7 +30,7 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
             continue
         s = current_summary(Path(d))  # a run whose fold jobs are still running: its finished folds, partial
         if s is None:
-            raise ReportError(f"{d}: no summary.json and no finished fold (is it a run directory?)")
+            raise ReportError(f"{d}: no {SUMMARY_FILE} and no finished fold (is it a run directory?)")
         ms = s.mean_std
         rows.append({
             "run": Path(d).name, "upstream": s.upstream, "finetune": s.finetune, "layer": str(s.layer),
