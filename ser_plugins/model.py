@@ -13,7 +13,7 @@ from ser_plugins.plugins.boundary import (check_aggregator_declaration, check_ag
                                   check_upstream_declaration, check_upstream_output, describe)
 from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.errors import UserError
-from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSpec, Recipe
+from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSection, Recipe
 
 
 class CompositionError(UserError, ValueError):
@@ -281,9 +281,9 @@ def _construct(section: str, build):
         raise CompositionError(f"{section}: {exc}") from None
 
 
-def build_upstream(spec: PluginSpec, finetune: FinetuneConfig) -> Upstream:
+def build_upstream(spec: PluginSection, finetune: FinetuneConfig) -> Upstream:
     """The upstream of ``spec`` with the fine-tuning mode of ``finetune`` set."""
-    upstream = _construct("upstream", lambda: registry.create("upstream", spec.name, **spec.options))
+    upstream = _construct("upstream", lambda: registry.create_upstream(spec.name, **spec.options))
     check_upstream_declaration(upstream)
     modes = upstream.supported_finetune_modes()
     if finetune.mode not in modes:
@@ -295,7 +295,7 @@ def build_upstream(spec: PluginSpec, finetune: FinetuneConfig) -> Upstream:
     return upstream
 
 
-def build_head(features: FeaturesConfig, aggregator: PluginSpec, classifier: PluginSpec, upstream: Upstream,
+def build_head(features: FeaturesConfig, aggregator: PluginSection, classifier: PluginSection, upstream: Upstream,
                num_classes: int) -> tuple:
     """``(head, upstream layer indices it reads)`` for ``upstream``: layer use, projection, aggregator, classifier."""
     kept, used = resolve_layers(features.layer, features.keep_layers, upstream.num_layers)
@@ -308,11 +308,11 @@ def build_head(features: FeaturesConfig, aggregator: PluginSpec, classifier: Plu
     if features.projection:
         projection = nn.Linear(dim, features.projection)
         dim = features.projection
-    agg = _construct("aggregator", lambda: registry.create("aggregator", aggregator.name, dim, **aggregator.options))
+    agg = _construct("aggregator", lambda: registry.create_aggregator(aggregator.name, dim, **aggregator.options))
     check_aggregator_declaration(agg)
     check_learnable(upstream, agg)
-    cls = _construct("classifier", lambda: registry.create(
-        "classifier", classifier.name, agg.output_dim, num_classes, **classifier.options))
+    cls = _construct("classifier", lambda: registry.create_classifier(
+        classifier.name, agg.output_dim, num_classes, **classifier.options))
     return SERHead(layer_use, projection, agg, cls), kept
 
 
@@ -323,10 +323,10 @@ def build_from_recipe(recipe: Recipe, num_classes: int) -> SERModel:
     return SERModel(upstream, head, kept, recipe.finetune.frozen_warmup_steps)
 
 
-def corpus_labels(spec: PluginSpec) -> Optional[List[str]]:
+def corpus_labels(spec: PluginSection) -> Optional[List[str]]:
     """The class names of a recipe's corpus without reading its data, or None when they depend on the data."""
     try:
-        corpus = registry.create("corpus", spec.name, **spec.options)
+        corpus = registry.create_corpus(spec.name, **spec.options)
     except FileNotFoundError:  # a corpus that reads its data at construction (a manifest file)
         labels = spec.options.get("labels")
         return list(labels) if labels else None

@@ -211,8 +211,11 @@ class LauncherConfig(Section):
     partition: Optional[str] = None
 
 
-class PluginSpec(BaseModel):
-    """A plugin section: the plugin's ``name`` and its constructor options (checked against its signature)."""
+class PluginSection(BaseModel):
+    """A plugin section: the plugin's ``name`` and its constructor options (checked against its signature).
+
+    (A discovered entry point is a ``ser_plugins.plugins.registry.PluginSpec``.)
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -222,6 +225,10 @@ class PluginSpec(BaseModel):
     def to_yaml_value(self) -> Dict[str, Any]:
         """The recipe form: ``{name: ..., option: value, ...}``."""
         return {"name": self.name, **copy.deepcopy(self.options)}
+
+
+#: the old name of ``PluginSection``, kept for existing imports (``PluginSpec`` now means the registry's)
+PluginSpec = PluginSection
 
 
 SECTIONS: Dict[str, type] = {
@@ -239,10 +246,10 @@ class Recipe(BaseModel):
     name: str = "run"
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     description: Optional[str] = None
-    corpus: PluginSpec
-    upstream: PluginSpec
-    aggregator: PluginSpec
-    classifier: PluginSpec
+    corpus: PluginSection
+    upstream: PluginSection
+    aggregator: PluginSection
+    classifier: PluginSection
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -328,14 +335,14 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
     return data
 
 
-def _plugin_spec(kind: str, value: Any) -> PluginSpec:
+def _plugin_spec(kind: str, value: Any) -> PluginSection:
     if isinstance(value, str):
-        return PluginSpec(name=value)
+        return PluginSection(name=value)
     if not isinstance(value, dict) or "name" not in value:
         raise RecipeError(f"{kind}: expected a plugin name or a mapping with a 'name' key")
     if not isinstance(value["name"], str):
         raise RecipeError(f"{kind}.name: expected str, got {type(value['name']).__name__}")
-    return PluginSpec(name=value["name"], options={k: v for k, v in value.items() if k != "name"})
+    return PluginSection(name=value["name"], options={k: v for k, v in value.items() if k != "name"})
 
 
 _TYPE_WORDS = {"int_type": "int", "float_type": "int or float", "bool_type": "bool", "string_type": "str",
@@ -525,7 +532,7 @@ def check_plugin_options(recipe: Recipe) -> None:
     """Resolve every plugin name and check its options; registry errors become RecipeErrors."""
     reserved = {"aggregator": ("input_dim",), "classifier": ("input_dim", "num_classes")}
     for kind in PLUGIN_KINDS:
-        spec: PluginSpec = getattr(recipe, kind)
+        spec: PluginSection = getattr(recipe, kind)
         try:
             registry.check_kwargs(kind, spec.name, spec.options, reserved.get(kind, ()))
         except registry.PluginError as exc:
@@ -592,7 +599,7 @@ def recipe_json_schema() -> Dict[str, Any]:
                                                 "required": ["name"], "additionalProperties": True}]}
     for kind in PLUGIN_KINDS:
         schema["properties"][kind] = {**plugin, "description": f"the {kind} plugin: a name, or a mapping of name and options"}
-    schema["$defs"].pop("PluginSpec", None)
+    schema["$defs"].pop("PluginSection", None)
     schema["title"] = "ser-plugins recipe"
     return schema
 

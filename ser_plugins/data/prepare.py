@@ -78,7 +78,7 @@ def load_corpus(recipe: Recipe) -> tuple:
     """
     spec = recipe.corpus
     try:
-        corpus = registry.create("corpus", spec.name, **spec.options)
+        corpus = registry.create_corpus(spec.name, **spec.options)
     except (ValueError, TypeError) as exc:
         raise PrepareError(f"corpus {spec.name!r}: {exc}") from None
     utterances = corpus.load()

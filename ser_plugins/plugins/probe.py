@@ -284,12 +284,13 @@ def probe_plugin(spec: registry.PluginSpec) -> str:
     """
     obj = registry.load_spec(spec)
     if isinstance(obj, registry.Preset):
-        builder = registry.resolve(spec.kind, obj.builder)
+        builder = registry.resolve_entry(spec.kind, obj.builder)
         weights = f", weights {obj.weights}" if obj.weights else ""
         about = f": {obj.description}" if obj.description else ""
         return f"ok (preset of {builder.name}{weights}; not run: it needs its weights){about}"
     if not callable(obj):
-        raise registry.PluginLoadError(f"{spec.kind} plugin {spec.name!r} is neither callable nor a Preset: {obj!r}")
+        raise registry.PluginLoadError(f"{spec.kind} plugin {spec.name!r} is neither callable nor a Preset: {obj!r}",
+                                       kind=spec.kind, name=spec.name, dist=spec.dist)
     if spec.kind == "corpus":
         return "ok (imported; a corpus needs its data to run)"
     if spec.kind == "launcher":
@@ -299,11 +300,11 @@ def probe_plugin(spec: registry.PluginSpec) -> str:
         return f"ok (imported; not run: needs option{'s' if len(missing) > 1 else ''} {', '.join(missing)})"
     name = spec.qualified_name
     if spec.kind == "upstream":
-        probe_upstream(registry.create("upstream", name), seconds=0.5)
+        probe_upstream(registry.create_upstream(name), seconds=0.5)
     elif spec.kind == "aggregator":
-        probe_aggregator(registry.create("aggregator", name, 8), 8)
+        probe_aggregator(registry.create_aggregator(name, 8), 8)
     elif spec.kind == "classifier":
-        probe_classifier(registry.create("classifier", name, 8, 4), 8, 4)
+        probe_classifier(registry.create_classifier(name, 8, 4), 8, 4)
     defaults = dict(getattr(obj, "training_defaults", None) or {})
     trains = f"; training defaults: {', '.join(f'{k}={v!r}' for k, v in defaults.items())}" if defaults else ""
     return f"ok (ran once{trains})"
