@@ -215,10 +215,10 @@ def test_ser_predict_checks_the_upstream_too(faulty, tmp_path, tiny_demo_root, c
 
 def test_a_fine_tuned_upstream_is_checked_on_every_step(faulty):
     from ser_plugins.model import SERModel, build_head
-    from ser_plugins.recipe import FeaturesConfig, PluginSpec
+    from ser_plugins.recipe import FeaturesConfig, PluginSection
 
     upstream = registry.create_upstream("faulty", fault="lengths_long")
-    head, kept = build_head(FeaturesConfig(), PluginSpec(name="mean"), PluginSpec(name="linear"), upstream, 4)
+    head, kept = build_head(FeaturesConfig(), PluginSection(name="mean"), PluginSection(name="linear"), upstream, 4)
     model = SERModel(upstream, head, kept)
     with pytest.raises(PluginContractError, match="values in 1.."):
         model(torch.randn(2, 3000), torch.tensor([3000, 2000]))

@@ -24,7 +24,7 @@ from ser_plugins import Upstream, UpstreamOutput, cli, registry
 from ser_plugins.plugins.boundary import PluginContractError, check_upstream_output
 from ser_plugins.model import SERModel, build_head, locate_non_finite
 from ser_plugins.plugins.probe import check_aggregator_padding, probe_upstream
-from ser_plugins.recipe import FeaturesConfig, PluginSpec
+from ser_plugins.recipe import FeaturesConfig, PluginSection
 from ser_plugins.testing import ContractCheckError, check_aggregator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -191,7 +191,7 @@ def test_builtin_aggregators_and_upstreams_pass_the_padding_checks():
 
 def _model(aggregator: str, classifier: str = "linear") -> SERModel:
     upstream = registry.create("upstream", "fbank", n_mels=8)
-    head, kept = build_head(FeaturesConfig(), PluginSpec(name=aggregator), PluginSpec(name=classifier), upstream, 4)
+    head, kept = build_head(FeaturesConfig(), PluginSection(name=aggregator), PluginSection(name=classifier), upstream, 4)
     return SERModel(upstream, head, kept)
 
 

@@ -37,10 +37,7 @@ DEFAULT_ATOL = 1e-4
 #: two of 1.5 s also run together as a batch of 2
 CHECK_SECONDS = (0.61, 1.5, 3.2)
 EXPORTERS = ("auto", "dynamo", "torchscript")
-SIDECAR = "model.json"
-ONNX_FILE = "model.onnx"
-FORMAT = "ser-plugins-onnx"
-FORMAT_VERSION = 1
+from ser_plugins.deploy.onnx_engine import FORMAT, FORMAT_VERSION, ONNX_FILE, SIDECAR  # noqa: E402 - defined once, there
 
 
 class ExportError(UserError, RuntimeError):

@@ -18,9 +18,12 @@ from ser_plugins.errors import UserError
 from ser_plugins.deploy.scoring import OneByOne, Outcome
 from ser_plugins.results.run_dir import RECIPE_FILE
 
+#: an export's files and format, defined once here (``ser export`` writes what this engine reads)
 SIDECAR = "model.json"
+ONNX_FILE = "model.onnx"
 FORMAT = "ser-plugins-onnx"
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (FORMAT_VERSION,)
 
 
 class EngineError(UserError, ValueError):
