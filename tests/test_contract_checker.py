@@ -131,7 +131,7 @@ def test_a_batch_dependent_classifier_is_caught():
 
 def test_corpus_checks(tiny_demo_root, tmp_path):
     report = check_corpus("iemocap", root=str(tiny_demo_root))
-    assert report == ["declaration", "load", "utterances", "deterministic"]
+    assert report == ["declaration", "load", "utterances", "problems", "deterministic"]
     assert "load" in check_corpus(ListCorpus, root=str(tmp_path))
     with pytest.raises(ContractCheckError, match="unique utterance ids"):
         check_corpus(ListCorpus, root=str(tmp_path), fault="duplicate_ids")
