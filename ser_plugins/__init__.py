@@ -8,8 +8,8 @@ Public API for research code::
 from ser_plugins import moved
 from ser_plugins.errors import UserError
 from ser_plugins.plugins.registry import (
-    Preset,
     PluginError,
+    Preset,
     create_aggregator,
     create_classifier,
     create_corpus,

@@ -8,11 +8,17 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ser_plugins.plugins import registry
-from ser_plugins.plugins.boundary import (check_aggregator_declaration, check_aggregator_output, check_classifier_output,
-                                  check_upstream_declaration, check_upstream_output, describe)
-from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.errors import UserError
+from ser_plugins.plugins import registry
+from ser_plugins.plugins.boundary import (
+    check_aggregator_declaration,
+    check_aggregator_output,
+    check_classifier_output,
+    check_upstream_declaration,
+    check_upstream_output,
+    describe,
+)
+from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSection, Recipe
 
 

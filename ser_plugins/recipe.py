@@ -18,10 +18,9 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ser_plugins.errors import UserError
 from ser_plugins.plugins import registry
 from ser_plugins.plugins.contracts import FINETUNE_MODES
-from ser_plugins.errors import UserError
-
 
 _log = logging.getLogger(__name__)
 

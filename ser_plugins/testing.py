@@ -31,9 +31,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ser_plugins.plugins import registry
-from ser_plugins.plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
-                                          check_classifier_output, check_upstream_declaration, check_upstream_output,
-                                          describe)
+from ser_plugins.plugins.boundary import (
+    PluginContractError,
+    check_aggregator_declaration,
+    check_aggregator_output,
+    check_classifier_output,
+    check_upstream_declaration,
+    check_upstream_output,
+    describe,
+)
 from ser_plugins.plugins.contracts import FINETUNE_MODES
 from ser_plugins.plugins.probe import difference, synthetic_waves
 from ser_plugins.recipe import PROTOCOLS

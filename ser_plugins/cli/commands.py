@@ -21,8 +21,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.override)
     folds = args.folds.split(",") if args.folds else None
     summary = run_recipe(recipe, args.out, folds, args.resume, progress=not args.quiet)
-    from ser_plugins.training.runner import run_dir_for
     from ser_plugins.runtime.distributed import context
+    from ser_plugins.training.runner import run_dir_for
 
     if not context().main:  # torchrun: rank 0 speaks for the run
         return 0

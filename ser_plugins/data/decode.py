@@ -8,9 +8,9 @@ from typing import Dict, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.errors import UserError
+from ser_plugins.plugins.contracts import Utterance
 
 log = logging.getLogger("ser_plugins")
 

@@ -23,13 +23,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data import temp_cache
 from ser_plugins.data.entry_reader import EntryReader, byte_view
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.memory import GB, STREAMED_LEVEL, HeapTrimmer, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.normalize import Moments
 from ser_plugins.data.sources import Batch, BatchPlan, FeatureSource, Transform
+from ser_plugins.plugins.contracts import Utterance
 
 log = logging.getLogger("ser_plugins")
 

@@ -7,11 +7,11 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
+from ser_plugins.data.extract import FrozenFeatures, extract_features  # noqa: F401 - extract_features: also importable from here
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.normalize import Moments
-from ser_plugins.data.extract import FrozenFeatures, extract_features  # noqa: F401 - extract_features: also importable from here
+from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.runtime import distributed as ddp_tools
 
 log = logging.getLogger("ser_plugins")

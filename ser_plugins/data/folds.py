@@ -19,8 +19,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.errors import UserError
+from ser_plugins.plugins.contracts import Utterance
 
 
 class ProtocolError(UserError, ValueError):

@@ -17,8 +17,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ser_plugins.plugins import registry
-from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, CorpusProblem, Upstream, Utterance
 from ser_plugins.data.decode import DataError, decode_corpus
 from ser_plugins.data.feature_stream import LazyFeatures, StreamedFeatureSource
 from ser_plugins.data.features import compute_frozen_features
@@ -28,6 +26,8 @@ from ser_plugins.data.sources import BatchSource, FeatureSource, WaveSource
 from ser_plugins.data.wave_stream import stream_audio
 from ser_plugins.errors import RunError
 from ser_plugins.model import build_head, build_upstream, head_sees_only_means
+from ser_plugins.plugins import registry
+from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, CorpusProblem, Upstream, Utterance
 from ser_plugins.recipe import Recipe
 from ser_plugins.runtime.seeding import set_seed
 

@@ -19,12 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.data.audio import AudioError, load_audio, signal_problem
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.decode import DataError
 from ser_plugins.data.memory import GB, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.sources import Batch, BatchPlan, WaveSource
+from ser_plugins.plugins.contracts import Utterance
 
 log = logging.getLogger("ser_plugins")
 

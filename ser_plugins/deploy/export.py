@@ -23,9 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ser_plugins.plugins.boundary import describe
-from ser_plugins.errors import UserError
 from ser_plugins.deploy.inference_graph import FoldGraph, fold_names, load_fold_graphs
+from ser_plugins.errors import UserError
+from ser_plugins.plugins.boundary import describe
 from ser_plugins.results.run_dir import BEST_FILE, FOLDS_DIR, NORMALIZER_FILE, RECIPE_FILE, RunDir
 from ser_plugins.runtime.atomic import atomic_write_json
 

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from ser_plugins.data.normalize import Normalizer
+from ser_plugins.deploy.scoring import OneByOne
 from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel
-from ser_plugins.deploy.scoring import OneByOne
 from ser_plugins.results.run_dir import RunDir
+
 
 class GraphError(UserError, RuntimeError):
     """A run directory whose inference graph cannot be built."""

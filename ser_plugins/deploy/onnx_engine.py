@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from ser_plugins.errors import UserError
 from ser_plugins.deploy.scoring import OneByOne, Outcome
+from ser_plugins.errors import UserError
 from ser_plugins.results.run_dir import RECIPE_FILE
 
 #: an export's files and format, defined once here (``ser export`` writes what this engine reads)

@@ -14,14 +14,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ser_plugins.plugins.boundary import check_upstream_output
 from ser_plugins.data.batching import pad_waves
 from ser_plugins.data.normalize import Normalizer
+from ser_plugins.deploy.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
 from ser_plugins.errors import CorruptFileError, UserError
 from ser_plugins.model import SERModel, build_head, build_upstream
+from ser_plugins.plugins.boundary import check_upstream_output
 from ser_plugins.recipe import RecipeError, resolve
 from ser_plugins.results.run_dir import BEST_FILE, FOLDS_DIR, RECIPE_FILE, RUN_FILE, FoldDir, RunDir
-from ser_plugins.deploy.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
 from ser_plugins.runtime.checkpoint import load_weights
 
 

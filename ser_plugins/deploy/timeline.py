@@ -26,9 +26,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ser_plugins.data.audio import AudioError
+from ser_plugins.deploy.scoring import WindowScorer
 from ser_plugins.errors import UserError
 from ser_plugins.runtime.atomic import atomic_path
-from ser_plugins.deploy.scoring import WindowScorer
 
 log = logging.getLogger("ser_plugins")
 

@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ser_plugins.data.prepare import needs_frames
 from ser_plugins.errors import UserError
-from ser_plugins.runtime.atomic import atomic_write_json
 from ser_plugins.recipe import Recipe, load_recipe
 from ser_plugins.results.report import write_report
 from ser_plugins.results.run_dir import GRID_FILE, RunDir
+from ser_plugins.runtime.atomic import atomic_write_json
 from ser_plugins.training.runner import Runner
 
 log = logging.getLogger("ser_plugins")

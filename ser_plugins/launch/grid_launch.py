@@ -12,15 +12,15 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ser_plugins.plugins import registry
 from ser_plugins.data.prepare import plan
-from ser_plugins.launch.grid import GridResult, GridRun, _upstream_key, expand
-from ser_plugins.runtime.atomic import atomic_write_json, atomic_write_text
 from ser_plugins.launch import RESOURCE_KEYS, Job, JobResult, LaunchError
+from ser_plugins.launch.grid import GridResult, GridRun, _upstream_key, expand
+from ser_plugins.plugins import registry
 from ser_plugins.recipe import dump_recipe
 from ser_plugins.results.partial import current_summary
 from ser_plugins.results.report import write_report
 from ser_plugins.results.run_dir import GRID_FILE, RunDir
+from ser_plugins.runtime.atomic import atomic_write_json, atomic_write_text
 from ser_plugins.training.runner import select_folds
 
 log = logging.getLogger("ser_plugins")

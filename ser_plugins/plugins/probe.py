@@ -17,8 +17,15 @@ from typing import Any, List, Optional, Sequence
 import torch
 
 from ser_plugins.plugins import registry
-from ser_plugins.plugins.boundary import (PluginContractError, check_aggregator_declaration, check_aggregator_output,
-                                  check_classifier_output, check_upstream_declaration, check_upstream_output, fail)
+from ser_plugins.plugins.boundary import (
+    PluginContractError,
+    check_aggregator_declaration,
+    check_aggregator_output,
+    check_classifier_output,
+    check_upstream_declaration,
+    check_upstream_output,
+    fail,
+)
 
 #: options a kind's constructor receives from the core, not from the user
 CORE_ARGS = {"upstream": (), "aggregator": ("input_dim",), "classifier": ("input_dim", "num_classes"), "corpus": ()}

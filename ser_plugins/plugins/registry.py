@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
 import logging
-import importlib
 import re
 import sys
 import threading

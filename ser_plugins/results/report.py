@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ser_plugins.errors import UserError
-from ser_plugins.runtime.atomic import atomic_write_text
 from ser_plugins.results.partial import current_summary
 from ser_plugins.results.run_dir import SUMMARY_FILE
 from ser_plugins.results.summary import dev_setting
+from ser_plugins.runtime.atomic import atomic_write_text
 
 COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "normalize", "dev", "folds",
            "WA", "UA", "F1")

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ser_plugins.runtime.atomic import read_json
 from ser_plugins.results.metrics import FOLD_SPREAD
+from ser_plugins.runtime.atomic import read_json
 
 FoldMetrics = Dict[str, float]  # wa, ua, macro_f1, n
 

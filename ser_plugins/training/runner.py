@@ -15,22 +15,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.data.folds import Fold
 from ser_plugins.data.normalize import Normalizer
 from ser_plugins.data.prepare import Prepared, count_reasons, plan, prepare
 from ser_plugins.data.sources import FeatureSource
 from ser_plugins.errors import DiskFullError, RunError
-from ser_plugins.runtime.locking import BRIEF_PHASES, RunLock, held_elsewhere
 from ser_plugins.model import SERModel, build_head
-from ser_plugins.recipe import Recipe, TrainingConfig, resume_differences
-from ser_plugins.recipe import recipe_differences  # noqa: F401 - moved to recipe.py; still importable here
+from ser_plugins.plugins.contracts import Upstream
+from ser_plugins.recipe import (
+    Recipe,
+    TrainingConfig,
+    recipe_differences,  # noqa: F401 - moved to recipe.py; still importable here
+    resume_differences,
+)
 from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
 from ser_plugins.results.run_dir import REFIT_STATE_FILE, STATE_FILE, FoldDir, RunDir, run_info
 from ser_plugins.results.summary import Summary
-from ser_plugins.training import distributed as ddp_tools
+from ser_plugins.runtime.locking import BRIEF_PHASES, RunLock, held_elsewhere
 from ser_plugins.runtime.seeding import set_seed
+from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.training.trainer import FitResult, FoldTrainer, evaluate
 
 log = logging.getLogger("ser_plugins")

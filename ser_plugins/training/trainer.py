@@ -20,9 +20,9 @@ from ser_plugins.model import SERModel, locate_non_finite
 from ser_plugins.recipe import FinetuneConfig, TrainingConfig
 from ser_plugins.results.metrics import classification_metrics
 from ser_plugins.results.run_dir import BEST_FILE, STATE_FILE
-from ser_plugins.training import distributed as ddp_tools
 from ser_plugins.runtime.checkpoint import load_state, load_weights, save_state, save_weights
 from ser_plugins.runtime.seeding import set_seed
+from ser_plugins.training import distributed as ddp_tools
 
 log = logging.getLogger("ser_plugins")
 
