@@ -98,7 +98,8 @@ def user_message(exc: BaseException) -> Optional[str]:
     code = disk_full_errno(exc)
     if code is not None:
         where = getattr(exc, "filename", None)
-        return f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} (no room left on the disk, or over a size limit)"
+        return (f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} "
+                "(no room left on the disk, or over a size limit)")
     if isinstance(exc, pickle.UnpicklingError):
         if is_refusal(exc):
             return str(refused_pickle("a pickled file", exc))

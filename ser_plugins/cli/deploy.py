@@ -58,13 +58,15 @@ def export_command(args: argparse.Namespace) -> int:
     for res in results:
         lengths = f"{min(res.check_lengths)}..{max(res.check_lengths)}"
         print(f"fold {res.fold}: {res.folder / 'model.onnx'} ({res.exporter} exporter); onnxruntime matches PyTorch "
-              f"within {atol:g} (max |diff| {res.max_abs_diff:.1e} on {len(res.check_lengths)} utterances of {lengths} samples)")
+              f"within {atol:g} (max |diff| {res.max_abs_diff:.1e} on {len(res.check_lengths)} utterances "
+              f"of {lengths} samples)")
     return 0
 
 
 def file_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None, min_speaker_files: int = 10,
                 threads: int = 0) -> "Scorer":
-    """The ``Scorer`` of whole files: a run directory's ``Predictor`` (torch) or an exported folder's ``OnnxPredictor``."""
+    """The ``Scorer`` of whole files: a run directory's ``Predictor`` (torch) or an exported folder's
+    ``OnnxPredictor``."""
     if engine == "onnx":
         from ser_plugins.deploy.onnx_engine import OnnxPredictor
 
@@ -75,7 +77,8 @@ def file_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None
 
 
 def window_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None, threads: int = 0) -> "WindowScorer":
-    """The ``WindowScorer`` of ``--window``: batches of equal-length windows (the exported graph, or the ONNX engine)."""
+    """The ``WindowScorer`` of ``--window``: batches of equal-length windows (the exported graph, or the ONNX
+    engine)."""
     if engine == "onnx":
         from ser_plugins.deploy.onnx_engine import OnnxPredictor
 

@@ -62,7 +62,8 @@ class EntryReader:
         self.fast = hasattr(os, "preadv")
 
     def layout(self, key: str, path: Path) -> Optional[Layout]:
-        """The kept layout of entry ``key`` (parsed from ``path`` on first use); None where reads go through safetensors."""
+        """The kept layout of entry ``key`` (parsed from ``path`` on first use); None where reads go through
+        safetensors."""
         if not self.fast:
             return None
         found = self._layouts.get(key)
@@ -110,7 +111,7 @@ class EntryReader:
         try:
             if os.fstat(fd).st_size != size:
                 return False
-            for (dtype, shape, offset), dest, start, n in zip(specs, dests, starts, rows):
+            for (_dtype, _shape, offset), dest, start, n in zip(specs, dests, starts, rows):
                 row = dest.nbytes // max(1, dest.shape[0]) if dest.ndim else dest.nbytes
                 want = row * n
                 if want and os.preadv(fd, [dest], offset + start * row) != want:

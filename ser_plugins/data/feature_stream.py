@@ -156,7 +156,8 @@ def short_switch_interval(seconds: float = SWITCH_INTERVAL) -> Iterator[None]:
 
 
 def _trimming(items: Iterator[Any], every: int) -> Iterator[Any]:
-    """``items``, with the RSS checked every ``every`` items (in the producing thread) and the C heap trimmed when it grew."""
+    """``items``, with the RSS checked every ``every`` items (in the producing thread) and the C heap trimmed when it
+    grew."""
     trimmer = HeapTrimmer(every, shared=STREAMED_LEVEL, cooldown=TRIM_COOLDOWN_BATCHES)
     for item in items:
         yield item

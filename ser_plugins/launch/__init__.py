@@ -1,4 +1,5 @@
-"""Launching: the launcher contract and job runner (``jobs``), grids (``grid``) and grids over launchers (``grid_launch``).
+"""Launching: the launcher contract and job runner (``jobs``), grids (``grid``) and grids over launchers
+(``grid_launch``).
 
 The launcher contract stays importable from here: ``from ser_plugins.launch import Job, JobResult, Launcher``.
 """

@@ -182,7 +182,8 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
 
 
 def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor) -> None:
-    """Raise ``PluginContractError`` unless ``output`` is a floating ``[B, output_dim]`` tensor on the input's device."""
+    """Raise ``PluginContractError`` unless ``output`` is a floating ``[B, output_dim]`` tensor on the input's
+    device."""
     if _tracing():
         return
     kind = "aggregator"

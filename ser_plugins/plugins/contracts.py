@@ -254,5 +254,6 @@ class Corpus:
 
     def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False,
                 kind: str = "", key: str = "", count: int = 1, lines: Sequence[int] = ()) -> None:
-        """Record a problem met while reading the corpus (``kind``, ``key``, ``count``, ``lines``: see ``CorpusProblem``)."""
+        """Record a problem met while reading the corpus (``kind``, ``key``, ``count``, ``lines``: see
+        ``CorpusProblem``)."""
         self.problems.append(CorpusProblem(str(path), message, line, fatal, kind, key, count, tuple(lines)))

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
+from ser_plugins.errors import UserError
+
 log = logging.getLogger("ser_plugins")
 
 #: the project's own distribution: its plugin names win a clash with a third party's
 CORE_DIST = "ser-plugins"
-
-from ser_plugins.errors import UserError
 
 KINDS: Dict[str, str] = {
     "upstream": "ser_plugins.upstreams",
@@ -312,7 +312,8 @@ class PluginManager:
         try:
             _refuse_unknown(kind, name, kwargs, [a for a in accepted if a not in reserved])
         except PluginError as exc:
-            raise exc._fill(kind, spec.name, spec.dist)
+            exc._fill(kind, spec.name, spec.dist)
+            raise
 
     def create(self, kind: str, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Build plugin ``name`` of ``kind`` (see the module-level ``create``)."""
@@ -322,7 +323,8 @@ class PluginManager:
         try:
             options = resolved_options(kind, name, builder, args, config)
         except PluginError as exc:
-            raise exc._fill(kind, spec.name, spec.dist)
+            exc._fill(kind, spec.name, spec.dist)
+            raise
         obj = builder(*args, **config)
         try:
             obj.plugin_name = name

@@ -175,7 +175,8 @@ class FoldDir:
         return read_json(self.metrics)
 
     def write_predictions(self, test: Mapping[str, Any], speakers: Mapping[str, str], labels: Sequence[str]) -> None:
-        """Write ``predictions.csv`` from an evaluation's result (``ids``, ``targets``, ``predictions``, ``probabilities``)."""
+        """Write ``predictions.csv`` from an evaluation's result (``ids``, ``targets``, ``predictions``,
+        ``probabilities``)."""
         atomic_write_text(self.predictions, predictions_csv(test["ids"], speakers, labels, test["targets"],
                                                             test["predictions"], test["probabilities"]))
 

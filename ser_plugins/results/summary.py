@@ -62,7 +62,8 @@ class Summary:
 
     @property
     def speaker_independent_inductive(self) -> bool:
-        """True when nothing of the test speakers (labels or statistics) and no training speaker in dev shaped the result."""
+        """True when nothing of the test speakers (labels or statistics) and no training speaker in dev shaped the
+        result."""
         return not self.transductive and self.dev != "random"
 
     def __getitem__(self, key: str) -> Any:
@@ -91,7 +92,8 @@ class Summary:
         lines = [f"# {self.name}", "",
                  f"upstream `{self.upstream}` ({self.finetune}, layer {self.layer}), "
                  f"aggregator `{self.aggregator}`, classifier `{self.classifier}`", "",
-                 f"Evaluation: protocol {self.protocol or 'default'}, {evaluation_setting(self.normalize, self.dev, self.refit)}; "
+                 f"Evaluation: protocol {self.protocol or 'default'}, "
+                 f"{evaluation_setting(self.normalize, self.dev, self.refit)}; "
                  f"± is the {self.fold_spread.split(';')[0]}.", "",
                  "| fold | WA | UA | macro-F1 | n |", "|---|---|---|---|---|"]
         for name, m in self.folds.items():
