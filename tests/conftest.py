@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import copy
+import os
 import textwrap
 from pathlib import Path
 from typing import Dict
 
 import pytest
+
+# The suite runs on 2 pytest-xdist workers (setup.cfg) on a 2-core machine: one intra-op thread per process, in
+# the workers and in every process they start (ser run, torchrun ranks), so the workers never oversubscribe the
+# cores; tiny tensors gain nothing from more threads anyway. A value set by the caller is kept.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 
 @pytest.fixture(scope="session")
