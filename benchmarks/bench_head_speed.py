@@ -35,6 +35,7 @@ from torch import nn
 from common import machine, spread
 
 from ser_plugins.recipe import load_recipe
+from ser_plugins.results.run_dir import FoldDir
 from ser_plugins.training.runner import Runner
 from ser_plugins.training.trainer import build_scheduler, planned_epochs
 
@@ -57,7 +58,7 @@ def runner_fold(runner: Runner, prep, fold_index: int) -> Tuple[float, Dict[str,
 
 def pooled(prep, runner: Runner, fold) -> Dict[str, torch.Tensor]:
     """The fold's normalised pooled vectors and targets (train, dev, test), as the runner's head sees them."""
-    source = runner._fold_source(prep, fold, Path(tempfile.mkdtemp()))
+    source = runner._fold_source(prep, fold, FoldDir(tempfile.mkdtemp()))
     out = {}
     for part in ("train", "dev", "test"):
         ids = getattr(fold, part)
@@ -130,6 +131,8 @@ def main() -> None:
     ap.add_argument("--cli-runs", type=int, default=3)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--dev", default="speaker", help="protocol.dev of the timed fold (the bare loop evaluates the same dev set)")
+    ap.add_argument("--compare-threads", action="store_true",
+                    help="also time both sides at 1 and 2 intra-op threads (training.threads), interleaved")
     args = ap.parse_args()
     aggregator, classifier = args.head.split(":")
     overrides = [f"aggregator={aggregator}", f"classifier={classifier}", f"features.normalize={args.norm}",
@@ -158,6 +161,15 @@ def main() -> None:
     print(f"runner fold  {spread(runner_seconds)} s")
     print(f"bare loop    {spread(bare_seconds)} s")
     print(f"ratio        {spread(ratio, '{:.2f}')}  (target <= 1.5)")
+    if args.compare_threads:
+        for threads in (1, 2, 1, 2):  # interleaved twice, so a change of the machine's load hits both counts
+            torch.set_num_threads(threads)
+            runner.recipe = recipe.model_copy(update={"training": recipe.training.model_copy(
+                update={"threads": threads})})
+            seconds, work = runner_fold(runner, prep, args.fold)
+            bare = bare_loop(data, len(prep.labels), recipe, work["steps"], epochs, recipe.seed)
+            print(f"threads {threads}: runner fold {seconds:.2f} s, bare loop {bare:.2f} s")
+        torch.set_num_threads(args.threads)
     if args.cli_runs:
         walls = [cli_run(overrides) for _ in range(args.cli_runs)]
         print(f"ser run, 5 folds, {len(prep.folds[0].train) + len(prep.folds[0].dev) + len(prep.folds[0].test)} "
