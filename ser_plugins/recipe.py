@@ -13,14 +13,15 @@ import difflib
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ser_plugins.errors import UserError
 from ser_plugins.plugins import registry
-from ser_plugins.plugins.contracts import FINETUNE_MODES
+from ser_plugins.plugins.contracts import FINETUNE_MODES as FINETUNE_MODES  # re-exported: one of the enumerations
+from ser_plugins.plugins.contracts import FinetuneMode
 
 _log = logging.getLogger(__name__)
 
@@ -50,17 +51,28 @@ def safe_load(text: str) -> Any:
 
 
 # --- the enumerations: one source of truth each --------------------------------------------------
-PROTOCOLS: Tuple[str, ...] = ("session", "speaker", "folds", "split")
-DEV_STRATEGIES: Tuple[str, ...] = ("auto", "none", "speaker", "random", "split")
-LAYER_USES: Tuple[str, ...] = ("last", "weighted_sum")  # or an integer layer index
-NORMALIZATIONS: Tuple[str, ...] = ("global", "speaker")  # or null / "none"
+ProtocolName = Literal["session", "speaker", "folds", "split"]
+DevStrategy = Literal["auto", "none", "speaker", "random", "split"]
+LayerUse = Literal["last", "weighted_sum"]  # or an integer layer index
+Normalization = Literal["global", "speaker"]  # or null / "none"
+Optimizer = Literal["adam", "adamw", "sgd"]
+Scheduler = Literal["none", "linear", "cosine"]
+Precision = Literal["fp32", "bf16", "fp16"]
+NanPolicy = Literal["skip", "stop"]
+Selection = Literal["last", "dev_loss", "dev_ua"]  # which epoch's weights a fold keeps
+CacheDtype = Literal["float16", "float32"]
+
+PROTOCOLS: Tuple[str, ...] = get_args(ProtocolName)
+DEV_STRATEGIES: Tuple[str, ...] = get_args(DevStrategy)
+LAYER_USES: Tuple[str, ...] = get_args(LayerUse)
+NORMALIZATIONS: Tuple[str, ...] = get_args(Normalization)
 TRANSDUCTIVE_NORMALIZATIONS: Tuple[str, ...] = ("speaker",)
-OPTIMIZERS: Tuple[str, ...] = ("adam", "adamw", "sgd")
-SCHEDULERS: Tuple[str, ...] = ("none", "linear", "cosine")
-PRECISIONS: Tuple[str, ...] = ("fp32", "bf16", "fp16")
-NAN_POLICIES: Tuple[str, ...] = ("skip", "stop")
-SELECTIONS: Tuple[str, ...] = ("last", "dev_loss", "dev_ua")  # which epoch's weights a fold keeps
-CACHE_DTYPES: Tuple[str, ...] = ("float16", "float32")
+OPTIMIZERS: Tuple[str, ...] = get_args(Optimizer)
+SCHEDULERS: Tuple[str, ...] = get_args(Scheduler)
+PRECISIONS: Tuple[str, ...] = get_args(Precision)
+NAN_POLICIES: Tuple[str, ...] = get_args(NanPolicy)
+SELECTIONS: Tuple[str, ...] = get_args(Selection)
+CACHE_DTYPES: Tuple[str, ...] = get_args(CacheDtype)
 PLUGIN_KINDS: Tuple[str, ...] = tuple(registry.RECIPE_KINDS)  # corpus/upstream/aggregator/classifier sections
 
 _MAX_STEPS = 10**9
@@ -81,9 +93,9 @@ class Section(BaseModel):
 class ProtocolConfig(Section):
     """Which utterances train, pick the checkpoint (dev) and test in each fold."""
 
-    name: Optional[Literal[PROTOCOLS]] = None
+    name: Optional[ProtocolName] = None
     # auto: a speaker-disjoint dev set when training uses one (select, patience, refit), else none
-    dev: Literal[DEV_STRATEGIES] = "auto"
+    dev: DevStrategy = "auto"
     dev_fraction: float = _finite(default=0.1, gt=0, lt=1)
     num_folds: Optional[int] = Field(default=None, ge=2, le=10_000)
 
@@ -91,9 +103,9 @@ class ProtocolConfig(Section):
 class FeaturesConfig(Section):
     """How the head reads the upstream: layer use, projection, normalisation, stored layers."""
 
-    layer: Union[Literal[LAYER_USES], int] = "last"
+    layer: Union[LayerUse, int] = "last"
     projection: Optional[int] = Field(default=None, ge=1, le=1_000_000)
-    normalize: Optional[Literal[NORMALIZATIONS]] = "global"
+    normalize: Optional[Normalization] = "global"
     keep_layers: Optional[List[int]] = None
 
     @field_validator("normalize", mode="before")
@@ -110,7 +122,7 @@ class FeaturesConfig(Section):
 class FinetuneConfig(Section):
     """Whether and how the upstream trains."""
 
-    mode: Literal[FINETUNE_MODES] = "frozen"
+    mode: FinetuneMode = "frozen"
     top_n: Optional[int] = Field(default=None, ge=1, le=10_000)
     upstream_lr: float = _finite(default=5e-5, gt=0, le=10)
     frozen_warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)
@@ -125,22 +137,22 @@ class TrainingConfig(Section):
     epochs: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     max_batch_seconds: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
-    optimizer: Literal[OPTIMIZERS] = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = _finite(default=1e-2, gt=0, le=10)
     weight_decay: float = _finite(default=1e-4, ge=0, le=10)
-    scheduler: Literal[SCHEDULERS] = "cosine"
+    scheduler: Scheduler = "cosine"
     warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)
     grad_accum: int = Field(default=1, ge=1, le=100_000)
     grad_clip: Optional[float] = _finite(default=5.0, gt=0, le=1e6)
-    select: Literal[SELECTIONS] = "last"
+    select: Selection = "last"
     patience: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     refit: bool = False  # after dev chose the epoch: train again on train + dev for as long, keep that model
     class_weights: bool = False
     balanced_sampling: bool = False
     max_duration: Optional[float] = _finite(default=None, gt=0, le=_MAX_SECONDS)
-    precision: Literal[PRECISIONS] = "fp32"
+    precision: Precision = "fp32"
     device: str = "auto"
-    nan_policy: Literal[NAN_POLICIES] = "skip"
+    nan_policy: NanPolicy = "skip"
     max_nan_steps: int = Field(default=20, ge=0, le=_MAX_STEPS)
     eval_batch_size: Optional[int] = Field(default=None, ge=1, le=1_000_000)
     # torch intra-op threads while a fold trains; null: 1 for a head on precomputed features (measured
@@ -178,7 +190,7 @@ class DataConfig(Section):
     extract_batch_seconds: float = _finite(default=64, gt=0, le=_MAX_SECONDS)
     num_threads: Optional[int] = Field(default=None, ge=1, le=4096)
     cache_dir: Optional[str] = None
-    cache_dtype: Literal[CACHE_DTYPES] = "float16"
+    cache_dtype: CacheDtype = "float16"
     max_ram_gb: Optional[float] = _finite(default=None, gt=0, le=1_000_000)  # null: half the available RAM
     num_workers: Optional[int] = Field(default=None, ge=0, le=256)  # null: min(4, CPUs) on streamed passes
 
@@ -230,7 +242,7 @@ class PluginSection(BaseModel):
 PluginSpec = PluginSection
 
 
-SECTIONS: Dict[str, type] = {
+SECTIONS: Dict[str, Type[Section]] = {
     "protocol": ProtocolConfig, "features": FeaturesConfig, "finetune": FinetuneConfig,
     "training": TrainingConfig, "data": DataConfig, "output": OutputConfig, "launcher": LauncherConfig,
 }
@@ -349,7 +361,7 @@ _TYPE_WORDS = {"int_type": "int", "float_type": "int or float", "bool_type": "bo
 _BOUND_WORDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
-def _field_range(model: type, key: str) -> str:
+def _field_range(model: Type[BaseModel], key: str) -> str:
     """The declared range of a numeric field, e.g. ``>= 1 and <= 1000000``, for messages."""
     info = model.model_fields.get(key)
     if info is None:
@@ -366,7 +378,7 @@ def _type_name(value: Any) -> str:
     return "a boolean" if isinstance(value, bool) else type(value).__name__
 
 
-def _message(where: str, model: type, error: Dict[str, Any], given: Dict[str, Any]) -> str:
+def _message(where: str, model: Type[BaseModel], error: Mapping[str, Any], given: Dict[str, Any]) -> str:
     """One user-facing sentence for a pydantic error on ``where`` (``section.key``)."""
     kind = error["type"]
     key = where.split(".")[-1]
@@ -394,7 +406,7 @@ def _message(where: str, model: type, error: Dict[str, Any], given: Dict[str, An
     return f"{where}: {error['msg']} (got {value!r})"
 
 
-def _validate_section(section: str, model: type, given: Any) -> BaseModel:
+def _validate_section(section: str, model: Type[BaseModel], given: Any) -> BaseModel:
     if given is None:
         given = {}
     if not isinstance(given, dict):
@@ -434,14 +446,15 @@ def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Recipe:
             top[key] = value
     if "seed" in top and not 0 <= top["seed"] <= 2**32 - 1:
         raise RecipeError(f"seed must be >= 0 and <= {2**32 - 1}, got {top['seed']}")
-    plugins = {}
+    plugins: Dict[str, PluginSection] = {}
     for kind in PLUGIN_KINDS:
         if data.get(kind) is None:
             raise RecipeError(f"missing recipe section {kind!r}")
         plugins[kind] = _plugin_spec(kind, data[kind])
     sections = {name: _validate_section(name, model, data.get(name)) for name, model in SECTIONS.items()}
     try:
-        recipe = Recipe(**top, **plugins, **sections)
+        fields: Dict[str, Any] = {**top, **plugins, **sections}  # disjoint keys
+        recipe = Recipe(**fields)
     except ValidationError as exc:
         raise RecipeError(str(exc.errors()[0].get("ctx", {}).get("error", exc.errors()[0]["msg"]))) from None
     if check_plugins:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, get_args
 
 import torch
 from torch import nn
 
-FINETUNE_MODES: Tuple[str, ...] = ("frozen", "finetune", "full", "top_n")
+FinetuneMode = Literal["frozen", "finetune", "full", "top_n"]
+FINETUNE_MODES: Tuple[str, ...] = get_args(FinetuneMode)
 
 
 @dataclass
@@ -250,7 +251,7 @@ class Corpus:
     @classmethod
     def can_generate(cls) -> bool:
         """True when the class overrides ``generate``."""
-        return getattr(cls.generate, "__func__", None) is not Corpus.generate.__func__
+        return getattr(cls.generate, "__func__", None) is not Corpus.__dict__["generate"].__func__
 
     def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False,
                 kind: str = "", key: str = "", count: int = 1, lines: Sequence[int] = ()) -> None:
