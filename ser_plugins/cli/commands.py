@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a value in every recipe (repeatable)")
     g.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="run every recipe once per value, e.g. --sweep aggregator=mean,stats (repeatable: all combinations)")
-    g.add_argument("--out", required=True, help=f"grid directory: one run directory per run, {GRID_FILE}, report.md/.csv")
+    g.add_argument("--out", required=True,
+                   help=f"grid directory: one run directory per run, {GRID_FILE}, report.md/.csv")
     g.add_argument("--cache-dir", help="feature cache shared by the frozen runs (default: OUT/feature_cache, "
                                        "unless a recipe sets data.cache_dir)")
     g.add_argument("--folds", help="comma-separated fold numbers (1-based) or names to run")

@@ -274,10 +274,10 @@ class Runner:
             with contextlib.ExitStack() as held:
                 done = fold_dir.finished
                 if not done and self.ctx.main:
-                    held.enter_context(RunLock(fold_dir.path, hint="another job trains this fold; wait for it (re-running "
-                                                                   "skips finished folds)"))
+                    held.enter_context(RunLock(fold_dir.path, hint="another job trains this fold; wait for it "
+                                                                   "(re-running skips finished folds)"))
                     done = fold_dir.finished  # finished by another job while we waited
-                    for orphan in [] if done else fold_dir.path.rglob(".*.tmp"):  # left by a killed job; the lock is ours
+                    for orphan in [] if done else fold_dir.path.rglob(".*.tmp"):  # left by a killed job; lock is ours
                         orphan.unlink(missing_ok=True)
                 if ddp_tools.broadcast(done, self.ctx):  # under torchrun, rank 0 decides for all
                     log.info("fold %s already finished; skipping", fold.name)

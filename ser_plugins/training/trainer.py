@@ -303,8 +303,9 @@ class FoldTrainer:
             if self.save_checkpoints and self.ctx.main:
                 save_weights(self.fold_dir / BEST_FILE, best_state)
         model.load_state_dict(best_state, strict=False)
-        return FitResult(history=progress["history"], best_epoch=progress["best_epoch"], best_dev_ua=progress["best_ua"],
-                         nan_steps=self.nan_steps, total_steps=int(total), steps=progress["step"])
+        return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
+                         best_dev_ua=progress["best_ua"], nan_steps=self.nan_steps, total_steps=int(total),
+                         steps=progress["step"])
 
     def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
         """Everything needed to resume after this epoch, in ONE atomically written file (rank 0's).
