@@ -114,7 +114,8 @@ class EntryReader:
             for (_dtype, _shape, offset), dest, start, n in zip(specs, dests, starts, rows):
                 row = dest.nbytes // max(1, dest.shape[0]) if dest.ndim else dest.nbytes
                 want = row * n
-                if want and os.preadv(fd, [dest], offset + start * row) != want:
+                # numpy declares ndarray.__buffer__ (the Buffer protocol) for Python >= 3.12 only
+                if want and os.preadv(fd, [dest], offset + start * row) != want:  # type: ignore[list-item]
                     return False
             return True
         finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,16 +17,17 @@ from tqdm.auto import tqdm
 from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fraction
 from ser_plugins.data.normalize import Moments
 from ser_plugins.plugins.boundary import check_upstream_output
+from ser_plugins.plugins.contracts import Upstream
 
 log = logging.getLogger("ser_plugins")
 
 
-def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.ndarray]], layers: Sequence[int],
+def extract_features(upstream: Upstream, waves: Optional[Dict[str, np.ndarray]], layers: Sequence[int],
                      max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
                      dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
                      stats: Optional[Dict[str, float]] = None, reduce_mean: bool = False,
                      frame_counts: Optional[Dict[str, int]] = None, lengths: Optional[Dict[str, int]] = None,
-                     batch_loader: Optional[Callable[..., Iterator[tuple]]] = None,
+                     batch_loader: Optional[Callable[..., Iterator[Tuple[torch.Tensor, torch.Tensor]]]] = None,
                      sink: Optional[Callable[[str, List[torch.Tensor], int], None]] = None,
                      ) -> Dict[str, List[torch.Tensor]]:
     """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
@@ -39,12 +40,14 @@ def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.nda
     replaces ``waves``, ``batch_loader(ids, batches)`` yields the padded batches, and
     ``sink(id, layers, frames)`` receives each utterance's layers instead of the returned dict.
     """
-    ids = list(waves) if lengths is None else list(lengths)
-    sizes = lengths
-    lengths = [len(waves[i]) for i in ids] if sizes is None else [sizes[i] for i in ids]
+    if lengths is None and waves is None:
+        raise TypeError("extract_features needs waves or lengths")
+    audio: Dict[str, np.ndarray] = waves if waves is not None else {}
+    ids = list(audio) if lengths is None else list(lengths)
+    samples = [len(audio[i]) for i in ids] if lengths is None else [lengths[i] for i in ids]
     if not upstream.batch_invariant:
         batch_size = 1  # padding would change the features: each utterance alone, as at prediction time
-    batches = bucket_batches(lengths, batch_size, max_batch_samples)
+    batches = bucket_batches(samples, batch_size, max_batch_samples)
     out: Dict[str, List[torch.Tensor]] = {}
     upstream.eval()
     amp = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -52,7 +55,7 @@ def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.nda
     t0 = time.perf_counter()
     bar = tqdm(total=len(ids), desc="extract features", unit="utt", disable=not progress, leave=False)
     padded = (batch_loader(ids, batches) if batch_loader is not None
-              else (pad_waves([waves[ids[i]] for i in b]) for b in batches))
+              else (pad_waves([audio[ids[i]] for i in b]) for b in batches))
     for b, (wavs, wav_lengths) in zip(batches, padded):
         if amp is not None:
             with amp:
@@ -77,8 +80,8 @@ def extract_features(upstream: torch.nn.Module, waves: Optional[Dict[str, np.nda
         bar.update(len(b))
     bar.close()
     if stats is not None:
-        stats.update(padding_fraction=padding_fraction(lengths, batches), batches=len(batches),
-                     audio_seconds=sum(lengths) / upstream.sample_rate,
+        stats.update(padding_fraction=padding_fraction(samples, batches), batches=len(batches),
+                     audio_seconds=sum(samples) / upstream.sample_rate,
                      seconds=time.perf_counter() - t0)
     return out
 

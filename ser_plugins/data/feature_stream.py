@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,7 +29,8 @@ from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.memory import GB, STREAMED_LEVEL, HeapTrimmer, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.normalize import Moments
 from ser_plugins.data.sources import Batch, BatchPlan, FeatureSource, Transform
-from ser_plugins.plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Upstream, Utterance
+from ser_plugins.recipe import DataConfig
 
 log = logging.getLogger("ser_plugins")
 
@@ -68,7 +69,7 @@ class LazyFeatures(Mapping):
         """
         layout = self._reader.layout(uids[0], self.paths[uids[0]])
         if layout is None:
-            widths = [(f.dtype, f.shape[1:]) for f in self[uids[0]]]
+            widths: List[Tuple[torch.dtype, Tuple[int, ...]]] = [(f.dtype, f.shape[1:]) for f in self[uids[0]]]
         else:
             widths = [(dtype, shape[1:]) for dtype, shape, _ in layout[0]]
         out = [torch.zeros((len(uids), max(lengths), *tail), dtype=dtype) for dtype, tail in widths]
@@ -167,6 +168,8 @@ def _trimming(items: Iterator[Any], every: int) -> Iterator[Any]:
 class StreamedFeatureSource(FeatureSource):
     """``FeatureSource`` over ``LazyFeatures``: batches read from disk and prepared ahead in a thread."""
 
+    features: LazyFeatures
+
     def __init__(self, features: LazyFeatures, targets: Dict[str, int], frames_per_second: float,
                  transform: Optional[Transform] = None, depth: int = PREFETCH_BATCHES) -> None:
         super().__init__(features, targets, frames_per_second, features.frame_counts, transform)
@@ -205,7 +208,7 @@ class StreamedFeatureSource(FeatureSource):
                         uids, features=True)
 
 
-def feature_bytes(upstream: Any, utterances: Sequence[Utterance], layers: Sequence[int], dtype: torch.dtype,
+def feature_bytes(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], dtype: torch.dtype,
                   frames: bool, samples: Optional[int] = None) -> int:
     """Estimated RAM of the features of ``utterances``: frames from the audio headers, or one mean per layer."""
     sizes = list(upstream.hidden_sizes) or [upstream.hidden_size]
@@ -217,7 +220,7 @@ def feature_bytes(upstream: Any, utterances: Sequence[Utterance], layers: Sequen
     return samples // max(1, upstream.hop_length) * width * torch.tensor([], dtype=dtype).element_size()
 
 
-def should_stream(upstream: Any, utterances: Sequence[Utterance], layers: Sequence[int], data: Any,
+def should_stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig,
                   frames: bool) -> bool:
     """True when the in-RAM path would exceed ``data.max_ram_gb`` (logged with both figures).
 
@@ -235,8 +238,8 @@ def should_stream(upstream: Any, utterances: Sequence[Utterance], layers: Sequen
     return True
 
 
-def stream_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int],
-                           data: Any, precision: str, device: str, means_only: bool, need_moments: bool = False,
+def stream_frozen_features(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int],
+                           data: DataConfig, precision: str, device: str, means_only: bool, need_moments: bool = False,
                            progress: bool = True, store_frames: bool = False):
     """``compute_frozen_features`` with bounded RAM: frames stay in the cache, only means/moments are held.
 
@@ -257,7 +260,7 @@ def stream_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utter
         raise
 
 
-def _stream(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int], data: Any,
+def _stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig,
             precision: str, device: str, means_only: bool, need_moments: bool, progress: bool, store_frames: bool,
             tmp_dir: Optional[str]):
     """``stream_frozen_features`` into ``tmp_dir`` (when not None) or ``data.cache_dir``."""
@@ -267,7 +270,10 @@ def _stream(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: 
     keep_frames = not means_only or need_moments
     write_frames = keep_frames or store_frames
     dtype = getattr(torch, data.cache_dtype)
-    root = Path(data.cache_dir or tmp_dir)
+    root_dir = data.cache_dir or tmp_dir
+    if root_dir is None:
+        raise ValueError("no data.cache_dir and no temporary folder to stream the features into")
+    root = Path(root_dir)
     identity = dict(upstream.identity(), precision=precision if device.startswith("cuda") else "fp32",
                     batch_invariant=upstream.batch_invariant)
     frames_cache = FeatureCache(root, identity, layers, dtype, variant="frames")
@@ -308,7 +314,7 @@ def _stream(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: 
         lengths, skipped = scan_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress,
                                        workers)
         by_id = {u.id: u for u in misses}
-        cache = frames_cache if write_frames else means_cache
+        cache = frames_cache if means_cache is None else means_cache  # means_cache: None when write_frames
 
         trimmer = HeapTrimmer(TRIM_EVERY_UTTERANCES, shared=STREAMED_LEVEL)
 

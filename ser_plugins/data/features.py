@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -11,16 +11,17 @@ from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
 from ser_plugins.data.extract import FrozenFeatures, extract_features  # noqa: F401 - extract_features: also importable from here
 from ser_plugins.data.feature_cache import FeatureCache
 from ser_plugins.data.normalize import Moments
-from ser_plugins.plugins.contracts import Utterance
+from ser_plugins.plugins.contracts import Upstream, Utterance
+from ser_plugins.recipe import DataConfig
 from ser_plugins.runtime import distributed as ddp_tools
 
 log = logging.getLogger("ser_plugins")
 
 
 @torch.inference_mode()
-def _read_other_shares(ctx: Any, forwards: int, skipped: Dict[str, str], misses: Sequence[Utterance],
+def _read_other_shares(ctx: ddp_tools.DistContext, forwards: int, skipped: Dict[str, str], misses: Sequence[Utterance],
                         features: Dict[str, List[torch.Tensor]], frame_counts: Dict[str, int],
-                        cache: FeatureCache) -> tuple:
+                        cache: FeatureCache) -> Tuple[int, Dict[str, str]]:
     """After a sharded extraction: sum the forward passes, merge the skips, read the other ranks' cache entries."""
     total = sum(ddp_tools.all_gather(forwards, ctx))
     merged: Dict[str, str] = {}
@@ -38,8 +39,8 @@ def _read_other_shares(ctx: Any, forwards: int, skipped: Dict[str, str], misses:
     return total, merged
 
 
-def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utterance], layers: Sequence[int],
-                            data: Any, precision: str, device: str, means_only: bool, need_moments: bool = False,
+def compute_frozen_features(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int],
+                            data: DataConfig, precision: str, device: str, means_only: bool, need_moments: bool = False,
                             progress: bool = True, store_frames: bool = False) -> FrozenFeatures:
     """Features of every usable utterance: from the cache when possible, else decoded and extracted once.
 
@@ -63,8 +64,9 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
     features: Dict[str, List[torch.Tensor]] = {}
     frame_counts: Dict[str, int] = {}
     notes: Dict[str, Any] = {}
-    frames_cache = means_cache = None
-    from_frames: set = set()
+    frames_cache: Optional[FeatureCache] = None
+    means_cache: Optional[FeatureCache] = None
+    from_frames: Set[str] = set()
     if data.cache_dir:
         identity = dict(upstream.identity(), precision=precision if device.startswith("cuda") else "fp32",
                         batch_invariant=upstream.batch_invariant)
@@ -115,12 +117,14 @@ def compute_frozen_features(upstream: torch.nn.Module, utterances: Sequence[Utte
         frame_counts.update(fresh_counts)
         audio.waves.clear()
     if sharded:  # every rank's skips and forward passes, then (after all have written) the others' entries
+        shared = frames_cache if write_frames else means_cache
+        assert shared is not None  # sharded: data.cache_dir is set
         forwards, audio.skipped = _read_other_shares(ctx, forwards, audio.skipped, all_misses, features, frame_counts,
-                                                     frames_cache if write_frames else means_cache)
+                                                     shared)
         if write_frames:
             from_frames.update(u.id for u in all_misses if u.id in features)
     notes["upstream_forward_passes"] = forwards  # utterances run through the upstream by this run
-    if data.cache_dir:
+    if frames_cache is not None:  # data.cache_dir is set
         notes["feature_cache"] = {"dir": str(frames_cache.dir), "hits": len(utterances) - len(all_misses),
                                   "misses": len(all_misses), "written": "frames" if write_frames else "means"}
     result = FrozenFeatures(features, frame_counts, audio.skipped, means_only, notes)

@@ -6,9 +6,12 @@ holding data in RAM and streaming it is made up front and logged.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Literal, Optional, Sequence, Union
 
 from ser_plugins.plugins.contracts import Utterance
+
+if TYPE_CHECKING:
+    import ctypes
 
 GB = 1024 ** 3
 AUTO_FRACTION = 0.5  # data.max_ram_gb: null -> this share of the RAM available when the run starts
@@ -63,7 +66,7 @@ def resolve_workers(num_workers: Optional[int], items: int) -> int:
     return min(4, os.cpu_count() or 1)
 
 
-_LIBC: Optional[object] = None
+_LIBC: Union[None, Literal[False], "ctypes.CDLL"] = None  # None: not looked up yet; False: no malloc_trim
 
 
 def release_free_heap() -> bool:
@@ -120,7 +123,7 @@ class HeapTrimmer:
         self.count = 0
         self.trims = 0
         self.since_trim = cooldown
-        self._level = shared if shared is not None else [None]
+        self._level: List[Optional[int]] = shared if shared is not None else [None]
 
     @property
     def level(self) -> Optional[int]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -41,7 +41,7 @@ class Moments:
         return cls(int(frames[0].shape[0]), [f.sum(0) for f in frames], [(f * f).sum(0) for f in frames])
 
     @staticmethod
-    def pooled(items: Iterable["Moments"], eps: float) -> tuple:
+    def pooled(items: Iterable["Moments"], eps: float) -> Tuple[Layers, Layers]:
         """``(means, stds)`` per layer over all frames of ``items`` (population std, floored at ``eps``)."""
         items = list(items)
         if not items:
@@ -49,8 +49,8 @@ class Moments:
         count = sum(m.count for m in items)
         means, stds = [], []
         for k in range(len(items[0].sums)):
-            mean = sum(m.sums[k] for m in items) / count
-            var = (sum(m.squares[k] for m in items) / count - mean * mean).clamp(min=0.0)
+            mean = torch.as_tensor(sum(m.sums[k] for m in items)) / count
+            var = (torch.as_tensor(sum(m.squares[k] for m in items)) / count - mean * mean).clamp(min=0.0)
             means.append(mean.float())
             stds.append(var.sqrt().clamp(min=eps).float())
         return means, stds
@@ -71,7 +71,7 @@ class Normalizer:
         self.eps = eps
         self.mean_: Optional[Layers] = None  # global: training statistics; speaker: typical statistics
         self.std_: Optional[Layers] = None
-        self.speakers_: Dict[str, tuple] = {}
+        self.speakers_: Dict[str, Tuple[Layers, Layers]] = {}
 
     @property
     def transductive(self) -> bool:
@@ -107,9 +107,9 @@ class Normalizer:
         """Statistics of a new speaker from their (unlabelled) utterances (``ser predict`` with enough files)."""
         self.speakers_[speaker] = Moments.pooled((Moments.of(u) for u in utterances), self.eps)
 
-    def statistics(self, speaker: Optional[str] = None) -> tuple:
+    def statistics(self, speaker: Optional[str] = None) -> Tuple[Layers, Layers]:
         """``(means, stds)`` applied to an utterance of ``speaker`` (typical ones for an unknown speaker)."""
-        if self.mean_ is None:
+        if self.mean_ is None or self.std_ is None:
             raise RuntimeError("Normalizer.transform called before fit")
         if self.kind == "speaker" and speaker in self.speakers_:
             return self.speakers_[speaker]
@@ -133,7 +133,7 @@ class Normalizer:
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The statistics used for unseen speakers / all utterances, as tensors (``mean.K``, ``std.K``)."""
-        if self.mean_ is None:
+        if self.mean_ is None or self.std_ is None:
             raise RuntimeError("Normalizer has not been fitted")
         out = {f"mean.{k}": m for k, m in enumerate(self.mean_)}
         out.update({f"std.{k}": s for k, s in enumerate(self.std_)})

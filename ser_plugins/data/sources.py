@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Protocol, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch
 from ser_plugins.data.batching import bucket_batches, pad_features, pad_waves, padding_fraction, random_crop
 
 Transform = Callable[[List[str], List[torch.Tensor]], List[torch.Tensor]]  # (ids, padded layers) -> layers
+_Stack = Tuple[Dict[str, int], List[torch.Tensor], torch.Tensor]  # means mode: (row of id, layers, targets)
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,14 @@ class FeatureSource(_BucketedSource):
     stays the same); ``transform(ids, layers)`` is applied to each padded batch (normalisation).
     """
 
-    def __init__(self, features: Dict[str, List[torch.Tensor]], targets: Dict[str, int], frames_per_second: float,
+    def __init__(self, features: Mapping[str, List[torch.Tensor]], targets: Dict[str, int], frames_per_second: float,
                  frame_counts: Optional[Dict[str, int]] = None, transform: Optional[Transform] = None) -> None:
         self.features = features
         self.targets = targets
         self.rate = frames_per_second
         self.frame_counts = frame_counts
         self.transform = transform
-        self._stack: Optional[tuple] = None  # means mode: see _stacked_means
+        self._stack: Optional[_Stack] = None  # means mode: see _stacked_means
 
     def with_transform(self, transform: Optional[Transform]) -> "FeatureSource":
         """The same features (shared, not copied) served through ``transform``."""
@@ -125,7 +126,7 @@ class FeatureSource(_BucketedSource):
             return self.frame_counts[uid]
         return int(self.features[uid][0].shape[0])
 
-    def _stacked_means(self) -> tuple:
+    def _stacked_means(self) -> _Stack:
         """Means mode: every utterance stacked and transformed once: ``(row of id, [N, 1, D] per layer, targets)``.
 
         A transform acts on each row alone (a normaliser's per-speaker statistics), so transforming

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,10 +25,11 @@ from ser_plugins.data.decode import DataError
 from ser_plugins.data.memory import GB, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.sources import Batch, BatchPlan, WaveSource
 from ser_plugins.plugins.contracts import Utterance
+from ser_plugins.recipe import DataConfig
 
 log = logging.getLogger("ser_plugins")
 
-Key = Tuple[int, int, int]  # (utterance index, first sample, end sample) of one item
+Key = Tuple[int, int, Optional[int]]  # (utterance index, first sample, end sample or None: the end) of one item
 
 
 def _one_thread(_worker: int) -> None:
@@ -161,7 +162,9 @@ class PinnedBatch(Batch):
     def to(self, device: str) -> "Batch":
         """The same batch on ``device`` (asynchronous copies from pinned memory)."""
         nb = str(device).startswith("cuda")
-        return Batch(self.inputs.to(device, non_blocking=nb), self.lengths.to(device, non_blocking=nb),
+        inputs = ([x.to(device, non_blocking=nb) for x in self.inputs] if isinstance(self.inputs, list)
+                  else self.inputs.to(device, non_blocking=nb))
+        return Batch(inputs, self.lengths.to(device, non_blocking=nb),
                      self.targets.to(device, non_blocking=nb), self.ids, self.features)
 
 
@@ -181,7 +184,7 @@ class StreamedWaveSource(WaveSource):
         self.rate = sample_rate
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.waves = None  # nothing held: see batches()
+        self.waves: Dict[str, np.ndarray] = {}  # nothing held: see batches()
         self._sampler = PlanSampler()
         self._loader: Optional[DataLoader] = None
         self._items = AudioItems(self.utterances, sample_rate, min_samples)
@@ -194,9 +197,9 @@ class StreamedWaveSource(WaveSource):
         """The items of every batch of one pass, crops drawn as ``WaveSource`` draws them."""
         crop = self._max_len(plan.max_duration) if plan.shuffle else None
         rng = random.Random(plan.seed)
-        out = []
+        out: List[List[Key]] = []
         for b in self.plan(ids, plan):
-            keys = []
+            keys: List[Key] = []
             for i in b:
                 n = self.lengths[ids[i]]
                 start = rng.randrange(0, n - crop + 1) if crop and n > crop else 0
@@ -233,7 +236,7 @@ class StreamedAudio:
                                   self.num_workers, pin_memory=str(device).startswith("cuda"))
 
 
-def stream_audio(utterances: Sequence[Utterance], sample_rate: int, min_samples: int, data: Any,
+def stream_audio(utterances: Sequence[Utterance], sample_rate: int, min_samples: int, data: DataConfig,
                  progress: bool = True) -> Optional[StreamedAudio]:
     """The validation pass without keeping the audio, when the decoded audio would exceed ``data.max_ram_gb``.
 
