@@ -49,14 +49,15 @@ def disk_full_errno(exc: BaseException) -> Optional[int]:
     context, safetensors puts ``(os error 28)`` in its message.
     """
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return exc.errno
-        match = _OS_ERROR_IN_TEXT.search(str(exc))
+    link: Optional[BaseException] = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
+            return link.errno
+        match = _OS_ERROR_IN_TEXT.search(str(link))
         if match and int(match.group(1)) in DISK_FULL_ERRNOS:
             return int(match.group(1))
-        exc = exc.__cause__ or exc.__context__
+        link = link.__cause__ or link.__context__
     return None
 
 

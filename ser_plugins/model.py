@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -62,6 +62,11 @@ class WeightedLayerSum(nn.Module):
 class SERHead(nn.Module):
     """Everything after the upstream: layer use, projection, aggregator, classifier."""
 
+    layer_use: nn.Module
+    projection: nn.Module
+    aggregator: nn.Module
+    classifier: nn.Module
+
     def __init__(self, layer_use: nn.Module, projection: nn.Module, aggregator: nn.Module, classifier: nn.Module) -> None:
         super().__init__()
         self.layer_use = layer_use
@@ -85,6 +90,9 @@ class SERModel(nn.Module):
     during the first optimiser steps of fine-tuning the upstream is held frozen (the trainer passes
     the step number; the model decides).
     """
+
+    upstream: Upstream
+    head: SERHead
 
     def __init__(self, upstream: Upstream, head: SERHead, upstream_layers: List[int],
                  frozen_warmup_steps: int = 0) -> None:
@@ -133,7 +141,7 @@ def aggregator_input_dim(model: SERModel) -> int:
     return int(model.upstream.hidden_sizes[model.upstream_layers[0]])
 
 
-def _non_finite_rows(frames: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> tuple:
+def _non_finite_rows(frames: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Tuple[List[int], List[int]]:
     """``(rows with NaN/inf in their valid frames, rows with NaN/inf in their padded frames only)``.
 
     ``frames`` is ``[B, T, D]`` (with ``lengths``) or ``[B, D]`` (without).
@@ -251,7 +259,8 @@ def head_sees_only_means(head: SERHead) -> bool:
     return bool(head.aggregator.uses_only_mean) and linear_use and linear_projection
 
 
-def resolve_layers(layer: Union[str, int], keep_layers: Optional[List[int]], num_layers: int) -> tuple:
+def resolve_layers(layer: Union[str, int], keep_layers: Optional[List[int]],
+                   num_layers: int) -> Tuple[List[int], Optional[int]]:
     """``(upstream layer indices the head sees, index of the used one or None for weighted sum)``."""
     def check(i: int, what: str) -> int:
         if not -num_layers <= i < num_layers:
@@ -302,7 +311,7 @@ def build_upstream(spec: PluginSection, finetune: FinetuneConfig) -> Upstream:
 
 
 def build_head(features: FeaturesConfig, aggregator: PluginSection, classifier: PluginSection, upstream: Upstream,
-               num_classes: int) -> tuple:
+               num_classes: int) -> Tuple[SERHead, List[int]]:
     """``(head, upstream layer indices it reads)`` for ``upstream``: layer use, projection, aggregator, classifier."""
     kept, used = resolve_layers(features.layer, features.keep_layers, upstream.num_layers)
     sizes = {upstream.hidden_sizes[i] for i in kept}

@@ -178,8 +178,10 @@ def _build(kind: str, plugin: Any, args: tuple, kwargs: dict) -> Tuple[Any, Opti
         except registry.PluginError as exc:
             raise ContractCheckError(f"{kind} {plugin!r} failed check 'import': {exc}", check="import", kind=kind,
                                      name=exc.name or plugin, dist=exc.dist) from exc
-        factory = lambda: registry.create(kind, plugin, *args, **kwargs)  # noqa: E731
-        return _first_instance(kind, repr(plugin), factory), factory
+        def by_name() -> Any:
+            return registry.create(kind, plugin, *args, **kwargs)
+
+        return _first_instance(kind, repr(plugin), by_name), by_name
     if isinstance(plugin, torch.nn.Module) or (kind == "corpus" and not callable(plugin)):
         if kwargs:
             raise TypeError(f"options {sorted(kwargs)} were given with an already built {kind}")
@@ -493,6 +495,8 @@ def check_aggregator_gradients(agg: Any, /, *, input_dim: int = 8) -> Optional[s
     finally:
         agg.eval()
     grad = feats.grad
+    if grad is None:
+        raise _fail(agg, "aggregator", "gradients", "a gradient on the input frames", "none")
     for i, n in enumerate(_AGG_LENGTHS):
         if bool((grad[i, n:] != 0).any()):
             raise _fail(agg, "aggregator", "gradients", f"no gradient on utterance {i}'s padded frames",

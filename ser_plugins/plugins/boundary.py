@@ -149,7 +149,7 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
             raise fail(upstream, kind, f"{where} dtype", "a floating-point dtype", state.dtype)
         if state.device != device:
             raise fail(upstream, kind, f"{where} device", f"the input's device {device}", state.device)
-    if frames == 0:
+    if not frames:  # 0 frames (None: no layers, which the declaration check refuses)
         raise fail(upstream, kind, "hidden_states frames (T)", "at least 1", 0)
     if not isinstance(lengths, torch.Tensor):
         raise fail(upstream, kind, "lengths", f"an integer tensor [B={batch}]", _shape(lengths))

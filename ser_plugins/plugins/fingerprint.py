@@ -14,7 +14,7 @@ import weakref
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
 #: modules whose classes are never part of a plugin's own source (the core, torch, the standard library)
 _SKIP_ROOTS = ("ser_plugins", "torch", "builtins", "abc", "typing")
@@ -43,6 +43,7 @@ def resolved_config(obj: Any) -> Dict[str, Any]:
     new version of the plugin changes the identity.
     """
     config: Dict[str, Any] = {}
+    params: Iterable[inspect.Parameter]
     try:
         params = inspect.signature(type(obj)).parameters.values()
     except (TypeError, ValueError):
@@ -56,7 +57,7 @@ def resolved_config(obj: Any) -> Dict[str, Any]:
 
 def _source_files(cls: type) -> List[Path]:
     """The ``.py`` files that define ``cls`` and its bases: each module's folder when it is a package."""
-    files = set()
+    files: Set[Path] = set()
     for klass in cls.__mro__:
         module = sys.modules.get(klass.__module__)
         if module is None or klass.__module__.split(".")[0] in _SKIP_ROOTS:

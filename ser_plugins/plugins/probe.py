@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
@@ -55,7 +55,7 @@ def difference(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> Op
     return f"max abs difference {worst:.3g} (atol {atol:g}, rtol {rtol:g})"
 
 
-def _rows(flags: Sequence[bool]) -> List[int]:
+def _rows(flags: Union[Sequence[bool], torch.Tensor]) -> List[int]:
     return [i for i, flag in enumerate(flags) if flag]
 
 
