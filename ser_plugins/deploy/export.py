@@ -108,6 +108,7 @@ def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], d
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
     if path is not None:
+        assert program is not None  # dynamo=True returns the program
         program.save(str(path), external_data=False)
     return program
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from ser_plugins.deploy.scoring import OneByOne
 from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel
 from ser_plugins.results.run_dir import RunDir
+
+if TYPE_CHECKING:  # imported where used: predict.py loads the run
+    from ser_plugins.deploy.predict import Predictor
 
 
 class GraphError(UserError, RuntimeError):
@@ -95,7 +98,7 @@ def fold_names(run_dir: Path) -> List[str]:
     return RunDir(run_dir).trained_folds()
 
 
-def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[FoldGraph], object]:
+def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[FoldGraph], Predictor]:
     """``(graphs, predictor)``: one ``FoldGraph`` per fold (or only ``fold``), in eval mode.
 
     The predictor (``ser_plugins.deploy.predict.Predictor``) is the same loading path ``ser predict``

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -100,10 +100,11 @@ class OnnxPredictor(OneByOne):
         if x.ndim != 2 or x.shape[1] < self.min_samples:
             raise EngineError(f"the model takes [batch, samples] with at least {self.min_samples} samples, "
                               f"got shape {x.shape}")
-        total = None
+        total: Optional[np.ndarray] = None
         for session, meta in zip(self.sessions, self.metas):
             out = session.run([meta["output"]["name"]], {meta["input"]["name"]: x})[0]
             total = out if total is None else total + out
+        assert total is not None  # one session per fold, at least one fold (checked on loading)
         return (total / len(self.sessions)).astype(np.float32)
 
     @property

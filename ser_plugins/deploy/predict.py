@@ -117,6 +117,8 @@ class Predictor:
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # readable safetensors, foreign content
             raise CorruptFileError(f"{path}: not a normaliser that ser wrote ({type(exc).__name__}: {exc}); "
                                    "restore it from the run") from None
+        if normalizer.mean_ is None or normalizer.std_ is None:
+            raise CorruptFileError(f"{path}: a normaliser without statistics; restore it from the run")
         found = [int(m.shape[-1]) if m.dim() else 0 for m in normalizer.mean_]
         if found != sizes or [int(s_.shape[-1]) if s_.dim() else 0 for s_ in normalizer.std_] != sizes:
             raise CorruptFileError(f"{path}: not a normaliser of this run (statistics of feature sizes {found}, "

@@ -41,9 +41,14 @@ class Scorer(Protocol):
     shortest waveform the model takes.
     """
 
-    labels: Sequence[str]
-    sample_rate: int
-    min_samples: int
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def min_samples(self) -> int: ...
 
     def score(self, waves: Sequence[np.ndarray]) -> List[Outcome]:
         """One outcome per waveform (mono float32 at ``sample_rate``, at least ``min_samples`` long), in order."""
@@ -58,6 +63,14 @@ class WindowScorer(Scorer, Protocol):
 
 class OneByOne:
     """``score`` and ``predict_files`` for a ``WindowScorer``: each file alone, as a batch of one (never padded)."""
+
+    labels: Sequence[str]
+    sample_rate: int
+    min_samples: int
+
+    def probabilities(self, windows: np.ndarray) -> np.ndarray:
+        """``WindowScorer.probabilities``: each subclass defines it."""
+        raise NotImplementedError
 
     def score(self, waves: Sequence[np.ndarray]) -> List[Outcome]:
         """The probabilities of each waveform, one at a time."""
@@ -96,8 +109,8 @@ def score_files(scorer: Scorer, paths: Sequence[str]) -> List[Dict[str, Any]]:
     or the scorer's: ``non_finite_features``, ``non_finite_output``) with a one-line ``detail``. The
     usable files go to the scorer together (a speaker-normalised run pools their statistics).
     """
-    results = [{"path": str(p), "emotion": None, "probabilities": None, "problem": None, "detail": ""}
-               for p in paths]
+    results: List[Dict[str, Any]] = [
+        {"path": str(p), "emotion": None, "probabilities": None, "problem": None, "detail": ""} for p in paths]
     waves: Dict[int, np.ndarray] = {}
     for i, path in enumerate(paths):
         checked = check_audio(path, scorer.sample_rate, scorer.min_samples)

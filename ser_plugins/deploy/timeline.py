@@ -161,7 +161,9 @@ def analyse_recording(path: Path, scorer: WindowScorer, window_s: float, hop_s: 
         pending: List[Tuple[int, np.ndarray, Optional[float]]] = []
 
         def flush() -> None:
-            scored = scorer.probabilities(np.stack([w for _, w, _ in pending])) if pending else None
+            if not pending:
+                return
+            scored = scorer.probabilities(np.stack([w for _, w, _ in pending]))
             for row, (start, wave, speech) in enumerate(pending):
                 _write(writer, start, len(wave), speech, scored[row], labels, rate)
                 starts.append(start)

@@ -1,7 +1,7 @@
 """The field's metrics: WA (accuracy), UA (mean per-class recall), macro-F1, confusion matrix."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -39,10 +39,10 @@ def metrics_from_confusion(cm: np.ndarray) -> Dict[str, float]:
     }
 
 
-def classification_metrics(targets: Sequence[int], predictions: Sequence[int], labels: Sequence[str]) -> Dict:
+def classification_metrics(targets: Sequence[int], predictions: Sequence[int], labels: Sequence[str]) -> Dict[str, Any]:
     """All metrics plus the confusion matrix and per-class recall, JSON-ready."""
     cm = confusion_matrix(targets, predictions, len(labels))
-    out = metrics_from_confusion(cm)
+    out: Dict[str, Any] = metrics_from_confusion(cm)
     support = cm.sum(1)
     out["per_class_recall"] = {
         lab: (float(cm[i, i] / support[i]) if support[i] else None) for i, lab in enumerate(labels)

@@ -21,9 +21,9 @@ def _pyplot():
 def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str = "") -> None:
     """Confusion matrix as a PNG: counts and row-normalised recall in each cell."""
     plt = _pyplot()
-    cm = np.asarray(cm, dtype=np.float64)
-    rows = cm.sum(1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    counts = np.asarray(cm, dtype=np.float64)
+    rows = counts.sum(1, keepdims=True)
+    norm = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels)
@@ -32,7 +32,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Pat
     ax.set_ylabel("true")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center",
+            ax.text(j, i, f"{int(counts[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
     ax.set_title(title)
     fig.tight_layout()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ser_plugins.errors import UserError
 from ser_plugins.results.partial import current_summary
@@ -22,7 +22,7 @@ class ReportError(UserError, RuntimeError):
     """A directory that holds no finished run."""
 
 
-def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
+def collect(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
     """One row per run directory, from its ``summary.json``."""
     rows = []
     for d in run_dirs:
@@ -44,7 +44,7 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, object]]:
     return rows
 
 
-def to_markdown(rows: List[Dict[str, object]]) -> str:
+def to_markdown(rows: List[Dict[str, Any]]) -> str:
     """Markdown table; metrics as mean ± std in percent.
 
     The best UA among the complete, speaker-independent and non-transductive runs is in bold. Runs
@@ -73,7 +73,7 @@ def to_markdown(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: List[Dict[str, object]]) -> str:
+def to_csv(rows: List[Dict[str, Any]]) -> str:
     """CSV with separate mean and std columns (fractions, not percent)."""
     buf = io.StringIO()
     fields = list(_TEXT) + ["refit", "transductive"] + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]

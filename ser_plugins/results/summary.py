@@ -13,9 +13,12 @@ FoldMetrics = Dict[str, float]  # wa, ua, macro_f1, n
 
 
 def _pm(cell: Dict[str, Optional[float]], scale: float = 1.0, digits: int = 4) -> str:
-    """``mean ± std`` (just the mean when std is undefined: one fold)."""
-    mean = f"{scale * cell['mean']:.{digits}f}"
-    return mean if cell.get("std") is None else f"{mean} ± {scale * cell['std']:.{digits}f}"
+    """``mean ± std`` (just the mean when std is undefined: one fold; n/a without a fold)."""
+    mean_value, std = cell["mean"], cell.get("std")
+    if mean_value is None:
+        return "n/a"
+    mean = f"{scale * mean_value:.{digits}f}"
+    return mean if std is None else f"{mean} ± {scale * std:.{digits}f}"
 
 
 def dev_setting(dev: str, refit: bool = False) -> str:
@@ -46,7 +49,7 @@ class Summary:
     classifier: str
     labels: List[str]
     folds: Dict[str, FoldMetrics]
-    mean_std: Dict[str, Dict[str, float]]
+    mean_std: Dict[str, Dict[str, Optional[float]]]
     pooled: Dict[str, Any]
     complete: bool
     skipped_utterances: Dict[str, int] = field(default_factory=dict)
