@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ser_plugins.data.sources import Batch, BatchPlan
+from ser_plugins.model import SERModel
 from ser_plugins.runtime.distributed import (
     DistContext,
     all_gather,
@@ -122,7 +123,7 @@ def loss_scale(batch: Batch, loss_fn: nn.Module, ctx: DistContext) -> float:
 class TrainForward(nn.Module):
     """The training forward as one module (what DDP wraps): features to the head, waveforms through the model."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: SERModel) -> None:
         super().__init__()
         self.model = model
 
@@ -133,7 +134,7 @@ class TrainForward(nn.Module):
         return self.model(inputs, lengths, step=step)
 
 
-def wrap(model: nn.Module, device: str, ctx: DistContext) -> Optional[nn.Module]:
+def wrap(model: SERModel, device: str, ctx: DistContext) -> Optional[nn.parallel.DistributedDataParallel]:
     """``DistributedDataParallel`` around the training forward (head, and the upstream when it trains); None alone.
 
     BatchNorm layers become SyncBatchNorm on CUDA (on CPU each rank normalises with its own rows).
@@ -146,7 +147,7 @@ def wrap(model: nn.Module, device: str, ctx: DistContext) -> Optional[nn.Module]
     return nn.parallel.DistributedDataParallel(TrainForward(model), device_ids=ids, find_unused_parameters=True)
 
 
-def accumulating(ddp: Optional[nn.Module], sync: bool):
+def accumulating(ddp: Optional[nn.parallel.DistributedDataParallel], sync: bool):
     """``ddp.no_sync()`` for a micro-batch whose gradients are accumulated without an all-reduce yet."""
     if ddp is None or sync:
         return contextlib.nullcontext()
@@ -154,13 +155,14 @@ def accumulating(ddp: Optional[nn.Module], sync: bool):
 
 
 def gather_predictions(order: List[str], targets: List[int], preds: List[int], probs: List[torch.Tensor],
-                       weights: List[float], global_order: List[str], ctx: DistContext) -> tuple:
+                       weights: List[float], global_order: List[str],
+                       ctx: DistContext) -> Tuple[List[str], List[int], List[int], torch.Tensor]:
     """Every rank's scored rows merged by utterance id in the global batch order; weight-0 rows dropped.
 
     Returns ``(ids, targets, predictions, probabilities [N, C])``: each id exactly once.
     """
     rows = [(u, t, p, pr) for u, t, p, pr, w in zip(order, targets, preds, probs, weights) if w]
-    by_id: Dict[str, tuple] = {}
+    by_id: Dict[str, Tuple[int, int, torch.Tensor]] = {}
     for part in all_gather(rows, ctx):
         for u, t, p, pr in part:
             if u in by_id:

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,11 +63,11 @@ def run_dir_for(recipe: Recipe, out: Optional[str]) -> Path:
     return Path(out or recipe.output.dir or Path("runs") / recipe.name)
 
 
-def select_folds(folds: list, selection: Optional[Sequence[str]]) -> list:
+def select_folds(folds: List[Fold], selection: Optional[Sequence[str]]) -> List[Fold]:
     """Folds picked by 1-based index or by name (``--folds 1,3`` or ``--folds Session2``)."""
     if not selection:
         return folds
-    picked = []
+    picked: List[Fold] = []
     for item in selection:
         item = str(item).strip()
         match = [f for f in folds if f.name == item]
@@ -326,9 +326,11 @@ class Runner:
         if kind is None:
             return prep.source
         speakers = prep.speakers
+        assert prep.moments is not None  # prepared with the moments when features.normalize is set
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
         if self.ctx.main:
             normalizer.save(fold_dir.normalizer)
+        assert isinstance(prep.source, FeatureSource)  # normalisation: precomputed features only
         return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:
@@ -337,7 +339,13 @@ class Runner:
         source = self._fold_source(prep, fold, fold_dir)
         seed = r.seed + index
         writer = _tensorboard(self.files.tensorboard(fold.name)) if r.output.tensorboard and self.ctx.main else None
-        on_epoch = (lambda rec: [writer.add_scalar(k, v, rec["epoch"]) for k, v in rec.items() if k != "epoch"]) if writer else None
+
+        def log_epoch(rec: Dict[str, float]) -> None:
+            for k, v in rec.items():
+                if k != "epoch" and writer is not None:
+                    writer.add_scalar(k, v, rec["epoch"])
+
+        on_epoch = log_epoch if writer else None
         t0 = time.time()
         precomputed = isinstance(source, FeatureSource)
         eval_bs = eval_batch_size(r.training, prep.upstream, precomputed=precomputed)
@@ -387,16 +395,17 @@ class Runner:
         if refit is not None:
             metrics["refit"] = {"train": refit_train, "steps": refit.steps, "total_steps": refit.total_steps,
                                 "history": refit.history}
-        layer_use = model.head.layer_use
-        if hasattr(layer_use, "normalized_weights"):
+        layer_weights = getattr(model.head.layer_use, "normalized_weights", None)  # a weighted layer sum
+        if layer_weights is not None:
             metrics["layer_weights"] = {"layers": prep.kept_layers,
-                                        "weights": layer_use.normalized_weights().detach().cpu().tolist()}
+                                        "weights": layer_weights().detach().cpu().tolist()}
         fold_dir.write_metrics(metrics)  # written last: marks the fold done
         fold_dir.remove_resume_state()  # the trainer's and the refit's resume files of a finished fold
         log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
         return metrics
 
-    def _refit(self, trainer_for, fold: Fold, fit: FitResult, seed: int) -> tuple:
+    def _refit(self, trainer_for: Callable[[TrainingConfig, str], FoldTrainer], fold: Fold, fit: FitResult,
+               seed: int) -> Tuple[FoldTrainer, FitResult, int]:
         """Train a fresh head on train + dev up to the share of the budget the dev set chose.
 
         The chosen epoch's step count, as a share of the first pass's planned steps, is applied to

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ class TrainingDiverged(UserError, RuntimeError):
     """Loss became NaN/inf (``nan_policy: stop``, or too many skipped steps)."""
 
 
-def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+def trainable_state(model: SERModel) -> Dict[str, torch.Tensor]:
     """The part of the state that training changes: the head, plus the upstream when it trains."""
     frozen_upstream = not any(p.requires_grad for p in model.upstream.parameters())
     state = model.state_dict()
@@ -40,7 +40,7 @@ def trainable_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def build_optimizer(model: nn.Module, training: TrainingConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: SERModel, training: TrainingConfig, finetune: FinetuneConfig) -> torch.optim.Optimizer:
     """Two learning rates: ``training.lr`` for the head, ``finetune.upstream_lr`` for the upstream.
 
     With ``finetune.layer_decay`` the upstream's depth groups get ``upstream_lr * decay**k``, k
@@ -103,29 +103,34 @@ def autocast(device: str, precision: str):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def forward_batch(model: nn.Module, batch: Batch, step: Optional[int] = None) -> torch.Tensor:
+def forward_batch(model: SERModel, batch: Batch, step: Optional[int] = None) -> torch.Tensor:
     """Logits of ``model`` for a batch: precomputed features go to the head, waveforms through the whole model."""
     if batch.features:
-        return model.forward_features(batch.inputs, batch.lengths)
+        return model.forward_features(cast(List[torch.Tensor], batch.inputs), batch.lengths)  # features: layers
     return model(batch.inputs, batch.lengths, step=step)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, source: BatchSource, ids: Sequence[str], labels: Sequence[str], batch_size: int,
+def evaluate(model: SERModel, source: BatchSource, ids: Sequence[str], labels: Sequence[str], batch_size: int,
              device: str, precision: str = "fp32") -> Dict[str, Any]:
     """Predict ``ids``; returns metrics plus per-utterance predictions and probabilities."""
     model.eval()
-    preds, probs, targets, order, weights, global_order = [], [], [], [], [], []
+    preds: List[int] = []
+    probs: List[torch.Tensor] = []
+    targets: List[int] = []
+    order: List[str] = []
+    weights: List[float] = []
+    global_order: List[str] = []
     for batch in source.batches(ids, BatchPlan(batch_size)):
         batch = batch.to(device)
         with autocast(device, precision):
             logits = forward_batch(model, batch)
         if not torch.isfinite(logits).all():
             bad = [batch.ids[i] for i in range(len(batch.ids)) if not torch.isfinite(logits[i]).all()]
-            source = locate_non_finite(model, batch.inputs, batch.lengths, batch.features) \
+            where = locate_non_finite(model, batch.inputs, batch.lengths, batch.features) \
                 if isinstance(model, SERModel) else None
             raise TrainingDiverged(f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]})"
-                                   f"{': ' + source if source else ''}; no result is written")
+                                   f"{': ' + where if where else ''}; no result is written")
         p = torch.softmax(logits.float(), dim=-1).cpu()
         probs.append(p)
         preds.extend(p.argmax(-1).tolist())
@@ -180,7 +185,7 @@ class FoldTrainer:
     to ``best.safetensors`` (on each new best under a dev selection, once at the end under ``last``).
     """
 
-    def __init__(self, model: nn.Module, source: BatchSource, training: TrainingConfig, finetune: FinetuneConfig,
+    def __init__(self, model: SERModel, source: BatchSource, training: TrainingConfig, finetune: FinetuneConfig,
                  labels: Sequence[str], fold_dir: Path, device: str, save_checkpoints: bool = True,
                  on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True,
                  eval_batch_size: Optional[int] = None, checkpoint_interval: float = 0.0,
@@ -197,10 +202,10 @@ class FoldTrainer:
         self.on_epoch = on_epoch
         self.progress = progress
         self.nan_steps = 0
-        self.scaler = None
+        self.scaler: Optional[torch.amp.GradScaler] = None
         self.has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.head.modules())
         self.ctx = ddp_tools.context()  # torchrun: only rank 0 writes checkpoints
-        self.ddp: Optional[nn.Module] = None
+        self.ddp: Optional[nn.parallel.DistributedDataParallel] = None
         self._unsynced = False
         self.checkpoint_interval = checkpoint_interval
         self.state_path = self.fold_dir / state_file
@@ -215,7 +220,7 @@ class FoldTrainer:
             return nn.CrossEntropyLoss(weight=w.to(self.device))
         return nn.CrossEntropyLoss()
 
-    def _resume(self, optimizer, scheduler, scaler) -> tuple:
+    def _resume(self, optimizer, scheduler, scaler) -> Tuple[Dict[str, Any], Optional[Dict[str, torch.Tensor]]]:
         """``(progress, best weights or None)`` from ``last_state.pt``: one file, written atomically."""
         state_path = self.state_path
         fresh = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0,
@@ -352,13 +357,13 @@ class FoldTrainer:
         model.train()
         if not any(p.requires_grad for p in model.upstream.parameters()):
             model.upstream.eval()
-        total, count, singletons = 0.0, 0, 0
+        total, count, singletons = 0.0, 0.0, 0
         optimizer.zero_grad(set_to_none=True)
         accum = 0
         for batch in self.source.batches(ids, self._plan(seed)):
             if limit and progress["step"] >= limit:
                 break
-            smallest = len(batch.ids) if self.ddp is None else max(1, len(batch.global_ids) // self.ctx.world)
+            smallest = len(batch.ids) if self.ddp is None else max(1, len(cast(ddp_tools.ShardBatch, batch).global_ids) // self.ctx.world)
             if smallest == 1 and self.has_batch_norm:  # under torchrun: decided on the global batch, same on all ranks
                 singletons += 1
                 continue  # BatchNorm cannot train on one utterance (a bucket's tail or an over-budget one)
