@@ -5,6 +5,7 @@ Public API for research code::
     from ser_plugins import create_upstream, create_aggregator, create_classifier
     from ser_plugins import list_plugins, build_model
 """
+
 from ser_plugins import moved
 from ser_plugins.errors import UserError
 from ser_plugins.plugins.registry import (
@@ -42,8 +43,12 @@ __all__ = [
 
 #: names imported on first use, with their module: they need torch
 _LAZY = {
-    "Aggregator": "plugins.contracts", "Classifier": "plugins.contracts", "Corpus": "plugins.contracts",
-    "Upstream": "plugins.contracts", "UpstreamOutput": "plugins.contracts", "Utterance": "plugins.contracts",
+    "Aggregator": "plugins.contracts",
+    "Classifier": "plugins.contracts",
+    "Corpus": "plugins.contracts",
+    "Upstream": "plugins.contracts",
+    "UpstreamOutput": "plugins.contracts",
+    "Utterance": "plugins.contracts",
     "PluginContractError": "plugins.boundary",
 }
 

@@ -4,6 +4,7 @@ The ``ser`` command prints a ``UserError`` as one ``error:`` line and exits with
 shows the traceback); anything else is a bug and keeps its traceback. Plugins raise their own
 subclasses of ``UserError`` for problems a user can fix (a missing checkpoint, a bad option).
 """
+
 from __future__ import annotations
 
 import errno
@@ -69,7 +70,9 @@ def is_refusal(exc: BaseException) -> bool:
 def unpickler_detail(exc: BaseException) -> str:
     """The unpickler's own complaint, one line, without torch's advice to retry with ``weights_only=False``."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    keep = [ln for ln in lines if not any(w in ln for w in ("weights_only", "Weights only", "torch.load", "file an issue"))]
+    keep = [
+        ln for ln in lines if not any(w in ln for w in ("weights_only", "Weights only", "torch.load", "file an issue"))
+    ]
     text = " ".join(keep).replace("WeightsUnpickler error:", "").strip()
     return text or "not a pickle"
 
@@ -85,7 +88,8 @@ def refused_pickle(what: str, exc: Optional[BaseException] = None) -> UnsafeChec
     return UnsafeCheckpointError(
         f"refused to load {what}: its pickle holds objects other than tensors and plain data{named}, "
         "so loading it could run code; nothing was executed. Use a safetensors copy of these weights, "
-        "or convert the file to safetensors on a machine where you trust its source")
+        "or convert the file to safetensors on a machine where you trust its source"
+    )
 
 
 def user_message(exc: BaseException) -> Optional[str]:
@@ -99,8 +103,10 @@ def user_message(exc: BaseException) -> Optional[str]:
     code = disk_full_errno(exc)
     if code is not None:
         where = getattr(exc, "filename", None)
-        return (f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} "
-                "(no room left on the disk, or over a size limit)")
+        return (
+            f"cannot write{f' {where}' if where else ''}: {os.strerror(code)} "
+            "(no room left on the disk, or over a size limit)"
+        )
     if isinstance(exc, pickle.UnpicklingError):
         if is_refusal(exc):
             return str(refused_pickle("a pickled file", exc))

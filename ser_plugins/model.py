@@ -1,4 +1,5 @@
 """Composition: upstream -> layer use -> optional projection -> aggregator -> classifier."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,7 +68,9 @@ class SERHead(nn.Module):
     aggregator: nn.Module
     classifier: nn.Module
 
-    def __init__(self, layer_use: nn.Module, projection: nn.Module, aggregator: nn.Module, classifier: nn.Module) -> None:
+    def __init__(
+        self, layer_use: nn.Module, projection: nn.Module, aggregator: nn.Module, classifier: nn.Module
+    ) -> None:
         super().__init__()
         self.layer_use = layer_use
         self.projection = projection
@@ -94,8 +97,9 @@ class SERModel(nn.Module):
     upstream: Upstream
     head: SERHead
 
-    def __init__(self, upstream: Upstream, head: SERHead, upstream_layers: List[int],
-                 frozen_warmup_steps: int = 0) -> None:
+    def __init__(
+        self, upstream: Upstream, head: SERHead, upstream_layers: List[int], frozen_warmup_steps: int = 0
+    ) -> None:
         super().__init__()
         self.upstream = upstream
         self.head = head
@@ -152,8 +156,10 @@ def _non_finite_rows(frames: torch.Tensor, lengths: Optional[torch.Tensor] = Non
     valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths.to(frames.device)[:, None]
     bad_valid = (~finite & valid).any(-1).tolist()
     bad_pad = (~finite & ~valid).any(-1).tolist()
-    return ([i for i, bad in enumerate(bad_valid) if bad],
-            [i for i, bad in enumerate(bad_pad) if bad and not bad_valid[i]])
+    return (
+        [i for i, bad in enumerate(bad_valid) if bad],
+        [i for i, bad in enumerate(bad_pad) if bad and not bad_valid[i]],
+    )
 
 
 def _rows_text(rows: List[int], total: int) -> str:
@@ -180,8 +186,9 @@ def locate_non_finite(model: SERModel, batch_inputs: Any, lengths: torch.Tensor,
     """
     head = model.head
     device = lengths.device
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
     try:
         with torch.random.fork_rng(devices=devices):
@@ -200,9 +207,11 @@ def _locate(model: SERModel, head: SERHead, batch_inputs: Any, lengths: torch.Te
         for i, state in enumerate(states):
             bad, _ = _non_finite_rows(state, frame_lengths)
             if bad:
-                return (f"the precomputed features (layer {model.upstream_layers[i]} of "
-                        f"{describe(upstream, 'upstream')}) hold NaN/inf in the valid frames of "
-                        f"{_rows_text(bad, state.shape[0])}")
+                return (
+                    f"the precomputed features (layer {model.upstream_layers[i]} of "
+                    f"{describe(upstream, 'upstream')}) hold NaN/inf in the valid frames of "
+                    f"{_rows_text(bad, state.shape[0])}"
+                )
     else:
         out = upstream(batch_inputs, lengths)
         check_upstream_output(upstream, out, lengths)
@@ -210,39 +219,51 @@ def _locate(model: SERModel, head: SERHead, batch_inputs: Any, lengths: torch.Te
         for i, state in enumerate(out.hidden_states):
             bad, _ = _non_finite_rows(state, frame_lengths)
             if bad:
-                return (f"{describe(upstream, 'upstream')} gave NaN/inf in the valid frames of hidden_states[{i}] "
-                        f"for {_rows_text(bad, state.shape[0])}")
+                return (
+                    f"{describe(upstream, 'upstream')} gave NaN/inf in the valid frames of hidden_states[{i}] "
+                    f"for {_rows_text(bad, state.shape[0])}"
+                )
         states = model.select_layers(out.hidden_states)
     batch = int(frame_lengths.shape[0])
     used = head.layer_use(states).float()
     bad, padding = _non_finite_rows(used, frame_lengths)
     if bad:
-        return (f"the layer use (features.layer, {type(head.layer_use).__name__}) gave NaN/inf in the valid frames "
-                f"of {_rows_text(bad, batch)} from finite hidden states")
+        return (
+            f"the layer use (features.layer, {type(head.layer_use).__name__}) gave NaN/inf in the valid frames "
+            f"of {_rows_text(bad, batch)} from finite hidden states"
+        )
     feats = head.projection(used)
     bad, padding = _non_finite_rows(feats, frame_lengths)
     if bad:
-        return (f"the projection (features.projection, {type(head.projection).__name__}) gave NaN/inf in the valid "
-                f"frames of {_rows_text(bad, batch)} from finite input")
+        return (
+            f"the projection (features.projection, {type(head.projection).__name__}) gave NaN/inf in the valid "
+            f"frames of {_rows_text(bad, batch)} from finite input"
+        )
     pooled = head.aggregator(feats, frame_lengths)
     bad, _ = _non_finite_rows(pooled)
     if bad:
         frames = int(feats.shape[1])
         rows_lengths = [int(frame_lengths[r]) for r in bad]
         if padding and set(bad) <= set(padding):
-            source = ("its input held NaN/inf only in the padded frames of those rows, beyond lengths: padded "
-                      "frames must be finite, and the aggregator must not read them")
+            source = (
+                "its input held NaN/inf only in the padded frames of those rows, beyond lengths: padded "
+                "frames must be finite, and the aggregator must not read them"
+            )
         elif all(n < frames for n in rows_lengths):
-            source = (f"from finite input; all of them padded (valid frames {rows_lengths[:8]} of {frames}): "
-                      "it reads the padding, mask it with lengths")
+            source = (
+                f"from finite input; all of them padded (valid frames {rows_lengths[:8]} of {frames}): "
+                "it reads the padding, mask it with lengths"
+            )
         else:
             source = "from finite input frames"
         return f"{describe(head.aggregator, 'aggregator')} gave NaN/inf for {_rows_text(bad, batch)} ({source})"
     logits = head.classifier(pooled)
     bad, _ = _non_finite_rows(logits)
     if bad:
-        return (f"{describe(head.classifier, 'classifier')} gave NaN/inf logits for {_rows_text(bad, batch)} "
-                "from finite pooled vectors")
+        return (
+            f"{describe(head.classifier, 'classifier')} gave NaN/inf logits for {_rows_text(bad, batch)} "
+            "from finite pooled vectors"
+        )
     return None
 
 
@@ -254,17 +275,22 @@ def head_sees_only_means(head: SERHead) -> bool:
     layer's utterance mean is exact.
     """
     linear_use = isinstance(head.layer_use, LayerSelect) or (
-        isinstance(head.layer_use, WeightedLayerSum) and not head.layer_use.layer_norm)
+        isinstance(head.layer_use, WeightedLayerSum) and not head.layer_use.layer_norm
+    )
     linear_projection = isinstance(head.projection, (nn.Identity, nn.Linear))
     return bool(head.aggregator.uses_only_mean) and linear_use and linear_projection
 
 
-def resolve_layers(layer: Union[str, int], keep_layers: Optional[List[int]],
-                   num_layers: int) -> Tuple[List[int], Optional[int]]:
+def resolve_layers(
+    layer: Union[str, int], keep_layers: Optional[List[int]], num_layers: int
+) -> Tuple[List[int], Optional[int]]:
     """``(upstream layer indices the head sees, index of the used one or None for weighted sum)``."""
+
     def check(i: int, what: str) -> int:
         if not -num_layers <= i < num_layers:
-            raise CompositionError(f"{what} {i} is out of range: the upstream exposes {num_layers} layers (0..{num_layers - 1})")
+            raise CompositionError(
+                f"{what} {i} is out of range: the upstream exposes {num_layers} layers (0..{num_layers - 1})"
+            )
         return i % num_layers
 
     if layer == "weighted_sum":
@@ -302,16 +328,18 @@ def build_upstream(spec: PluginSection, finetune: FinetuneConfig) -> Upstream:
     check_upstream_declaration(upstream)
     modes = upstream.supported_finetune_modes()
     if finetune.mode not in modes:
-        raise CompositionError(f"upstream {spec.name!r} does not support finetune mode {finetune.mode!r}; "
-                               f"it supports: {', '.join(modes)}")
+        raise CompositionError(
+            f"upstream {spec.name!r} does not support finetune mode {finetune.mode!r}; it supports: {', '.join(modes)}"
+        )
     upstream.set_finetune(finetune.mode, top_n=finetune.top_n)
     if finetune.mode != "frozen" and finetune.gradient_checkpointing:
         upstream.enable_gradient_checkpointing()
     return upstream
 
 
-def build_head(features: FeaturesConfig, aggregator: PluginSection, classifier: PluginSection, upstream: Upstream,
-               num_classes: int) -> Tuple[SERHead, List[int]]:
+def build_head(
+    features: FeaturesConfig, aggregator: PluginSection, classifier: PluginSection, upstream: Upstream, num_classes: int
+) -> Tuple[SERHead, List[int]]:
     """``(head, upstream layer indices it reads)`` for ``upstream``: layer use, projection, aggregator, classifier."""
     kept, used = resolve_layers(features.layer, features.keep_layers, upstream.num_layers)
     sizes = {upstream.hidden_sizes[i] for i in kept}
@@ -326,8 +354,10 @@ def build_head(features: FeaturesConfig, aggregator: PluginSection, classifier: 
     agg = _construct("aggregator", lambda: registry.create_aggregator(aggregator.name, dim, **aggregator.options))
     check_aggregator_declaration(agg)
     check_learnable(upstream, agg)
-    cls = _construct("classifier", lambda: registry.create_classifier(
-        classifier.name, agg.output_dim, num_classes, **classifier.options))
+    cls = _construct(
+        "classifier",
+        lambda: registry.create_classifier(classifier.name, agg.output_dim, num_classes, **classifier.options),
+    )
     return SERHead(layer_use, projection, agg, cls), kept
 
 
@@ -350,8 +380,11 @@ def corpus_labels(spec: PluginSection) -> Optional[List[str]]:
     return list(corpus.labels) or None
 
 
-def build_model(recipe: Union[str, Path, Dict[str, Any], Recipe], num_classes: Optional[int] = None,
-                overrides: Optional[List[str]] = None) -> SERModel:
+def build_model(
+    recipe: Union[str, Path, Dict[str, Any], Recipe],
+    num_classes: Optional[int] = None,
+    overrides: Optional[List[str]] = None,
+) -> SERModel:
     """Build the composed model from a recipe (path, mapping or ``Recipe``) without loading any corpus data.
 
     ``overrides`` are ``-o``-style ``section.key=value`` strings. ``num_classes`` defaults to the
@@ -363,7 +396,8 @@ def build_model(recipe: Union[str, Path, Dict[str, Any], Recipe], num_classes: O
     if num_classes is None:
         labels = corpus_labels(recipe.corpus)
         if labels is None:
-            raise CompositionError(f"corpus {recipe.corpus.name!r} cannot tell its classes without its data; "
-                                   "pass num_classes")
+            raise CompositionError(
+                f"corpus {recipe.corpus.name!r} cannot tell its classes without its data; pass num_classes"
+            )
         num_classes = len(labels)
     return build_from_recipe(recipe, num_classes)

@@ -4,6 +4,7 @@
 monkeypatch of either name patches both). The table is the whole shim: no file stays behind at
 the old place. New code imports the new names (docs/architecture.md lists the layout).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,8 +41,9 @@ MOVED: Dict[str, str] = {
 class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports an old module name as the module at its new place."""
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
-                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+    def find_spec(
+        self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[ModuleType] = None
+    ) -> Optional[importlib.machinery.ModuleSpec]:
         """A spec for a moved name; None for every other name (the normal finders go on)."""
         if fullname not in MOVED:
             return None

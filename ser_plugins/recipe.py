@@ -6,6 +6,7 @@ A recipe has fixed sections, one pydantic model each (``ProtocolConfig``, ``Feat
 options, checked against its signature). Every value's type and valid range is declared once, here;
 ``ser schema`` prints the JSON Schema. Each consumer receives only the section(s) it reads.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,11 +37,14 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+][0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
+    |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
     list("-+0123456789."),
 )
 
@@ -197,8 +201,10 @@ class DataConfig(Section):
 
 # keys that decide how a run executes, never what it computes: --resume accepts a change of them
 # (a run started in RAM may continue streamed on a smaller machine, with more or fewer workers)
-EXECUTION_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {"data": ("max_ram_gb", "num_workers"),
-                                                  "output": ("checkpoint_interval",)}
+EXECUTION_ONLY_KEYS: Dict[str, Tuple[str, ...]] = {
+    "data": ("max_ram_gb", "num_workers"),
+    "output": ("checkpoint_interval",),
+}
 
 
 class OutputConfig(Section):
@@ -243,8 +249,13 @@ PluginSpec = PluginSection
 
 
 SECTIONS: Dict[str, Type[Section]] = {
-    "protocol": ProtocolConfig, "features": FeaturesConfig, "finetune": FinetuneConfig,
-    "training": TrainingConfig, "data": DataConfig, "output": OutputConfig, "launcher": LauncherConfig,
+    "protocol": ProtocolConfig,
+    "features": FeaturesConfig,
+    "finetune": FinetuneConfig,
+    "training": TrainingConfig,
+    "data": DataConfig,
+    "output": OutputConfig,
+    "launcher": LauncherConfig,
 }
 TOP_LEVEL: Dict[str, type] = {"name": str, "seed": int, "description": str}
 
@@ -279,7 +290,8 @@ class Recipe(BaseModel):
         if f.normalize and ft.mode != "frozen":
             raise _Refused(
                 f"features.normalize: {f.normalize!r} needs a frozen upstream (its statistics are computed "
-                "once from the upstream's features); set finetune.mode: frozen or drop it")
+                "once from the upstream's features); set finetune.mode: frozen or drop it"
+            )
         if f.normalize and not self.data.precompute:
             raise _Refused(f"features.normalize: {f.normalize!r} needs data.precompute: true")
         return self
@@ -356,8 +368,15 @@ def _plugin_spec(kind: str, value: Any) -> PluginSection:
     return PluginSection(name=value["name"], options={k: v for k, v in value.items() if k != "name"})
 
 
-_TYPE_WORDS = {"int_type": "int", "float_type": "int or float", "bool_type": "bool", "string_type": "str",
-               "list_type": "list", "dict_type": "a mapping", "model_type": "a mapping"}
+_TYPE_WORDS = {
+    "int_type": "int",
+    "float_type": "int or float",
+    "bool_type": "bool",
+    "string_type": "str",
+    "list_type": "list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
 _BOUND_WORDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
@@ -419,7 +438,9 @@ def _validate_section(section: str, model: Type[BaseModel], given: Any) -> BaseM
         first = errors[0]
         key = str(first["loc"][0]) if first["loc"] else ""
         if section == "features" and key == "layer":
-            raise RecipeError(f"features.layer: {given.get('layer')!r} is not 'last', 'weighted_sum' or a layer index") from None
+            raise RecipeError(
+                f"features.layer: {given.get('layer')!r} is not 'last', 'weighted_sum' or a layer index"
+            ) from None
         raise RecipeError(_message(f"{section}.{key}" if key else section, model, first, given)) from None
 
 
@@ -436,7 +457,9 @@ def resolve(data: Dict[str, Any], check_plugins: bool = True) -> Recipe:
     known = set(TOP_LEVEL) | set(SECTIONS) | set(PLUGIN_KINDS)
     for key in data:
         if key not in known:
-            raise RecipeError(f"unknown recipe key {key!r}{_did_you_mean(key, known)}; keys: {', '.join(sorted(known))}")
+            raise RecipeError(
+                f"unknown recipe key {key!r}{_did_you_mean(key, known)}; keys: {', '.join(sorted(known))}"
+            )
     top: Dict[str, Any] = {}
     for key, typ in TOP_LEVEL.items():
         if key in data:
@@ -473,8 +496,10 @@ def resolve_dev(recipe: Recipe) -> Recipe:
     t, dev = recipe.training, recipe.protocol.dev
     if dev == "none" and t.uses_dev:
         needs = "select: " + t.select if t.select != "last" else ("patience" if t.patience is not None else "refit")
-        raise RecipeError(f"protocol.dev: none leaves no dev set, but training.{needs} needs one; "
-                          "set protocol.dev: speaker (or random), or training.select: last")
+        raise RecipeError(
+            f"protocol.dev: none leaves no dev set, but training.{needs} needs one; "
+            "set protocol.dev: speaker (or random), or training.select: last"
+        )
     if dev != "auto":
         return recipe
     protocol = recipe.protocol.model_copy(update={"dev": "speaker" if t.uses_dev else "none"})
@@ -497,8 +522,9 @@ def head_training_defaults(recipe: Recipe) -> Dict[str, Dict[str, Any]]:
             raise RecipeError(f"{kind}: {exc}") from None
         declared = getattr(builder, "training_defaults", None) or {}
         if not isinstance(declared, Mapping):
-            raise RecipeError(f"{kind} {name!r}: training_defaults must be a mapping of training keys, "
-                              f"got {type(declared).__name__}")
+            raise RecipeError(
+                f"{kind} {name!r}: training_defaults must be a mapping of training keys, got {type(declared).__name__}"
+            )
         if declared:
             found[f"{kind} {name!r}"] = dict(declared)
     return found
@@ -516,8 +542,10 @@ def apply_head_training_defaults(recipe: Recipe) -> Recipe:
     for source, declared in head_training_defaults(recipe).items():
         unknown = [k for k in declared if k not in TrainingConfig.model_fields]
         if unknown:
-            raise RecipeError(f"{source} declares training_defaults for unknown training key {unknown[0]!r}; "
-                              f"keys: {', '.join(TrainingConfig.model_fields)}")
+            raise RecipeError(
+                f"{source} declares training_defaults for unknown training key {unknown[0]!r}; "
+                f"keys: {', '.join(TrainingConfig.model_fields)}"
+            )
         for key, value in declared.items():
             if key not in given:
                 applied[key], sources[key] = value, source
@@ -533,10 +561,13 @@ def apply_head_training_defaults(recipe: Recipe) -> Recipe:
     try:
         training = _validate_section("training", TrainingConfig, merged)
     except RecipeError as exc:
-        raise RecipeError(f"the head's training_defaults ({', '.join(sorted(set(sources.values())))}) "
-                          f"do not fit this recipe: {exc}") from None
-    _log.info("training defaults of the head (keys the recipe leaves unset): %s",
-              ", ".join(f"{k}={v!r} from {sources[k]}" for k, v in applied.items()))
+        raise RecipeError(
+            f"the head's training_defaults ({', '.join(sorted(set(sources.values())))}) do not fit this recipe: {exc}"
+        ) from None
+    _log.info(
+        "training defaults of the head (keys the recipe leaves unset): %s",
+        ", ".join(f"{k}={v!r} from {sources[k]}" for k, v in applied.items()),
+    )
     return recipe.model_copy(update={"training": training})
 
 
@@ -551,8 +582,9 @@ def check_plugin_options(recipe: Recipe) -> None:
             raise RecipeError(f"{kind}: {exc}") from None
 
 
-def load_recipe(source: Union[str, Path, Dict[str, Any], Recipe], overrides: Optional[List[str]] = None,
-                check_plugins: bool = True) -> Recipe:
+def load_recipe(
+    source: Union[str, Path, Dict[str, Any], Recipe], overrides: Optional[List[str]] = None, check_plugins: bool = True
+) -> Recipe:
     """Load (path, mapping or ``Recipe``), apply overrides, validate and fill defaults."""
     if isinstance(source, Recipe):
         data = source.to_dict()
@@ -607,10 +639,22 @@ def resume_differences(saved: Any, recipe: Recipe) -> Optional[List[str]]:
 def recipe_json_schema() -> Dict[str, Any]:
     """JSON Schema of a recipe (``ser schema``): editors use it to complete and check recipe files."""
     schema = Recipe.model_json_schema()
-    plugin = {"anyOf": [{"type": "string"}, {"type": "object", "properties": {"name": {"type": "string"}},
-                                                "required": ["name"], "additionalProperties": True}]}
+    plugin = {
+        "anyOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "required": ["name"],
+                "additionalProperties": True,
+            },
+        ]
+    }
     for kind in PLUGIN_KINDS:
-        schema["properties"][kind] = {**plugin, "description": f"the {kind} plugin: a name, or a mapping of name and options"}
+        schema["properties"][kind] = {
+            **plugin,
+            "description": f"the {kind} plugin: a name, or a mapping of name and options",
+        }
     schema["$defs"].pop("PluginSection", None)
     schema["title"] = "ser-plugins recipe"
     return schema
@@ -632,5 +676,9 @@ def numeric_fields() -> List[Tuple[str, str, Any]]:
             return len(args) == 1 and numeric(args[0])
         return False
 
-    return [(section, key, info) for section, model in SECTIONS.items()
-            for key, info in model.model_fields.items() if numeric(info.annotation)]
+    return [
+        (section, key, info)
+        for section, model in SECTIONS.items()
+        for key, info in model.model_fields.items()
+        if numeric(info.annotation)
+    ]

@@ -18,6 +18,7 @@ listed per kind in ``UPSTREAM_CHECKS``, ``AGGREGATOR_CHECKS``, ``CLASSIFIER_CHEC
 an instance. ``parametrize_checks(kind, plugin, **options)`` turns them into one pytest test
 each (scikit-learn's ``parametrize_with_checks``). Importing this module does not import pytest.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -45,18 +46,44 @@ from ser_plugins.plugins.probe import difference, synthetic_waves
 from ser_plugins.recipe import PROTOCOLS
 
 __all__ = [
-    "AGGREGATOR_CHECKS", "CLASSIFIER_CHECKS", "CORPUS_CHECKS", "UPSTREAM_CHECKS", "Check", "ContractCheckError",
-    "check_aggregator", "check_aggregator_declares_output_dim", "check_aggregator_deterministic",
-    "check_aggregator_device", "check_aggregator_gradients", "check_aggregator_output_shape",
-    "check_aggregator_padding_invariance", "check_aggregator_uses_only_mean",
-    "check_classifier", "check_classifier_batch_independence", "check_classifier_deterministic",
-    "check_classifier_device", "check_classifier_gradients", "check_classifier_output_shape",
-    "check_corpus", "check_corpus_declares_labels", "check_corpus_deterministic", "check_corpus_loads",
-    "check_corpus_problems", "check_corpus_utterance_fields",
-    "check_upstream", "check_upstream_declares_attributes", "check_upstream_deterministic", "check_upstream_device",
-    "check_upstream_exact_frames", "check_upstream_finetune_modes", "check_upstream_identity",
-    "check_upstream_output_shapes", "check_upstream_padding_invariance",
-    "checks_for", "parametrize_checks", "run_checks",
+    "AGGREGATOR_CHECKS",
+    "CLASSIFIER_CHECKS",
+    "CORPUS_CHECKS",
+    "UPSTREAM_CHECKS",
+    "Check",
+    "ContractCheckError",
+    "check_aggregator",
+    "check_aggregator_declares_output_dim",
+    "check_aggregator_deterministic",
+    "check_aggregator_device",
+    "check_aggregator_gradients",
+    "check_aggregator_output_shape",
+    "check_aggregator_padding_invariance",
+    "check_aggregator_uses_only_mean",
+    "check_classifier",
+    "check_classifier_batch_independence",
+    "check_classifier_deterministic",
+    "check_classifier_device",
+    "check_classifier_gradients",
+    "check_classifier_output_shape",
+    "check_corpus",
+    "check_corpus_declares_labels",
+    "check_corpus_deterministic",
+    "check_corpus_loads",
+    "check_corpus_problems",
+    "check_corpus_utterance_fields",
+    "check_upstream",
+    "check_upstream_declares_attributes",
+    "check_upstream_deterministic",
+    "check_upstream_device",
+    "check_upstream_exact_frames",
+    "check_upstream_finetune_modes",
+    "check_upstream_identity",
+    "check_upstream_output_shapes",
+    "check_upstream_padding_invariance",
+    "checks_for",
+    "parametrize_checks",
+    "run_checks",
 ]
 
 SPLITS = ("train", "dev", "valid", "validation", "test")
@@ -78,8 +105,14 @@ class ContractCheckError(PluginContractError, AssertionError):
     and ``dist`` name the plugin, as every ``PluginError`` does.
     """
 
-    def __init__(self, message: str = "", *, check: Optional[str] = None,
-                 failures: Sequence["ContractCheckError"] = (), **who: Any) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        check: Optional[str] = None,
+        failures: Sequence["ContractCheckError"] = (),
+        **who: Any,
+    ) -> None:
         super().__init__(message, **who)
         self.check = check
         self.failures: List[ContractCheckError] = list(failures) or [self]
@@ -90,15 +123,18 @@ def _who(plugin: Any, kind: str) -> Dict[str, Any]:
 
 
 def _fail(plugin: Any, kind: str, check: str, expected: Any, got: Any) -> ContractCheckError:
-    return ContractCheckError(f"{describe(plugin, kind)} failed check {check!r}: expected {expected}, got {got}",
-                              check=check, **_who(plugin, kind))
+    return ContractCheckError(
+        f"{describe(plugin, kind)} failed check {check!r}: expected {expected}, got {got}",
+        check=check,
+        **_who(plugin, kind),
+    )
 
 
 def _as_failure(plugin: Any, kind: str, check: str, exc: Exception) -> ContractCheckError:
     """A boundary error or the plugin's own exception during ``check``, as that check's failure."""
     who = describe(plugin, kind)
     detail = str(exc) if isinstance(exc, PluginContractError) else f"raised {type(exc).__name__}: {exc}"
-    detail = detail[len(who):].lstrip() if detail.startswith(who) else detail
+    detail = detail[len(who) :].lstrip() if detail.startswith(who) else detail
     return ContractCheckError(f"{who} failed check {check!r}: {detail}", check=check, **_who(plugin, kind))
 
 
@@ -107,6 +143,7 @@ def _contract_check(kind: str, name: str) -> Callable[[Callable[..., Optional[st
 
     ``name`` may contain ``{device}`` (filled from the ``device`` setting).
     """
+
     def wrap(func: Callable[..., Optional[str]]) -> Callable[..., Optional[str]]:
         signature = inspect.signature(func)
 
@@ -152,8 +189,7 @@ def _accepted(func: Callable, settings: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # --- what checks of one run share: inputs and outputs computed once -----------------------------
-_MEMO: contextvars.ContextVar[Optional[Dict[Any, Any]]] = contextvars.ContextVar("ser_plugins_check_memo",
-                                                                                  default=None)
+_MEMO: contextvars.ContextVar[Optional[Dict[Any, Any]]] = contextvars.ContextVar("ser_plugins_check_memo", default=None)
 
 
 def _memo(key: Tuple[Any, ...], compute: Callable[[], Any]) -> Any:
@@ -176,8 +212,14 @@ def _build(kind: str, plugin: Any, args: tuple, kwargs: dict) -> Tuple[Any, Opti
         try:
             registry.load(kind, plugin)
         except registry.PluginError as exc:
-            raise ContractCheckError(f"{kind} {plugin!r} failed check 'import': {exc}", check="import", kind=kind,
-                                     name=exc.name or plugin, dist=exc.dist) from exc
+            raise ContractCheckError(
+                f"{kind} {plugin!r} failed check 'import': {exc}",
+                check="import",
+                kind=kind,
+                name=exc.name or plugin,
+                dist=exc.dist,
+            ) from exc
+
         def by_name() -> Any:
             return registry.create(kind, plugin, *args, **kwargs)
 
@@ -210,8 +252,9 @@ def _first_instance(kind: str, name: str, factory: Callable[[], Any]) -> Any:
         raise
     except Exception as exc:  # the plugin's own exception, or the registry's option check
         detail = str(exc) if isinstance(exc, registry.PluginError) else f"raised {type(exc).__name__}: {exc}"
-        raise ContractCheckError(f"{kind} {name} failed check 'build': {detail}", check="build", kind=kind,
-                                 name=name.strip("'")) from exc
+        raise ContractCheckError(
+            f"{kind} {name} failed check 'build': {detail}", check="build", kind=kind, name=name.strip("'")
+        ) from exc
 
 
 def _devices(devices: Optional[Sequence[str]]) -> List[torch.device]:
@@ -245,6 +288,7 @@ def _parameter_gradients(plugin: Any, kind: str) -> Optional[str]:
 def _upstream_inputs(upstream: Any, seconds: float) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """``(wavs, wav_lengths, lengths)``: three utterances (the longest, a middle one, the shortest
     allowed), loud noise in the padding."""
+
     def compute() -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
         sr, hop, shortest = upstream.sample_rate, upstream.hop_length, upstream.min_samples
         longest = max(int(seconds * sr), 4 * shortest, shortest + 8 * hop)
@@ -278,8 +322,8 @@ def _upstream_alone(upstream: Any, seconds: float) -> List[Any]:
         singles = []
         for b, n in enumerate(lengths):
             with torch.no_grad():
-                single = upstream(wavs[b:b + 1, :n], wav_lengths[b:b + 1])
-            check_upstream_output(upstream, single, wav_lengths[b:b + 1])
+                single = upstream(wavs[b : b + 1, :n], wav_lengths[b : b + 1])
+            check_upstream_output(upstream, single, wav_lengths[b : b + 1])
             singles.append(single)
         return singles
 
@@ -300,8 +344,13 @@ def check_upstream_output_shapes(upstream: Any, /, *, seconds: float = 0.5) -> N
     for i, h in enumerate(out.hidden_states):
         for b, n in enumerate(out.lengths.tolist()):
             if not torch.isfinite(h[b, :n]).all():
-                raise _fail(upstream, "upstream", "output", "finite valid frames",
-                            f"NaN/inf in hidden_states[{i}] of utterance {b}")
+                raise _fail(
+                    upstream,
+                    "upstream",
+                    "output",
+                    "finite valid frames",
+                    f"NaN/inf in hidden_states[{i}] of utterance {b}",
+                )
 
 
 @_contract_check("upstream", "exact_frames")
@@ -311,13 +360,19 @@ def check_upstream_exact_frames(upstream: Any, /, *, seconds: float = 0.5) -> No
     for n, single in zip(lengths, _upstream_alone(upstream, seconds)):
         frames = single.hidden_states[0].shape[1]
         if int(single.lengths[0]) != frames:
-            raise _fail(upstream, "upstream", "exact_frames", f"an unpadded utterance of {n} samples to fill all "
-                        f"{frames} output frames (lengths[0] == T)", int(single.lengths[0]))
+            raise _fail(
+                upstream,
+                "upstream",
+                "exact_frames",
+                f"an unpadded utterance of {n} samples to fill all {frames} output frames (lengths[0] == T)",
+                int(single.lengths[0]),
+            )
 
 
 @_contract_check("upstream", "padding_invariance")
-def check_upstream_padding_invariance(upstream: Any, /, *, atol: float = 1e-4, rtol: float = 1e-3,
-                                      seconds: float = 0.5) -> Optional[str]:
+def check_upstream_padding_invariance(
+    upstream: Any, /, *, atol: float = 1e-4, rtol: float = 1e-3, seconds: float = 0.5
+) -> Optional[str]:
     """Loud noise in the padding never changes the valid frames (when ``batch_invariant``)."""
     if not upstream.batch_invariant:
         return "batch_invariant is False"
@@ -327,14 +382,26 @@ def check_upstream_padding_invariance(upstream: Any, /, *, atol: float = 1e-4, r
         for i, (h_batch, h_alone) in enumerate(zip(out.hidden_states, single.hidden_states)):
             diff = _close(h_batch[b, :n], h_alone[0, :n], atol, rtol)
             if diff:
-                raise _fail(upstream, "upstream", "padding_invariance", f"utterance {b}'s valid frames of "
-                            f"hidden_states[{i}] in a padded batch to equal its frames alone", diff)
+                raise _fail(
+                    upstream,
+                    "upstream",
+                    "padding_invariance",
+                    f"utterance {b}'s valid frames of hidden_states[{i}] in a padded batch to equal its frames alone",
+                    diff,
+                )
     return None
 
 
 @_contract_check("upstream", "deterministic")
-def check_upstream_deterministic(upstream: Any, /, *, factory: Optional[Callable[[], Any]] = None,
-                                 atol: float = 1e-4, rtol: float = 1e-3, seconds: float = 0.5) -> Optional[str]:
+def check_upstream_deterministic(
+    upstream: Any,
+    /,
+    *,
+    factory: Optional[Callable[[], Any]] = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    seconds: float = 0.5,
+) -> Optional[str]:
     """The same output twice in eval mode, and from a second instance (``factory()``) with the same options."""
     out = _upstream_batch(upstream, seconds)
     wavs, wav_lengths, _ = _upstream_inputs(upstream, seconds)
@@ -362,18 +429,25 @@ def check_upstream_identity(upstream: Any, /, *, factory: Optional[Callable[[], 
     try:
         text = json.dumps(ident, sort_keys=True)
     except (TypeError, ValueError) as exc:
-        raise _fail(upstream, "upstream", "identity", "JSON-serialisable data (it keys the feature cache)",
-                    str(exc)) from None
+        raise _fail(
+            upstream, "upstream", "identity", "JSON-serialisable data (it keys the feature cache)", str(exc)
+        ) from None
     if json.dumps(upstream.identity(), sort_keys=True) != text:
         raise _fail(upstream, "upstream", "identity", "the same identity on every call", "a different one")
     if factory is not None and json.dumps(factory().identity(), sort_keys=True) != text:
-        raise _fail(upstream, "upstream", "identity", "the same identity for two instances with the same options",
-                    "a different one")
+        raise _fail(
+            upstream,
+            "upstream",
+            "identity",
+            "the same identity for two instances with the same options",
+            "a different one",
+        )
 
 
 @_contract_check("upstream", "finetune")
 def check_upstream_finetune_modes(upstream: Any, /, *, seconds: float = 0.5) -> Optional[str]:
     """``frozen`` offered and trains nothing; ``full`` (when offered) gives finite, non-zero gradients."""
+
     def fail(expected: Any, got: Any) -> ContractCheckError:
         return _fail(upstream, "upstream", "finetune", expected, got)
 
@@ -394,8 +468,9 @@ def check_upstream_finetune_modes(upstream: Any, /, *, seconds: float = 0.5) -> 
             raise fail("trainable parameters in mode 'full'", "none")
         upstream.train()
         res = upstream(wavs, wav_lengths)
-        loss = sum(h[b, :n].float().pow(2).mean() for h in res.hidden_states
-                   for b, n in enumerate(res.lengths.tolist()))
+        loss = sum(
+            h[b, :n].float().pow(2).mean() for h in res.hidden_states for b, n in enumerate(res.lengths.tolist())
+        )
         loss.backward()
         grads = [p.grad for p in params if p.grad is not None]
         if not grads or not any(bool(g.abs().sum() > 0) for g in grads):
@@ -411,8 +486,9 @@ def check_upstream_finetune_modes(upstream: Any, /, *, seconds: float = 0.5) -> 
 
 
 @_contract_check("upstream", "device:{device}")
-def check_upstream_device(upstream: Any, /, *, device: Any = "cuda", atol: float = 1e-4, rtol: float = 1e-3,
-                          seconds: float = 0.5) -> None:
+def check_upstream_device(
+    upstream: Any, /, *, device: Any = "cuda", atol: float = 1e-4, rtol: float = 1e-3, seconds: float = 0.5
+) -> None:
     """The output follows the input to ``device`` and matches the CPU's (within 10x the tolerances)."""
     device = torch.device(device)
     reference = _upstream_batch(upstream, seconds)
@@ -426,8 +502,9 @@ def check_upstream_device(upstream: Any, /, *, device: Any = "cuda", atol: float
             for j, n in enumerate(reference.lengths.tolist()):
                 diff = _close(a[j, :n], b[j, :n], 10 * atol, 10 * rtol)
                 if diff:
-                    raise _fail(upstream, "upstream", f"device:{device}", f"the same hidden_states[{i}] as on the CPU",
-                                diff)
+                    raise _fail(
+                        upstream, "upstream", f"device:{device}", f"the same hidden_states[{i}] as on the CPU", diff
+                    )
     finally:
         upstream.to("cpu")
 
@@ -467,8 +544,9 @@ def check_aggregator_output_shape(agg: Any, /, *, input_dim: int = 8) -> None:
 
 
 @_contract_check("aggregator", "padding_invariance")
-def check_aggregator_padding_invariance(agg: Any, /, *, input_dim: int = 8, atol: float = 1e-5,
-                                        rtol: float = 1e-4) -> None:
+def check_aggregator_padding_invariance(
+    agg: Any, /, *, input_dim: int = 8, atol: float = 1e-5, rtol: float = 1e-4
+) -> None:
     """Zero or huge padded frames never change an utterance's vector (vs the utterance alone)."""
     agg.eval()
     for pad in (0.0, None):
@@ -476,11 +554,16 @@ def check_aggregator_padding_invariance(agg: Any, /, *, input_dim: int = 8, atol
         with torch.no_grad():
             batched = agg(feats, lens)
             for i, n in enumerate(_AGG_LENGTHS):
-                diff = _close(batched[i], agg(feats[i:i + 1, :n], lens[i:i + 1])[0], atol, rtol)
+                diff = _close(batched[i], agg(feats[i : i + 1, :n], lens[i : i + 1])[0], atol, rtol)
                 if diff:
                     what = "zero" if pad == 0.0 else "huge random"
-                    raise _fail(agg, "aggregator", "padding_invariance",
-                                f"utterance {i} pooled the same with {what} padding as alone", diff)
+                    raise _fail(
+                        agg,
+                        "aggregator",
+                        "padding_invariance",
+                        f"utterance {i} pooled the same with {what} padding as alone",
+                        diff,
+                    )
 
 
 @_contract_check("aggregator", "gradients")
@@ -499,16 +582,16 @@ def check_aggregator_gradients(agg: Any, /, *, input_dim: int = 8) -> Optional[s
         raise _fail(agg, "aggregator", "gradients", "a gradient on the input frames", "none")
     for i, n in enumerate(_AGG_LENGTHS):
         if bool((grad[i, n:] != 0).any()):
-            raise _fail(agg, "aggregator", "gradients", f"no gradient on utterance {i}'s padded frames",
-                        "a non-zero gradient")
+            raise _fail(
+                agg, "aggregator", "gradients", f"no gradient on utterance {i}'s padded frames", "a non-zero gradient"
+            )
         if not bool(grad[i, :n].abs().sum() > 0):
             raise _fail(agg, "aggregator", "gradients", f"a gradient on utterance {i}'s valid frames", "none")
     return _parameter_gradients(agg, "aggregator")
 
 
 @_contract_check("aggregator", "uses_only_mean")
-def check_aggregator_uses_only_mean(agg: Any, /, *, input_dim: int = 8, atol: float = 1e-5,
-                                    rtol: float = 1e-4) -> None:
+def check_aggregator_uses_only_mean(agg: Any, /, *, input_dim: int = 8, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """``uses_only_mean`` is truthful: two inputs with the same time-average pool the same iff it is True."""
     agg.eval()
     gen = torch.Generator().manual_seed(2)
@@ -521,8 +604,14 @@ def check_aggregator_uses_only_mean(agg: Any, /, *, input_dim: int = 8, atol: fl
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
         same = _close(probe(a, torch.tensor([4])), probe(b, torch.tensor([4])), atol, rtol) is None
     if same != bool(agg.uses_only_mean):
-        raise _fail(agg, "aggregator", "uses_only_mean", f"uses_only_mean={same} (two inputs with the same "
-                    f"time-average pool {'the same' if same else 'differently'})", f"uses_only_mean={agg.uses_only_mean}")
+        raise _fail(
+            agg,
+            "aggregator",
+            "uses_only_mean",
+            f"uses_only_mean={same} (two inputs with the same "
+            f"time-average pool {'the same' if same else 'differently'})",
+            f"uses_only_mean={agg.uses_only_mean}",
+        )
 
 
 @_contract_check("aggregator", "deterministic")
@@ -536,8 +625,9 @@ def check_aggregator_deterministic(agg: Any, /, *, input_dim: int = 8, atol: flo
         raise _fail(agg, "aggregator", "deterministic", "the same output for the same input in eval mode", diff)
 
 
-def _check_module_device(module: Any, kind: str, device: torch.device, call: Callable, check: Callable,
-                         atol: float, rtol: float) -> None:
+def _check_module_device(
+    module: Any, kind: str, device: torch.device, call: Callable, check: Callable, atol: float, rtol: float
+) -> None:
     module.eval()
     with torch.no_grad():
         reference, _ = call(module, torch.device("cpu"))
@@ -553,16 +643,19 @@ def _check_module_device(module: Any, kind: str, device: torch.device, call: Cal
 
 
 @_contract_check("aggregator", "device:{device}")
-def check_aggregator_device(agg: Any, /, *, device: Any = "cuda", input_dim: int = 8, atol: float = 1e-5,
-                            rtol: float = 1e-4) -> None:
+def check_aggregator_device(
+    agg: Any, /, *, device: Any = "cuda", input_dim: int = 8, atol: float = 1e-5, rtol: float = 1e-4
+) -> None:
     """The output follows the input to ``device`` and matches the CPU's (within 10x the tolerances)."""
+
     def on_device(module: Any, dev: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         feats, lens = _frames(_AGG_LENGTHS, input_dim, 0.0)
         feats, lens = feats.to(dev), lens.to(dev)
         return module(feats, lens), feats
 
-    _check_module_device(agg, "aggregator", torch.device(device), on_device, check_aggregator_output,
-                         10 * atol, 10 * rtol)
+    _check_module_device(
+        agg, "aggregator", torch.device(device), on_device, check_aggregator_output, 10 * atol, 10 * rtol
+    )
 
 
 # --- classifiers ------------------------------------------------------------------------------------
@@ -594,18 +687,24 @@ def check_classifier_deterministic(clf: Any, /, *, input_dim: int = 8, atol: flo
 
 
 @_contract_check("classifier", "batch_independence")
-def check_classifier_batch_independence(clf: Any, /, *, input_dim: int = 8, atol: float = 1e-5,
-                                        rtol: float = 1e-4) -> None:
+def check_classifier_batch_independence(
+    clf: Any, /, *, input_dim: int = 8, atol: float = 1e-5, rtol: float = 1e-4
+) -> None:
     """In eval mode each row's logits are independent of the rest of the batch."""
     clf.eval()
     x = _vectors(input_dim)
     with torch.no_grad():
         batched = clf(x)
         for i in range(x.shape[0]):
-            diff = _close(batched[i], clf(x[i:i + 1])[0], atol, rtol)
+            diff = _close(batched[i], clf(x[i : i + 1])[0], atol, rtol)
             if diff:
-                raise _fail(clf, "classifier", "batch_independence",
-                            f"row {i}'s logits in a batch to equal its logits alone", diff)
+                raise _fail(
+                    clf,
+                    "classifier",
+                    "batch_independence",
+                    f"row {i}'s logits in a batch to equal its logits alone",
+                    diff,
+                )
 
 
 @_contract_check("classifier", "gradients")
@@ -623,12 +722,27 @@ def check_classifier_gradients(clf: Any, /, *, input_dim: int = 8, num_classes: 
 
 
 @_contract_check("classifier", "device:{device}")
-def check_classifier_device(clf: Any, /, *, device: Any = "cuda", input_dim: int = 8, num_classes: int = 4,
-                            atol: float = 1e-5, rtol: float = 1e-4) -> None:
+def check_classifier_device(
+    clf: Any,
+    /,
+    *,
+    device: Any = "cuda",
+    input_dim: int = 8,
+    num_classes: int = 4,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
     """The output follows the input to ``device`` and matches the CPU's (within 10x the tolerances)."""
     x = _vectors(input_dim)
-    _check_module_device(clf, "classifier", torch.device(device), lambda m, dev: (m(x.to(dev)), x.to(dev)),
-                         lambda m, res, inp: check_classifier_output(m, res, inp, num_classes), 10 * atol, 10 * rtol)
+    _check_module_device(
+        clf,
+        "classifier",
+        torch.device(device),
+        lambda m, dev: (m(x.to(dev)), x.to(dev)),
+        lambda m, res, inp: check_classifier_output(m, res, inp, num_classes),
+        10 * atol,
+        10 * rtol,
+    )
 
 
 # --- corpora ----------------------------------------------------------------------------------------
@@ -640,13 +754,23 @@ def _loaded(corpus: Any) -> list:
 def check_corpus_declares_labels(corpus: Any, /) -> None:
     """``labels`` a non-empty list of unique, non-empty strings; ``default_protocol`` known."""
     labels = getattr(corpus, "labels", None)
-    if (not isinstance(labels, (list, tuple)) or not labels or len(set(labels)) != len(labels)
-            or not all(isinstance(lab, str) and lab for lab in labels)):
-        raise _fail(corpus, "corpus", "declaration", "labels: a non-empty list of unique, non-empty strings",
-                    repr(labels))
+    if (
+        not isinstance(labels, (list, tuple))
+        or not labels
+        or len(set(labels)) != len(labels)
+        or not all(isinstance(lab, str) and lab for lab in labels)
+    ):
+        raise _fail(
+            corpus, "corpus", "declaration", "labels: a non-empty list of unique, non-empty strings", repr(labels)
+        )
     if getattr(corpus, "default_protocol", None) not in PROTOCOLS:
-        raise _fail(corpus, "corpus", "declaration", f"default_protocol one of {PROTOCOLS}",
-                    repr(getattr(corpus, "default_protocol", None)))
+        raise _fail(
+            corpus,
+            "corpus",
+            "declaration",
+            f"default_protocol one of {PROTOCOLS}",
+            repr(getattr(corpus, "default_protocol", None)),
+        )
 
 
 def _utterances(corpus: Any) -> list:
@@ -655,8 +779,13 @@ def _utterances(corpus: Any) -> list:
 
     utts = _loaded(corpus)
     if not isinstance(utts, list) or not all(isinstance(u, Utterance) for u in utts):
-        raise _fail(corpus, "corpus", "load", "a list of ser_plugins.Utterance", type(utts).__name__
-                    if not isinstance(utts, list) else sorted({type(u).__name__ for u in utts}))
+        raise _fail(
+            corpus,
+            "corpus",
+            "load",
+            "a list of ser_plugins.Utterance",
+            type(utts).__name__ if not isinstance(utts, list) else sorted({type(u).__name__ for u in utts}),
+        )
     if not utts:
         raise _fail(corpus, "corpus", "load", "at least one utterance", "none")
     return utts
@@ -679,20 +808,32 @@ def check_corpus_utterance_fields(corpus: Any, /) -> None:
         raise _fail(corpus, "corpus", "utterances", "unique utterance ids", f"duplicates such as {dup}")
     for u in utts:
         if u.label not in corpus.labels:
-            raise _fail(corpus, "corpus", "utterances", f"labels from {list(corpus.labels)}",
-                        f"{u.label!r} (utterance {u.id})")
+            raise _fail(
+                corpus, "corpus", "utterances", f"labels from {list(corpus.labels)}", f"{u.label!r} (utterance {u.id})"
+            )
         if not (isinstance(u.speaker, str) and u.speaker and isinstance(u.path, str) and u.path):
-            raise _fail(corpus, "corpus", "utterances", "a non-empty speaker and path",
-                        f"utterance {u.id}: {u.speaker!r}, {u.path!r}")
+            raise _fail(
+                corpus,
+                "corpus",
+                "utterances",
+                "a non-empty speaker and path",
+                f"utterance {u.id}: {u.speaker!r}, {u.path!r}",
+            )
         if u.start is not None and u.end is not None and not 0 <= u.start < u.end:
             raise _fail(corpus, "corpus", "utterances", "0 <= start < end", f"utterance {u.id}: {u.start}..{u.end}")
     protocol = corpus.default_protocol
     if protocol == "folds" and any(not u.fold for u in utts):
-        raise _fail(corpus, "corpus", "utterances", "a fold for every utterance (default_protocol 'folds')",
-                    "missing ones")
+        raise _fail(
+            corpus, "corpus", "utterances", "a fold for every utterance (default_protocol 'folds')", "missing ones"
+        )
     if protocol == "split" and any((u.split or "").lower() not in SPLITS for u in utts):
-        raise _fail(corpus, "corpus", "utterances", f"a split in {SPLITS} for every utterance "
-                    "(default_protocol 'split')", "others")
+        raise _fail(
+            corpus,
+            "corpus",
+            "utterances",
+            f"a split in {SPLITS} for every utterance (default_protocol 'split')",
+            "others",
+        )
 
 
 @_contract_check("corpus", "problems")
@@ -703,7 +844,9 @@ def check_corpus_problems(corpus: Any, /) -> None:
     _loaded(corpus)
     problems = getattr(corpus, "problems", None)
     if not isinstance(problems, list) or not all(isinstance(p, CorpusProblem) for p in problems):
-        raise _fail(corpus, "corpus", "problems", "a list of CorpusProblem (use self.problem(...))", repr(problems)[:80])
+        raise _fail(
+            corpus, "corpus", "problems", "a list of CorpusProblem (use self.problem(...))", repr(problems)[:80]
+        )
 
 
 @_contract_check("corpus", "deterministic")
@@ -712,7 +855,9 @@ def check_corpus_deterministic(corpus: Any, /, *, factory: Optional[Callable[[],
     if factory is None:
         return "an instance was given: no second instance to compare"
     if factory().load() != _utterances(corpus):
-        raise _fail(corpus, "corpus", "deterministic", "a second instance to load the same utterances", "different ones")
+        raise _fail(
+            corpus, "corpus", "deterministic", "a second instance to load the same utterances", "different ones"
+        )
     return None
 
 
@@ -722,20 +867,47 @@ def _checks(*funcs: Callable[..., Optional[str]]) -> Tuple[Check, ...]:
 
 
 #: every check of a kind, in the order ``check_<kind>`` runs them (the per-device ones: ``checks_for``)
-UPSTREAM_CHECKS = _checks(check_upstream_declares_attributes, check_upstream_output_shapes, check_upstream_exact_frames,
-                          check_upstream_padding_invariance, check_upstream_deterministic, check_upstream_identity,
-                          check_upstream_finetune_modes)
-AGGREGATOR_CHECKS = _checks(check_aggregator_declares_output_dim, check_aggregator_output_shape,
-                            check_aggregator_padding_invariance, check_aggregator_gradients,
-                            check_aggregator_uses_only_mean, check_aggregator_deterministic)
-CLASSIFIER_CHECKS = _checks(check_classifier_output_shape, check_classifier_deterministic,
-                            check_classifier_batch_independence, check_classifier_gradients)
-CORPUS_CHECKS = _checks(check_corpus_declares_labels, check_corpus_loads, check_corpus_utterance_fields,
-                        check_corpus_problems, check_corpus_deterministic)
-_CHECKS = {"upstream": UPSTREAM_CHECKS, "aggregator": AGGREGATOR_CHECKS, "classifier": CLASSIFIER_CHECKS,
-           "corpus": CORPUS_CHECKS}
-_DEVICE_CHECKS = {"upstream": check_upstream_device, "aggregator": check_aggregator_device,
-                  "classifier": check_classifier_device}
+UPSTREAM_CHECKS = _checks(
+    check_upstream_declares_attributes,
+    check_upstream_output_shapes,
+    check_upstream_exact_frames,
+    check_upstream_padding_invariance,
+    check_upstream_deterministic,
+    check_upstream_identity,
+    check_upstream_finetune_modes,
+)
+AGGREGATOR_CHECKS = _checks(
+    check_aggregator_declares_output_dim,
+    check_aggregator_output_shape,
+    check_aggregator_padding_invariance,
+    check_aggregator_gradients,
+    check_aggregator_uses_only_mean,
+    check_aggregator_deterministic,
+)
+CLASSIFIER_CHECKS = _checks(
+    check_classifier_output_shape,
+    check_classifier_deterministic,
+    check_classifier_batch_independence,
+    check_classifier_gradients,
+)
+CORPUS_CHECKS = _checks(
+    check_corpus_declares_labels,
+    check_corpus_loads,
+    check_corpus_utterance_fields,
+    check_corpus_problems,
+    check_corpus_deterministic,
+)
+_CHECKS = {
+    "upstream": UPSTREAM_CHECKS,
+    "aggregator": AGGREGATOR_CHECKS,
+    "classifier": CLASSIFIER_CHECKS,
+    "corpus": CORPUS_CHECKS,
+}
+_DEVICE_CHECKS = {
+    "upstream": check_upstream_device,
+    "aggregator": check_aggregator_device,
+    "classifier": check_classifier_device,
+}
 
 
 def checks_for(kind: str, devices: Optional[Sequence[str]] = None) -> List[Check]:
@@ -753,8 +925,10 @@ def _split(kind: str, kwargs: Dict[str, Any]) -> Tuple[tuple, Dict[str, Any], Di
     """``(constructor args, check settings, plugin options)`` of a ``check_<kind>``-style call."""
     settings = {k: kwargs.get(k, v) for k, v in SETTINGS[kind].items()}
     options = {k: v for k, v in kwargs.items() if k not in SETTINGS[kind]}
-    args = {"aggregator": (settings.get("input_dim"),),
-            "classifier": (settings.get("input_dim"), settings.get("num_classes"))}.get(kind, ())
+    args = {
+        "aggregator": (settings.get("input_dim"),),
+        "classifier": (settings.get("input_dim"), settings.get("num_classes")),
+    }.get(kind, ())
     return args, settings, options
 
 
@@ -763,10 +937,13 @@ def _combined(plugin: Any, kind: str, failures: List[ContractCheckError], ran: i
     if len(failures) == 1:
         return failures[0]
     who = describe(plugin, kind)
-    lines = [str(f)[len(who):].lstrip() if str(f).startswith(who) else str(f) for f in failures]
+    lines = [str(f)[len(who) :].lstrip() if str(f).startswith(who) else str(f) for f in failures]
     names = ", ".join(repr(f.check) for f in failures)
-    return ContractCheckError(f"{who} failed {len(failures)} of {ran} checks ({names}):\n"
-                              + "\n".join(f"  - {line}" for line in lines), failures=failures, **_who(plugin, kind))
+    return ContractCheckError(
+        f"{who} failed {len(failures)} of {ran} checks ({names}):\n" + "\n".join(f"  - {line}" for line in lines),
+        failures=failures,
+        **_who(plugin, kind),
+    )
 
 
 def run_checks(kind: str, plugin: Any, /, *, devices: Optional[Sequence[str]] = None, **kwargs: Any) -> List[str]:
@@ -800,8 +977,16 @@ def run_checks(kind: str, plugin: Any, /, *, devices: Optional[Sequence[str]] = 
     return report
 
 
-def check_upstream(plugin: Any, /, *, devices: Optional[Sequence[str]] = None, atol: float = 1e-4,
-                   rtol: float = 1e-3, seconds: float = 0.5, **kwargs: Any) -> List[str]:
+def check_upstream(
+    plugin: Any,
+    /,
+    *,
+    devices: Optional[Sequence[str]] = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    seconds: float = 0.5,
+    **kwargs: Any,
+) -> List[str]:
     """Check an upstream (a registered name, a class/factory with ``kwargs``, or an instance).
 
     Checks: declared attributes; output type, shapes, dtypes and layer sizes as declared;
@@ -815,8 +1000,16 @@ def check_upstream(plugin: Any, /, *, devices: Optional[Sequence[str]] = None, a
     return run_checks("upstream", plugin, devices=devices, atol=atol, rtol=rtol, seconds=seconds, **kwargs)
 
 
-def check_aggregator(plugin: Any, /, *, input_dim: int = 8, devices: Optional[Sequence[str]] = None,
-                     atol: float = 1e-5, rtol: float = 1e-4, **kwargs: Any) -> List[str]:
+def check_aggregator(
+    plugin: Any,
+    /,
+    *,
+    input_dim: int = 8,
+    devices: Optional[Sequence[str]] = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    **kwargs: Any,
+) -> List[str]:
     """Check an aggregator (a registered name, a class/factory with ``kwargs``, or an instance).
 
     Checks: ``output_dim`` declared; output ``[B, output_dim]``, floating, finite; padded frames
@@ -827,17 +1020,33 @@ def check_aggregator(plugin: Any, /, *, input_dim: int = 8, devices: Optional[Se
     return run_checks("aggregator", plugin, devices=devices, input_dim=input_dim, atol=atol, rtol=rtol, **kwargs)
 
 
-def check_classifier(plugin: Any, /, *, input_dim: int = 8, num_classes: int = 4,
-                     devices: Optional[Sequence[str]] = None, atol: float = 1e-5, rtol: float = 1e-4,
-                     **kwargs: Any) -> List[str]:
+def check_classifier(
+    plugin: Any,
+    /,
+    *,
+    input_dim: int = 8,
+    num_classes: int = 4,
+    devices: Optional[Sequence[str]] = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    **kwargs: Any,
+) -> List[str]:
     """Check a classifier (a registered name, a class/factory with ``kwargs``, or an instance).
 
     Checks: logits ``[B, num_classes]``, floating, finite; in eval mode repeatable and each row
     independent of the rest of the batch; finite, non-zero gradients to the parameters and the
     input; the output follows the input's device.
     """
-    return run_checks("classifier", plugin, devices=devices, input_dim=input_dim, num_classes=num_classes,
-                      atol=atol, rtol=rtol, **kwargs)
+    return run_checks(
+        "classifier",
+        plugin,
+        devices=devices,
+        input_dim=input_dim,
+        num_classes=num_classes,
+        atol=atol,
+        rtol=rtol,
+        **kwargs,
+    )
 
 
 def check_corpus(plugin: Any, /, **kwargs: Any) -> List[str]:
@@ -881,8 +1090,9 @@ class BoundCheck:
         return skipped
 
 
-def parametrize_checks(kind: str, plugin: Any, /, *, devices: Optional[Sequence[str]] = None,
-                       argname: str = "check", **kwargs: Any) -> Any:
+def parametrize_checks(
+    kind: str, plugin: Any, /, *, devices: Optional[Sequence[str]] = None, argname: str = "check", **kwargs: Any
+) -> Any:
     """A ``pytest.mark.parametrize`` giving a test one run per contract check of ``kind``::
 
         from ser_plugins.testing import parametrize_checks
@@ -896,6 +1106,7 @@ def parametrize_checks(kind: str, plugin: Any, /, *, devices: Optional[Sequence[
     """
     import pytest
 
-    params = [pytest.param(BoundCheck(kind, plugin, check, kwargs), id=check.name)
-              for check in checks_for(kind, devices)]
+    params = [
+        pytest.param(BoundCheck(kind, plugin, check, kwargs), id=check.name) for check in checks_for(kind, devices)
+    ]
     return pytest.mark.parametrize(argname, params)

@@ -1,4 +1,5 @@
 """The ``ser`` command line: run, grid, validate, schema, list, predict, export, demo-corpus, report."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,11 +40,21 @@ def _cmd_grid(args: argparse.Namespace) -> int:
         from ser_plugins.cli.grid import launched_grid
 
         return launched_grid(args, folds)
-    result = run_grid(args.recipes, Path(args.out), args.override, args.sweep, folds, args.resume,
-                      progress=not args.quiet, cache_dir=args.cache_dir)
+    result = run_grid(
+        args.recipes,
+        Path(args.out),
+        args.override,
+        args.sweep,
+        folds,
+        args.resume,
+        progress=not args.quiet,
+        cache_dir=args.cache_dir,
+    )
     print(result.report)
-    print(f"{len(result.runs)} runs, {result.forward_passes} upstream forward passes (utterances) in total; "
-          f"grid directory: {args.out}")
+    print(
+        f"{len(result.runs)} runs, {result.forward_passes} upstream forward passes (utterances) in total; "
+        f"grid directory: {args.out}"
+    )
     return 0
 
 
@@ -62,9 +73,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     probe_model(model, len(labels))  # one forward pass on synthetic audio (every plugin boundary checked), padding
     n_head = sum(p.numel() for p in model.head.parameters())
     n_up = sum(p.numel() for p in model.upstream.parameters())
-    print(f"recipe OK: upstream {recipe.upstream.name} ({n_up:,} parameters, {model.upstream.num_layers} layers), "
-          f"head {n_head:,} parameters{note}, finetune {recipe.finetune.mode}; "
-          "one forward pass on synthetic audio OK, padding checks OK")
+    print(
+        f"recipe OK: upstream {recipe.upstream.name} ({n_up:,} parameters, {model.upstream.num_layers} layers), "
+        f"head {n_head:,} parameters{note}, finetune {recipe.finetune.mode}; "
+        "one forward pass on synthetic audio OK, padding checks OK"
+    )
     return 0
 
 
@@ -113,16 +126,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
     name = args.corpus
     if name is None:
-        able = [spec.qualified_name for spec in registry.list_plugins("corpus")
-                if registry.load("corpus", spec.qualified_name).can_generate()]
+        able = [
+            spec.qualified_name
+            for spec in registry.list_plugins("corpus")
+            if registry.load("corpus", spec.qualified_name).can_generate()
+        ]
         if len(able) != 1:
-            raise registry.PluginError(f"pass --corpus NAME; corpora that can generate their data: {', '.join(able) or 'none'}")
+            raise registry.PluginError(
+                f"pass --corpus NAME; corpora that can generate their data: {', '.join(able) or 'none'}"
+            )
         name = able[0]
     corpus_cls = registry.load("corpus", name)
     if not corpus_cls.can_generate():
         raise registry.PluginError(f"corpus {name!r} cannot generate its data")
-    summary = corpus_cls.generate(args.dir, seed=args.seed, utterances_per_speaker=args.utterances_per_speaker,
-                                  overwrite=args.overwrite)
+    summary = corpus_cls.generate(
+        args.dir, seed=args.seed, utterances_per_speaker=args.utterances_per_speaker, overwrite=args.overwrite
+    )
     print(f"{name} corpus written to {args.dir}: {summary}")
     return 0
 
@@ -166,32 +185,55 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     """The ``ser`` argument parser."""
     p = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition with plugin upstreams and heads.")
-    p.add_argument("--version", action=_VersionAction,
-                   help="print the versions of ser-plugins, torch and transformers and exit")
+    p.add_argument(
+        "--version", action=_VersionAction, help="print the versions of ser-plugins, torch and transformers and exit"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train and evaluate a recipe over the folds of its corpus")
     r.add_argument("recipe", help="recipe YAML file")
-    r.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe value, e.g. -o training.epochs=5 (repeatable)")
+    r.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. -o training.epochs=5 (repeatable)",
+    )
     r.add_argument("--folds", help="comma-separated fold numbers (1-based) or names to run")
     r.add_argument("--out", help="run directory (default: output.dir or runs/<name>)")
     r.add_argument("--resume", action="store_true", help="continue a run: finished folds are not recomputed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
 
-    g = sub.add_parser("grid", help="run several recipes (and --sweep variants) as one study: shared frozen "
-                                     "extraction, one report")
+    g = sub.add_parser(
+        "grid", help="run several recipes (and --sweep variants) as one study: shared frozen extraction, one report"
+    )
     g.add_argument("recipes", nargs="+", help="recipe YAML files")
-    g.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value in every recipe (repeatable)")
-    g.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                   help="run every recipe once per value, e.g. --sweep aggregator=mean,stats (repeatable: all combinations)")
-    g.add_argument("--out", required=True,
-                   help=f"grid directory: one run directory per run, {GRID_FILE}, report.md/.csv")
-    g.add_argument("--cache-dir", help="feature cache shared by the frozen runs (default: OUT/feature_cache, "
-                                       "unless a recipe sets data.cache_dir)")
+    g.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value in every recipe (repeatable)",
+    )
+    g.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run every recipe once per value, e.g. --sweep aggregator=mean,stats (repeatable: all combinations)",
+    )
+    g.add_argument(
+        "--out", required=True, help=f"grid directory: one run directory per run, {GRID_FILE}, report.md/.csv"
+    )
+    g.add_argument(
+        "--cache-dir",
+        help="feature cache shared by the frozen runs (default: OUT/feature_cache, "
+        "unless a recipe sets data.cache_dir)",
+    )
     g.add_argument("--folds", help="comma-separated fold numbers (1-based) or names to run")
     g.add_argument("--resume", action="store_true", help="continue: finished runs and folds are not recomputed")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -200,8 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_launcher_arguments(g)
     g.set_defaults(func=_cmd_grid)
 
-    v = sub.add_parser("validate", help="check a recipe and build its model, without data; run it once on synthetic "
-                                        "audio and check its plugins' padding (finite, unchanged by padding)")
+    v = sub.add_parser(
+        "validate",
+        help="check a recipe and build its model, without data; run it once on synthetic "
+        "audio and check its plugins' padding (finite, unchanged by padding)",
+    )
     v.add_argument("recipe")
     v.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     v.set_defaults(func=_cmd_validate)
@@ -212,29 +257,42 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list installed plugins (nothing is imported unless --check)")
     ls.add_argument("kind", nargs="?", choices=list(registry.KINDS), help="only this kind")
     ls.add_argument("--pattern", default="*", help="glob on plugin names, e.g. '*hubert*'")
-    ls.add_argument("--check", action="store_true",
-                    help="import every plugin, run each that builds from its defaults once on synthetic input "
-                         "(with the padding checks of ser validate), report broken ones and name clashes "
-                         "(exit 1 when any is broken or ambiguous)")
+    ls.add_argument(
+        "--check",
+        action="store_true",
+        help="import every plugin, run each that builds from its defaults once on synthetic input "
+        "(with the padding checks of ser validate), report broken ones and name clashes "
+        "(exit 1 when any is broken or ambiguous)",
+    )
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_cmd_list)
 
     pr = sub.add_parser(
-        "predict", help="print the emotion and class probabilities of audio files",
+        "predict",
+        help="print the emotion and class probabilities of audio files",
         description="Score audio files with a finished run (the folds' checkpoints averaged). Every readable "
-                    "file is scored; a file that cannot be read or that training would have skipped (silent, "
-                    "constant, non-finite, too short, non-finite features) gets its own line saying why it "
-                    "was not scored. Exit status: 0 when every file was scored, 1 when some file was not "
-                    "(the others are still scored and printed), 2 when the run directory cannot be used.")
+        "file is scored; a file that cannot be read or that training would have skipped (silent, "
+        "constant, non-finite, too short, non-finite features) gets its own line saying why it "
+        "was not scored. Exit status: 0 when every file was scored, 1 when some file was not "
+        "(the others are still scored and printed), 2 when the run directory cannot be used.",
+    )
     pr.add_argument("run_dir")
     pr.add_argument("files", nargs="+")
-    pr.add_argument("--format", choices=("text", "json", "csv"), default="text",
-                    help="output: text (tab-separated lines, default), json (a list of objects with path, status, "
-                         "emotion, probabilities, problem, detail) or csv (path,status,emotion,problem,detail,p_<label>...)")
+    pr.add_argument(
+        "--format",
+        choices=("text", "json", "csv"),
+        default="text",
+        help="output: text (tab-separated lines, default), json (a list of objects with path, status, "
+        "emotion, probabilities, problem, detail) or csv (path,status,emotion,problem,detail,p_<label>...)",
+    )
     pr.add_argument("--fold", help="use one fold's checkpoint (default: average all folds)")
-    pr.add_argument("--min-speaker-files", type=int, default=10,
-                    help="speaker-normalised runs: with at least this many files, standardise with their own "
-                         "statistics (one speaker); with fewer, use the run's typical speaker statistics")
+    pr.add_argument(
+        "--min-speaker-files",
+        type=int,
+        default=10,
+        help="speaker-normalised runs: with at least this many files, standardise with their own "
+        "statistics (one speaker); with fewer, use the run's typical speaker statistics",
+    )
     deploy_commands.add_predict_arguments(pr)
     pr.set_defaults(func=_cmd_predict)
 
@@ -258,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``ser`` command; user errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
-                        format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         code = args.func(args)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 Imports nothing heavy at module level: ``ser predict --engine onnx`` never imports torch or the
 training code (the PyTorch engine and the exporter are imported only when asked for).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,26 +23,53 @@ def add_export_parser(sub: Any) -> None:
     which.add_argument("--all-folds", action="store_true", help="export every fold to OUT/<fold>/")
     ex.add_argument("--format", choices=["onnx"], default="onnx")
     ex.add_argument("--out", required=True, help="output folder (model.onnx + model.json)")
-    ex.add_argument("--atol", type=float, default=None,
-                    help="largest absolute probability difference allowed between onnxruntime and PyTorch (default 1e-4)")
-    ex.add_argument("--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
-                    help="auto: torch.onnx's dynamo exporter, then the TorchScript-based one if that fails")
-    ex.add_argument("--check-audio", nargs="+", default=[], metavar="FILE",
-                    help="audio files to verify on, beside the built-in synthetic utterances")
+    ex.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="largest absolute probability difference allowed between onnxruntime and PyTorch (default 1e-4)",
+    )
+    ex.add_argument(
+        "--exporter",
+        choices=["auto", "dynamo", "torchscript"],
+        default="auto",
+        help="auto: torch.onnx's dynamo exporter, then the TorchScript-based one if that fails",
+    )
+    ex.add_argument(
+        "--check-audio",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="audio files to verify on, beside the built-in synthetic utterances",
+    )
     ex.set_defaults(func=export_command)
 
 
 def add_predict_arguments(pr: argparse.ArgumentParser) -> None:
     """``ser predict`` options for the ONNX engine and long recordings."""
-    pr.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                    help="onnx: RUN_DIR is a folder written by 'ser export' (runs with onnxruntime, without torch)")
-    pr.add_argument("--window", type=float, help="long recordings: window length in seconds (writes a CSV timeline and a PNG)")
+    pr.add_argument(
+        "--engine",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: RUN_DIR is a folder written by 'ser export' (runs with onnxruntime, without torch)",
+    )
+    pr.add_argument(
+        "--window", type=float, help="long recordings: window length in seconds (writes a CSV timeline and a PNG)"
+    )
     pr.add_argument("--hop", type=float, help="seconds between window starts (default: 1, or the window if shorter)")
-    pr.add_argument("--vad", choices=["none", "energy"], default="none",
-                    help="energy: score only windows with enough frames louder than --vad-db")
+    pr.add_argument(
+        "--vad",
+        choices=["none", "energy"],
+        default="none",
+        help="energy: score only windows with enough frames louder than --vad-db",
+    )
     pr.add_argument("--vad-db", type=float, default=-40.0, help="energy VAD threshold in dBFS (default -40)")
-    pr.add_argument("--min-speech", type=float, default=0.3,
-                    help="energy VAD: least share of loud 20 ms frames for a window to be scored (default 0.3)")
+    pr.add_argument(
+        "--min-speech",
+        type=float,
+        default=0.3,
+        help="energy VAD: least share of loud 20 ms frames for a window to be scored (default 0.3)",
+    )
     pr.add_argument("--out", default=".", help="folder for <file>.timeline.csv and .png (default: current folder)")
     pr.add_argument("--batch-size", type=int, default=8, help="windows scored together (default 8)")
     pr.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default: its own choice)")
@@ -53,18 +81,22 @@ def export_command(args: argparse.Namespace) -> int:
     from ser_plugins.deploy.export import DEFAULT_ATOL, export_run
 
     atol = DEFAULT_ATOL if args.atol is None else args.atol
-    results = export_run(Path(args.run_dir), Path(args.out), args.fold, args.all_folds, atol, args.exporter,
-                         args.check_audio)
+    results = export_run(
+        Path(args.run_dir), Path(args.out), args.fold, args.all_folds, atol, args.exporter, args.check_audio
+    )
     for res in results:
         lengths = f"{min(res.check_lengths)}..{max(res.check_lengths)}"
-        print(f"fold {res.fold}: {res.folder / 'model.onnx'} ({res.exporter} exporter); onnxruntime matches PyTorch "
-              f"within {atol:g} (max |diff| {res.max_abs_diff:.1e} on {len(res.check_lengths)} utterances "
-              f"of {lengths} samples)")
+        print(
+            f"fold {res.fold}: {res.folder / 'model.onnx'} ({res.exporter} exporter); onnxruntime matches PyTorch "
+            f"within {atol:g} (max |diff| {res.max_abs_diff:.1e} on {len(res.check_lengths)} utterances "
+            f"of {lengths} samples)"
+        )
     return 0
 
 
-def file_scorer(run_dir: Path, engine: str = "torch", fold: Optional[str] = None, min_speaker_files: int = 10,
-                threads: int = 0) -> "Scorer":
+def file_scorer(
+    run_dir: Path, engine: str = "torch", fold: Optional[str] = None, min_speaker_files: int = 10, threads: int = 0
+) -> "Scorer":
     """The ``Scorer`` of whole files: a run directory's ``Predictor`` (torch) or an exported folder's
     ``OnnxPredictor``."""
     if engine == "onnx":
@@ -99,9 +131,17 @@ def predict_files(scorer: "Scorer", files: Sequence[str], fmt: str = "text") -> 
     return write_results(score_files(scorer, files), scorer.labels, fmt)
 
 
-def predict_timelines(scorer: "WindowScorer", files: Sequence[str], window: float, hop: float, out_dir: Path,
-                      vad_db: Optional[float] = None, min_speech: float = 0.3, batch_size: int = 8,
-                      progress: bool = True) -> int:
+def predict_timelines(
+    scorer: "WindowScorer",
+    files: Sequence[str],
+    window: float,
+    hop: float,
+    out_dir: Path,
+    vad_db: Optional[float] = None,
+    min_speech: float = 0.3,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> int:
     """A timeline per recording and one summary line each; a recording that cannot be read gets its reason.
 
     Returns the exit status of ``ser predict``: 0 when every recording was analysed, 1 when some was not.
@@ -113,16 +153,19 @@ def predict_timelines(scorer: "WindowScorer", files: Sequence[str], window: floa
     bad = []
     for path in files:
         try:
-            res = analyse_recording(Path(path), scorer, window, hop, Path(out_dir), vad_db, min_speech, batch_size,
-                                    progress=progress)
+            res = analyse_recording(
+                Path(path), scorer, window, hop, Path(out_dir), vad_db, min_speech, batch_size, progress=progress
+            )
         except AudioError as exc:
             bad.append((path, audio_problem(exc)))
             print(not_scored_line(path, bad[-1][1]))
             continue
         skipped = "".join(f"; {v} {k}" for k, v in res.skipped.items())
         share = " ".join(f"{k}={v:.2f}" for k, v in res.label_share.items())
-        print(f"{path}\t{res.seconds:.1f} s\t{res.windows} windows ({res.scored} scored{skipped})\t{share}\t"
-              f"{res.csv}\t{res.png}")
+        print(
+            f"{path}\t{res.seconds:.1f} s\t{res.windows} windows ({res.scored} scored{skipped})\t{share}\t"
+            f"{res.csv}\t{res.png}"
+        )
     return warn_not_scored(bad, len(files))
 
 
@@ -134,8 +177,10 @@ def check_predict_options(window: Optional[float], hop: Optional[float], vad: st
         if given and window is None:
             raise TimelineError(f"{name} needs --window")
     if window is not None and fmt != "text":
-        raise TimelineError(f"--format {fmt} is for whole files; --window writes each recording's timeline as "
-                            "<name>.timeline.csv (and .png) under --out")
+        raise TimelineError(
+            f"--format {fmt} is for whole files; --window writes each recording's timeline as "
+            "<name>.timeline.csv (and .png) under --out"
+        )
     if batch_size < 1:
         raise TimelineError(f"--batch-size must be at least 1, got {batch_size}")
 
@@ -149,5 +194,14 @@ def predict_command(args: argparse.Namespace) -> int:
         return predict_files(scorer, args.files, args.format)
     hop = args.hop if args.hop is not None else min(1.0, args.window)
     vad_db = args.vad_db if args.vad == "energy" else None
-    return predict_timelines(window_scorer(run_dir, args.engine, args.fold, args.threads), args.files, args.window,
-                             hop, Path(args.out), vad_db, args.min_speech, args.batch_size, progress=not args.quiet)
+    return predict_timelines(
+        window_scorer(run_dir, args.engine, args.fold, args.threads),
+        args.files,
+        args.window,
+        hop,
+        Path(args.out),
+        vad_db,
+        args.min_speech,
+        args.batch_size,
+        progress=not args.quiet,
+    )

@@ -1,4 +1,5 @@
 """Reading audio: soundfile to decode, soxr to resample, channel average to downmix."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,7 @@ def load_audio(
         info = sf.info(str(path))
         first = int(round(start * info.samplerate)) if start is not None else 0
         last = int(round(end * info.samplerate)) if end is not None else -1
-        data, rate = sf.read(str(path), start=first, stop=None if last < 0 else last,
-                             dtype="float32", always_2d=True)
+        data, rate = sf.read(str(path), start=first, stop=None if last < 0 else last, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for broken files
         raise AudioError(path, "unreadable", f"{type(exc).__name__}: {exc}") from None
     if data.size == 0:
@@ -71,7 +71,7 @@ def signal_problem(wav: np.ndarray) -> Optional[Tuple[str, str]]:
     if peak == 0.0:
         return "silent", "digital silence"
     edge = wav.shape[0] // 50 if wav.shape[0] >= 100 else 0
-    core = wav[edge:wav.shape[0] - edge]
+    core = wav[edge : wav.shape[0] - edge]
     if float(np.ptp(core)) <= 1e-5 * peak:
         return "constant", f"a constant (DC) signal at {float(core.mean()):.3g}, no variation"
     return None

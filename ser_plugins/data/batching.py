@@ -1,4 +1,5 @@
 """Length-bucketed batching and padding: one plan of index batches, then padded tensors."""
+
 from __future__ import annotations
 
 import random
@@ -8,8 +9,14 @@ import numpy as np
 import torch
 
 
-def bucket_batches(lengths: Sequence[int], batch_size: int, max_batch_length: Optional[int] = None,
-                   shuffle: bool = False, seed: int = 0, bucket_factor: int = 50) -> List[List[int]]:
+def bucket_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    max_batch_length: Optional[int] = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    bucket_factor: int = 50,
+) -> List[List[int]]:
     """Index batches of similar lengths.
 
     Indices are (optionally) shuffled, cut into buckets of ``bucket_factor * batch_size``, sorted
@@ -24,7 +31,7 @@ def bucket_batches(lengths: Sequence[int], batch_size: int, max_batch_length: Op
     bucket = max(1, bucket_factor * batch_size) if shuffle else max(1, len(idx))
     batches: List[List[int]] = []
     for start in range(0, len(idx), bucket):
-        chunk = sorted(idx[start:start + bucket], key=lambda i: lengths[i])
+        chunk = sorted(idx[start : start + bucket], key=lambda i: lengths[i])
         current: List[int] = []
         longest = 0
         for i in chunk:
@@ -72,4 +79,4 @@ def random_crop(wave: np.ndarray, max_samples: Optional[int], rng: random.Random
     if max_samples is None or len(wave) <= max_samples:
         return wave
     start = rng.randrange(0, len(wave) - max_samples + 1)
-    return wave[start:start + max_samples]
+    return wave[start : start + max_samples]

@@ -1,4 +1,5 @@
 """The validation pass: every utterance decoded once, unusable audio skipped with a counted reason."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ class AudioSet:
     skipped: Dict[str, str] = field(default_factory=dict)  # utterance id -> reason
 
 
-def decode_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples: int = 1,
-                  strict: bool = False, progress: bool = True) -> AudioSet:
+def decode_corpus(
+    utterances: Sequence[Utterance], sample_rate: int, min_samples: int = 1, strict: bool = False, progress: bool = True
+) -> AudioSet:
     """Decode every utterance once (the validation pass): skip unusable audio with a counted reason.
 
     Reasons: those of ``load_audio`` plus ``silent`` and ``constant`` (``signal_problem``).

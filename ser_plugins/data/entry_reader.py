@@ -11,6 +11,7 @@ either way. A file whose size no longer matches its kept layout (replaced, trunc
 the safe way, and where ``os.preadv`` is missing (Windows) every read goes through safetensors, which
 reports a damaged file clearly.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,29 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
-_NUMPY_OK = {torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
-             torch.uint8, torch.bool}
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NUMPY_OK = {
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+}
 
 # per wanted tensor: (dtype, shape, absolute file offset of its data); and the file's size in bytes
 Layout = Tuple[Tuple[Tuple[torch.dtype, Tuple[int, ...], int], ...], int]
@@ -79,7 +98,9 @@ class EntryReader:
         layout = self.layout(key, path)
         if layout is not None:
             out = [torch.empty(shape, dtype=dtype) for dtype, shape, _ in layout[0]]
-            if self._fill(path, layout, [byte_view(t) for t in out], [0] * len(out), [len(t) if t.dim() else 1 for t in out]):
+            if self._fill(
+                path, layout, [byte_view(t) for t in out], [0] * len(out), [len(t) if t.dim() else 1 for t in out]
+            ):
                 return out
             self._layouts.pop(key, None)
         tensors = _read_safetensors(path)
@@ -95,8 +116,14 @@ class EntryReader:
         if layout is None:
             return False
         for (dtype, shape, _), dest in zip(layout[0], dests):
-            if len(shape) != 2 or dest.ndim != 2 or dest.shape[1] != shape[1] or shape[0] != total \
-                    or start + dest.shape[0] > total or dest.dtype.itemsize != torch.empty((), dtype=dtype).element_size():
+            if (
+                len(shape) != 2
+                or dest.ndim != 2
+                or dest.shape[1] != shape[1]
+                or shape[0] != total
+                or start + dest.shape[0] > total
+                or dest.dtype.itemsize != torch.empty((), dtype=dtype).element_size()
+            ):
                 return False
         if self._fill(path, layout, dests, [start] * len(dests), [d.shape[0] for d in dests]):
             return True
@@ -104,8 +131,9 @@ class EntryReader:
         return False
 
     @staticmethod
-    def _fill(path: Path, layout: Layout, dests: Sequence[np.ndarray], starts: Sequence[int],
-              rows: Sequence[int]) -> bool:
+    def _fill(
+        path: Path, layout: Layout, dests: Sequence[np.ndarray], starts: Sequence[int], rows: Sequence[int]
+    ) -> bool:
         specs, size = layout
         fd = os.open(path, os.O_RDONLY)
         try:

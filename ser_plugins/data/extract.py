@@ -3,6 +3,7 @@
 Both frozen-feature paths use it: features kept in RAM (``data/features.py``) and features
 streamed to and from the on-disk cache (``data/feature_stream.py``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,14 +23,23 @@ from ser_plugins.plugins.contracts import Upstream
 log = logging.getLogger("ser_plugins")
 
 
-def extract_features(upstream: Upstream, waves: Optional[Dict[str, np.ndarray]], layers: Sequence[int],
-                     max_batch_samples: int = 16000 * 64, batch_size: int = 16, device: str = "cpu",
-                     dtype: torch.dtype = torch.float16, progress: bool = True, precision: str = "fp32",
-                     stats: Optional[Dict[str, float]] = None, reduce_mean: bool = False,
-                     frame_counts: Optional[Dict[str, int]] = None, lengths: Optional[Dict[str, int]] = None,
-                     batch_loader: Optional[Callable[..., Iterator[Tuple[torch.Tensor, torch.Tensor]]]] = None,
-                     sink: Optional[Callable[[str, List[torch.Tensor], int], None]] = None,
-                     ) -> Dict[str, List[torch.Tensor]]:
+def extract_features(
+    upstream: Upstream,
+    waves: Optional[Dict[str, np.ndarray]],
+    layers: Sequence[int],
+    max_batch_samples: int = 16000 * 64,
+    batch_size: int = 16,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+    precision: str = "fp32",
+    stats: Optional[Dict[str, float]] = None,
+    reduce_mean: bool = False,
+    frame_counts: Optional[Dict[str, int]] = None,
+    lengths: Optional[Dict[str, int]] = None,
+    batch_loader: Optional[Callable[..., Iterator[Tuple[torch.Tensor, torch.Tensor]]]] = None,
+    sink: Optional[Callable[[str, List[torch.Tensor], int], None]] = None,
+) -> Dict[str, List[torch.Tensor]]:
     """Run a frozen upstream once over every utterance; keep ``layers`` as ``[T, D]`` tensors on CPU.
 
     Batches are length-bucketed under ``max_batch_samples`` padded samples (an utterance longer
@@ -50,12 +60,18 @@ def extract_features(upstream: Upstream, waves: Optional[Dict[str, np.ndarray]],
     batches = bucket_batches(samples, batch_size, max_batch_samples)
     out: Dict[str, List[torch.Tensor]] = {}
     upstream.eval()
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-           if precision != "fp32" and str(device).startswith("cuda") else None)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        if precision != "fp32" and str(device).startswith("cuda")
+        else None
+    )
     t0 = time.perf_counter()
     bar = tqdm(total=len(ids), desc="extract features", unit="utt", disable=not progress, leave=False)
-    padded = (batch_loader(ids, batches) if batch_loader is not None
-              else (pad_waves([audio[ids[i]] for i in b]) for b in batches))
+    padded = (
+        batch_loader(ids, batches)
+        if batch_loader is not None
+        else (pad_waves([audio[ids[i]] for i in b]) for b in batches)
+    )
     for b, (wavs, wav_lengths) in zip(batches, padded):
         if amp is not None:
             with amp:
@@ -80,9 +96,12 @@ def extract_features(upstream: Upstream, waves: Optional[Dict[str, np.ndarray]],
         bar.update(len(b))
     bar.close()
     if stats is not None:
-        stats.update(padding_fraction=padding_fraction(samples, batches), batches=len(batches),
-                     audio_seconds=sum(samples) / upstream.sample_rate,
-                     seconds=time.perf_counter() - t0)
+        stats.update(
+            padding_fraction=padding_fraction(samples, batches),
+            batches=len(batches),
+            audio_seconds=sum(samples) / upstream.sample_rate,
+            seconds=time.perf_counter() - t0,
+        )
     return out
 
 

@@ -9,6 +9,7 @@ differ only in the middle. Entries are written to a temporary file and renamed i
 killed run never leaves a half-written entry, and two runs writing the same entry both leave a
 complete one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,23 +48,41 @@ def audio_identity(utt: Utterance) -> Dict[str, Any]:
     """What identifies an utterance's audio: resolved path, size, mtime, segment bounds and end blocks' hash."""
     path = Path(utt.path).resolve()
     st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "start": utt.start, "end": utt.end,
-            "content": content_digest(path, st.st_size)}
+    return {
+        "path": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "start": utt.start,
+        "end": utt.end,
+        "content": content_digest(path, st.st_size),
+    }
 
 
 class FeatureCache:
     """Frozen features of one upstream configuration, stored per utterance."""
 
-    def __init__(self, root: Path, upstream_identity: Dict[str, Any], layers: Sequence[int], dtype: torch.dtype,
-                 variant: str = "frames") -> None:
+    def __init__(
+        self,
+        root: Path,
+        upstream_identity: Dict[str, Any],
+        layers: Sequence[int],
+        dtype: torch.dtype,
+        variant: str = "frames",
+    ) -> None:
         if variant not in ("frames", "means"):
             raise ValueError(f"feature cache variant {variant!r} is not 'frames' or 'means'")
         self.layers = list(layers)
         self.variant = variant
         self.dtype = dtype if variant == "frames" else torch.float32
         # means are averaged from frames rounded to the storage dtype: that dtype is part of the key
-        spec = {"upstream": upstream_identity, "layers": self.layers, "dtype": str(self.dtype), "variant": variant,
-                "frames_dtype": str(dtype), "format": 3}
+        spec = {
+            "upstream": upstream_identity,
+            "layers": self.layers,
+            "dtype": str(self.dtype),
+            "variant": variant,
+            "frames_dtype": str(dtype),
+            "format": 3,
+        }
         self.dir = Path(root) / _digest(spec)[:24]
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "spec.json").exists():

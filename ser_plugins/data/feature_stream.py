@@ -8,6 +8,7 @@ extraction produces them; a temporary cache folder when ``data.cache_dir`` is nu
 with the next batches prepared by a background thread. Batches, and so results, are those of the
 in-RAM ``FeatureSource``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,9 @@ class LazyFeatures(Mapping):
     ``frame_counts`` are known without reading; ``tmp_dir`` (a temporary cache) is removed with the object.
     """
 
-    def __init__(self, paths: Dict[str, Path], frame_counts: Dict[str, int], num_layers: int,
-                 tmp_dir: Optional[str] = None) -> None:
+    def __init__(
+        self, paths: Dict[str, Path], frame_counts: Dict[str, int], num_layers: int, tmp_dir: Optional[str] = None
+    ) -> None:
         self.paths = paths
         self.frame_counts = frame_counts
         self.num_layers = num_layers
@@ -79,9 +81,11 @@ class LazyFeatures(Mapping):
             if not self._reader.read_rows(uid, self.paths[uid], [v[i, :n] for v in views], start, total):
                 for k, f in enumerate(self[uid]):  # unusual entry: read whole, copied (shape errors surface here)
                     if f.shape[0] != total:
-                        raise ValueError(f"feature cache entry {self.paths[uid]} holds {f.shape[0]} frames of "
-                                         f"utterance {uid}, its header says {total}")
-                    out[k][i, :n] = f[start:start + n]
+                        raise ValueError(
+                            f"feature cache entry {self.paths[uid]} holds {f.shape[0]} frames of "
+                            f"utterance {uid}, its header says {total}"
+                        )
+                    out[k][i, :n] = f[start : start + n]
         return out
 
     def __iter__(self) -> Iterator[str]:
@@ -170,8 +174,14 @@ class StreamedFeatureSource(FeatureSource):
 
     features: LazyFeatures
 
-    def __init__(self, features: LazyFeatures, targets: Dict[str, int], frames_per_second: float,
-                 transform: Optional[Transform] = None, depth: int = PREFETCH_BATCHES) -> None:
+    def __init__(
+        self,
+        features: LazyFeatures,
+        targets: Dict[str, int],
+        frames_per_second: float,
+        transform: Optional[Transform] = None,
+        depth: int = PREFETCH_BATCHES,
+    ) -> None:
         super().__init__(features, targets, frames_per_second, features.frame_counts, transform)
         self.depth = depth
 
@@ -204,12 +214,23 @@ class StreamedFeatureSource(FeatureSource):
             states = self.features.read_padded(uids, starts, lengths)
             if self.transform is not None:
                 states = self.transform(uids, states)
-            yield Batch(states, torch.tensor(lengths, dtype=torch.long), torch.tensor([self.targets[u] for u in uids]),
-                        uids, features=True)
+            yield Batch(
+                states,
+                torch.tensor(lengths, dtype=torch.long),
+                torch.tensor([self.targets[u] for u in uids]),
+                uids,
+                features=True,
+            )
 
 
-def feature_bytes(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], dtype: torch.dtype,
-                  frames: bool, samples: Optional[int] = None) -> int:
+def feature_bytes(
+    upstream: Upstream,
+    utterances: Sequence[Utterance],
+    layers: Sequence[int],
+    dtype: torch.dtype,
+    frames: bool,
+    samples: Optional[int] = None,
+) -> int:
     """Estimated RAM of the features of ``utterances``: frames from the audio headers, or one mean per layer."""
     sizes = list(upstream.hidden_sizes) or [upstream.hidden_size]
     width = sum(sizes[k] if 0 <= k < len(sizes) else sizes[-1] for k in layers)
@@ -220,8 +241,9 @@ def feature_bytes(upstream: Upstream, utterances: Sequence[Utterance], layers: S
     return samples // max(1, upstream.hop_length) * width * torch.tensor([], dtype=dtype).element_size()
 
 
-def should_stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig,
-                  frames: bool) -> bool:
+def should_stream(
+    upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig, frames: bool
+) -> bool:
     """True when the in-RAM path would exceed ``data.max_ram_gb`` (logged with both figures).
 
     The in-RAM path holds the features and, while it extracts, the decoded audio (float32) of
@@ -233,14 +255,27 @@ def should_stream(upstream: Upstream, utterances: Sequence[Utterance], layers: S
     budget = ram_budget_bytes(data.max_ram_gb)
     if need <= budget:
         return False
-    log.info("frozen features: about %.2f GiB with the decoded audio > RAM budget %.2f GiB (data.max_ram_gb): "
-             "served from the on-disk cache", need / GB, budget / GB)
+    log.info(
+        "frozen features: about %.2f GiB with the decoded audio > RAM budget %.2f GiB (data.max_ram_gb): "
+        "served from the on-disk cache",
+        need / GB,
+        budget / GB,
+    )
     return True
 
 
-def stream_frozen_features(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int],
-                           data: DataConfig, precision: str, device: str, means_only: bool, need_moments: bool = False,
-                           progress: bool = True, store_frames: bool = False):
+def stream_frozen_features(
+    upstream: Upstream,
+    utterances: Sequence[Utterance],
+    layers: Sequence[int],
+    data: DataConfig,
+    precision: str,
+    device: str,
+    means_only: bool,
+    need_moments: bool = False,
+    progress: bool = True,
+    store_frames: bool = False,
+):
     """``compute_frozen_features`` with bounded RAM: frames stay in the cache, only means/moments are held.
 
     Cache hits are located (not loaded); misses are validated by ``scan_corpus`` (the skip counts of
@@ -252,17 +287,38 @@ def stream_frozen_features(upstream: Upstream, utterances: Sequence[Utterance], 
     """
     tmp_dir = None if data.cache_dir else temp_cache.make()
     try:
-        return _stream(upstream, utterances, layers, data, precision, device, means_only, need_moments, progress,
-                       store_frames, tmp_dir)
+        return _stream(
+            upstream,
+            utterances,
+            layers,
+            data,
+            precision,
+            device,
+            means_only,
+            need_moments,
+            progress,
+            store_frames,
+            tmp_dir,
+        )
     except BaseException:
         if tmp_dir is not None:
             temp_cache.release(tmp_dir)
         raise
 
 
-def _stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig,
-            precision: str, device: str, means_only: bool, need_moments: bool, progress: bool, store_frames: bool,
-            tmp_dir: Optional[str]):
+def _stream(
+    upstream: Upstream,
+    utterances: Sequence[Utterance],
+    layers: Sequence[int],
+    data: DataConfig,
+    precision: str,
+    device: str,
+    means_only: bool,
+    need_moments: bool,
+    progress: bool,
+    store_frames: bool,
+    tmp_dir: Optional[str],
+):
     """``stream_frozen_features`` into ``tmp_dir`` (when not None) or ``data.cache_dir``."""
     from ser_plugins.data.extract import FrozenFeatures, extract_features
     from ser_plugins.data.wave_stream import scan_corpus, stream_batches
@@ -274,8 +330,11 @@ def _stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequenc
     if root_dir is None:
         raise ValueError("no data.cache_dir and no temporary folder to stream the features into")
     root = Path(root_dir)
-    identity = dict(upstream.identity(), precision=precision if device.startswith("cuda") else "fp32",
-                    batch_invariant=upstream.batch_invariant)
+    identity = dict(
+        upstream.identity(),
+        precision=precision if device.startswith("cuda") else "fp32",
+        batch_invariant=upstream.batch_invariant,
+    )
     frames_cache = FeatureCache(root, identity, layers, dtype, variant="frames")
     means_cache = None if write_frames else FeatureCache(root, identity, layers, dtype, "means")
     paths: Dict[str, Path] = {}
@@ -311,8 +370,9 @@ def _stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequenc
     forwards = 0
     if misses:
         workers = resolve_workers(data.num_workers, len(misses))
-        lengths, skipped = scan_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress,
-                                       workers)
+        lengths, skipped = scan_corpus(
+            misses, upstream.sample_rate, upstream.min_samples, data.strict, progress, workers
+        )
         by_id = {u.id: u for u in misses}
         cache = frames_cache if means_cache is None else means_cache  # means_cache: None when write_frames
 
@@ -337,20 +397,38 @@ def _stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequenc
         if lengths:
             usable = [by_id[uid] for uid in lengths]
             stats: Dict[str, float] = {}
-            extract_features(upstream.to(device), None, layers, device=device,
-                             max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
-                             dtype=dtype, progress=progress, precision=precision, stats=stats,
-                             reduce_mean=not write_frames, lengths=lengths,
-                             batch_loader=stream_batches(usable, upstream.sample_rate, upstream.min_samples, workers,
-                                                         pin_memory=str(device).startswith("cuda")),
-                             sink=sink)
+            extract_features(
+                upstream.to(device),
+                None,
+                layers,
+                device=device,
+                max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
+                dtype=dtype,
+                progress=progress,
+                precision=precision,
+                stats=stats,
+                reduce_mean=not write_frames,
+                lengths=lengths,
+                batch_loader=stream_batches(
+                    usable,
+                    upstream.sample_rate,
+                    upstream.min_samples,
+                    workers,
+                    pin_memory=str(device).startswith("cuda"),
+                ),
+                sink=sink,
+            )
             forwards = len(lengths)
             notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
         notes["workers"] = workers
     notes["upstream_forward_passes"] = forwards
     if data.cache_dir:
-        notes["feature_cache"] = {"dir": str(frames_cache.dir), "hits": len(utterances) - len(misses),
-                                  "misses": len(misses), "written": "frames" if write_frames else "means"}
+        notes["feature_cache"] = {
+            "dir": str(frames_cache.dir),
+            "hits": len(utterances) - len(misses),
+            "misses": len(misses),
+            "written": "frames" if write_frames else "means",
+        }
     notes["streamed"] = {"max_ram_gb": data.max_ram_gb, "frames_on_disk": not means_only}
     # dict order as compute_frozen_features: cache hits in corpus order, then fresh ones in extraction order
     if means_only:
@@ -364,4 +442,3 @@ def _stream(upstream: Upstream, utterances: Sequence[Utterance], layers: Sequenc
     if need_moments:
         result.moments = {uid: moments[uid] for uid in features}
     return result
-

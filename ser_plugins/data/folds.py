@@ -12,6 +12,7 @@ which leaks training speakers into dev and makes early stopping optimistic. Unde
 corpus's own dev partition is the dev set; with ``none`` it is left out of training (it is the
 release's, not a training partition).
 """
+
 from __future__ import annotations
 
 import random
@@ -44,8 +45,15 @@ def _group(utterances: Sequence[Utterance], key) -> Dict[str, List[Utterance]]:
     return dict(sorted(groups.items()))
 
 
-def _speaker_dev(train: List[Utterance], fold_index: int, test_group: str, groups_order: List[str],
-                 group_of, test: Sequence[Utterance] = (), fold_name: str = "") -> tuple:
+def _speaker_dev(
+    train: List[Utterance],
+    fold_index: int,
+    test_group: str,
+    groups_order: List[str],
+    group_of,
+    test: Sequence[Utterance] = (),
+    fold_name: str = "",
+) -> tuple:
     """Hold out one training speaker as dev, rotating deterministically over folds.
 
     The dev speaker never speaks in ``test`` (a corpus's own folds or splits may share speakers
@@ -60,9 +68,10 @@ def _speaker_dev(train: List[Utterance], fold_index: int, test_group: str, group
         raise ProtocolError(
             f"fold {fold_name!r}: every training speaker also speaks in the test set ({', '.join(speakers[:10])}"
             f"{', ...' if len(speakers) > 10 else ''}), so no dev speaker can be speaker-disjoint from test; "
-            "use protocol.dev: random (documented as leaking speakers) or speaker-independent folds")
+            "use protocol.dev: random (documented as leaking speakers) or speaker-independent folds"
+        )
     # prefer a speaker of the next group (session) so each fold's dev comes from a different place
-    order = groups_order[fold_index + 1:] + groups_order[:fold_index + 1]
+    order = groups_order[fold_index + 1 :] + groups_order[: fold_index + 1]
     by_group = _group(train, group_of)
     dev_spk = None
     for g in order:
@@ -93,8 +102,14 @@ def _random_dev(train: List[Utterance], fraction: float, seed: int) -> tuple:
     return [u for u in train if u.id not in dev_ids], [u for u in train if u.id in dev_ids]
 
 
-def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speaker",
-               dev_fraction: float = 0.1, seed: int = 0, num_folds: Optional[int] = None) -> List[Fold]:
+def make_folds(
+    utterances: Sequence[Utterance],
+    protocol: str,
+    dev: str = "speaker",
+    dev_fraction: float = 0.1,
+    seed: int = 0,
+    num_folds: Optional[int] = None,
+) -> List[Fold]:
     """Split ``utterances`` into folds under ``protocol`` with the given dev strategy.
 
     With ``num_folds``, the ``speaker`` protocol puts the speakers into that many groups
@@ -118,7 +133,9 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speak
     elif protocol == "folds":
         missing = [u.id for u in utterances if not u.fold]
         if missing:
-            raise ProtocolError(f"protocol 'folds' needs a fold for every utterance; {len(missing)} have none (e.g. {missing[0]})")
+            raise ProtocolError(
+                f"protocol 'folds' needs a fold for every utterance; {len(missing)} have none (e.g. {missing[0]})"
+            )
         group_of = lambda u: str(u.fold)  # noqa: E731
     else:
         raise ProtocolError(f"unknown protocol {protocol!r}; protocols: session, speaker, folds, split")
@@ -142,8 +159,10 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, dev: str = "speak
         elif dev == "split":
             raise ProtocolError("dev: 'split' needs protocol: split")
         else:
-            raise ProtocolError(f"unknown dev strategy {dev!r}; strategies: none, speaker, random, split "
-                                "('auto' is made concrete by the recipe)")
+            raise ProtocolError(
+                f"unknown dev strategy {dev!r}; strategies: none, speaker, random, split "
+                "('auto' is made concrete by the recipe)"
+            )
         folds.append(Fold(name, [u.id for u in train], [u.id for u in dev_set], [u.id for u in test]))
     return folds
 
@@ -162,13 +181,19 @@ def _split_fold(utterances: Sequence[Utterance], dev: str, dev_fraction: float, 
         if dev == "random":
             train, dev_set = _random_dev(train, dev_fraction, seed)
         else:
-            train, dev_set = _speaker_dev(train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker,
-                                          test, "split")
+            train, dev_set = _speaker_dev(
+                train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker, test, "split"
+            )
     return Fold("split", [u.id for u in train], [u.id for u in dev_set], [u.id for u in test])
 
 
-def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequence[str],
-                speaker_of: Optional[Dict[str, str]] = None, needs_dev: bool = True) -> List[str]:
+def check_folds(
+    folds: Sequence[Fold],
+    labels_of: Dict[str, str],
+    labels: Sequence[str],
+    speaker_of: Optional[Dict[str, str]] = None,
+    needs_dev: bool = True,
+) -> List[str]:
     """Problems that would make a fold meaningless: raises for empty sets, returns warnings.
 
     Raises ``ProtocolError`` for a fold without test or train utterances, or without dev utterances
@@ -190,6 +215,8 @@ def check_folds(folds: Sequence[Fold], labels_of: Dict[str, str], labels: Sequen
             for part in ("dev", "train"):
                 shared = sorted(test & {speaker_of[i] for i in getattr(f, part)})
                 if shared:
-                    warnings.append(f"fold {f.name!r}: speakers {', '.join(shared[:10])} are in both {part} and test "
-                                    "(not speaker-independent)")
+                    warnings.append(
+                        f"fold {f.name!r}: speakers {', '.join(shared[:10])} are in both {part} and test "
+                        "(not speaker-independent)"
+                    )
     return warnings

@@ -3,6 +3,7 @@
 Sizes are estimated from audio headers before anything is decoded or loaded, so the choice between
 holding data in RAM and streaming it is made up front and logged.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from ser_plugins.plugins.contracts import Utterance
 if TYPE_CHECKING:
     import ctypes
 
-GB = 1024 ** 3
+GB = 1024**3
 AUTO_FRACTION = 0.5  # data.max_ram_gb: null -> this share of the RAM available when the run starts
 SMALL_PASS = 256  # data.num_workers: null -> no worker processes for a pass over fewer utterances
 
@@ -115,8 +116,9 @@ class HeapTrimmer:
     two trims are at least ``cooldown`` checks apart. Where the RSS cannot be read, every check trims.
     """
 
-    def __init__(self, every: int, slack: float = 0.1, shared: Optional[List[Optional[int]]] = None,
-                 cooldown: int = 16) -> None:
+    def __init__(
+        self, every: int, slack: float = 0.1, shared: Optional[List[Optional[int]]] = None, cooldown: int = 16
+    ) -> None:
         self.every = max(1, every)
         self.slack = slack
         self.cooldown = cooldown  # checks between two trims at least

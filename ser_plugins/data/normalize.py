@@ -13,6 +13,7 @@ Statistics are pooled from per-utterance moments (frame count, sum, sum of squar
 float64), so they are exact whether the run keeps frames or only utterance means. The same object
 is used in training, evaluation and prediction; its state (``state_dict``) is saved per fold.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,8 +79,12 @@ class Normalizer:
         """True when test statistics come from the test data itself."""
         return self.kind == "speaker"
 
-    def fit(self, moments: Mapping[str, Moments], speakers: Optional[Mapping[str, str]] = None,
-            train_ids: Optional[Sequence[str]] = None) -> "Normalizer":
+    def fit(
+        self,
+        moments: Mapping[str, Moments],
+        speakers: Optional[Mapping[str, str]] = None,
+        train_ids: Optional[Sequence[str]] = None,
+    ) -> "Normalizer":
         """Learn the statistics.
 
         ``global``: over the utterances ``train_ids`` (all of ``moments`` when None).
@@ -97,10 +102,13 @@ class Normalizer:
             by_speaker.setdefault(speakers[uid], []).append(m)
         self.speakers_ = {spk: Moments.pooled(items, self.eps) for spk, items in sorted(by_speaker.items())}
         train_speakers = sorted({speakers[u] for u in train})
-        self.mean_ = [torch.stack([self.speakers_[s][0][k] for s in train_speakers]).mean(0)
-                      for k in range(len(self.speakers_[train_speakers[0]][0]))]
-        self.std_ = [torch.stack([self.speakers_[s][1][k] for s in train_speakers]).mean(0)
-                     for k in range(len(self.mean_))]
+        self.mean_ = [
+            torch.stack([self.speakers_[s][0][k] for s in train_speakers]).mean(0)
+            for k in range(len(self.speakers_[train_speakers[0]][0]))
+        ]
+        self.std_ = [
+            torch.stack([self.speakers_[s][1][k] for s in train_speakers]).mean(0) for k in range(len(self.mean_))
+        ]
         return self
 
     def add_speaker(self, speaker: str, utterances: Sequence[Layers]) -> None:
@@ -118,7 +126,9 @@ class Normalizer:
     def transform(self, layers: Layers, speaker: Optional[str] = None) -> Layers:
         """The standardised layers (float32) of one utterance."""
         means, stds = self.statistics(speaker)
-        return [(layer.float() - means[k].to(layer.device)) / stds[k].to(layer.device) for k, layer in enumerate(layers)]
+        return [
+            (layer.float() - means[k].to(layer.device)) / stds[k].to(layer.device) for k, layer in enumerate(layers)
+        ]
 
     def transform_batch(self, layers: Layers, speakers: Sequence[Optional[str]]) -> Layers:
         """The standardised layers (float32) of a padded batch: ``[B, T, D]`` per layer, one speaker per row."""

@@ -7,6 +7,7 @@ audio in two folds refused), so a runner can call it before it creates the run d
 folds from the usable utterances. Every corpus, audio and composition problem surfaces in one of
 the two, before anything is trained or written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -93,7 +94,9 @@ def load_corpus(recipe: Recipe) -> tuple:
         raise PrepareError("corpus problems (data.strict is on):\n  " + "\n  ".join(strict))
     unknown = sorted({u.label for u in utterances} - set(corpus.labels))
     if unknown:
-        raise PrepareError(f"corpus {spec.name!r} returned labels {unknown} outside its label set {list(corpus.labels)}")
+        raise PrepareError(
+            f"corpus {spec.name!r} returned labels {unknown} outside its label set {list(corpus.labels)}"
+        )
     return corpus, utterances, problems
 
 
@@ -114,16 +117,20 @@ def same_audio_groups(utterances: Sequence[Utterance]) -> List[List[Utterance]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def check_same_audio(folds: Sequence[Fold], utterances: Sequence[Utterance],
-                     problems: Sequence[CorpusProblem] = ()) -> List[str]:
+def check_same_audio(
+    folds: Sequence[Fold], utterances: Sequence[Utterance], problems: Sequence[CorpusProblem] = ()
+) -> List[str]:
     """Refuse the same audio in two roles of a fold (train/dev/test leakage); warn about other copies.
 
     Raises ``PrepareError`` naming both ids (and, from the corpus's ``duplicate_audio`` problems,
     both lines); returns warnings for copies that share their role in every fold (the recording
     counts twice in its set).
     """
-    cited = {p.key: f" ({p.path} lines {' and '.join(map(str, p.lines))})" for p in problems
-             if p.kind == DUPLICATE_AUDIO and p.key and p.lines}
+    cited = {
+        p.key: f" ({p.path} lines {' and '.join(map(str, p.lines))})"
+        for p in problems
+        if p.kind == DUPLICATE_AUDIO and p.key and p.lines
+    }
     groups = same_audio_groups(utterances)
     if not groups:
         return []
@@ -141,9 +148,12 @@ def check_same_audio(folds: Sequence[Fold], utterances: Sequence[Utterance],
                     raise PrepareError(
                         f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
                         f"({first.path}{_segment(first)}) but fold {name!r} puts one in {a} and the other in {b}: "
-                        "the recording would leak between training and evaluation; list it once in the corpus")
-            warnings.append(f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
-                            f"({first.path}{_segment(first)}); both are used, in the same set of every fold")
+                        "the recording would leak between training and evaluation; list it once in the corpus"
+                    )
+            warnings.append(
+                f"utterances {first.id!r} and {other.id!r}{cited.get(other.id, '')} are the same audio "
+                f"({first.path}{_segment(first)}); both are used, in the same set of every fold"
+            )
     return warnings
 
 
@@ -157,8 +167,11 @@ def needs_frames(recipe: Recipe) -> bool:
     """True when a frozen run of ``recipe`` keeps frames: its aggregator sees more than utterance means,
     or crops or normalisation need them (read from the aggregator class: nothing is built)."""
     aggregator = registry.load("aggregator", recipe.aggregator.name)
-    return (not getattr(aggregator, "uses_only_mean", False) or bool(recipe.training.max_duration)
-            or recipe.features.normalize is not None)
+    return (
+        not getattr(aggregator, "uses_only_mean", False)
+        or bool(recipe.training.max_duration)
+        or recipe.features.normalize is not None
+    )
 
 
 def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> tuple:
@@ -206,17 +219,23 @@ def plan(recipe: Recipe) -> Plan:
     p = recipe.protocol
     protocol = p.name or corpus.default_protocol
     folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
-    check_folds(folds, {u.id: u.label for u in utterances}, labels, needs_dev=p.dev != "none")  # empty sets raise now; warnings come later
+    check_folds(
+        folds, {u.id: u.label for u in utterances}, labels, needs_dev=p.dev != "none"
+    )  # empty sets raise now; warnings come later
     check_same_audio(folds, utterances, corpus.problems)
     dropped = dropped_labels(corpus.problems)
     if dropped:
-        log.warning("corpus: rows dropped for a label outside %s: %s", labels,
-                    ", ".join(f"{k}: {v}" for k, v in dropped.items()))
+        log.warning(
+            "corpus: rows dropped for a label outside %s: %s",
+            labels,
+            ", ".join(f"{k}: {v}" for k, v in dropped.items()),
+        )
     return Plan(corpus, list(utterances), problems, labels, upstream, kept, sees_only_means, folds, protocol, dropped)
 
 
-def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optional[Plan] = None,
-            store_frames: bool = False) -> Prepared:
+def prepare(
+    recipe: Recipe, device: str, progress: bool = True, planned: Optional[Plan] = None, store_frames: bool = False
+) -> Prepared:
     """Decode audio once (validation pass) or extract frozen features once, then build the folds.
 
     ``planned`` is the result of ``plan(recipe)`` (computed here when not given). ``store_frames``:
@@ -232,9 +251,18 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     moments = streamed = None
     if frozen:
         means_only = pl.sees_only_means and not recipe.training.max_duration
-        pre = compute_frozen_features(upstream, utterances, kept, recipe.data, recipe.training.precision, device,
-                                      means_only, need_moments=recipe.features.normalize is not None,
-                                      progress=progress, store_frames=store_frames)
+        pre = compute_frozen_features(
+            upstream,
+            utterances,
+            kept,
+            recipe.data,
+            recipe.training.precision,
+            device,
+            means_only,
+            need_moments=recipe.features.normalize is not None,
+            progress=progress,
+            store_frames=store_frames,
+        )
         usable_ids, skipped, notes, moments = set(pre.features), pre.skipped, dict(pre.notes), pre.moments
     else:
         streamed = stream_audio(utterances, upstream.sample_rate, upstream.min_samples, recipe.data, progress)
@@ -252,8 +280,9 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     folds = make_folds(usable, pl.protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
     targets = {u.id: labels.index(u.label) for u in usable}
     same_audio = check_same_audio(folds, usable, pl.corpus.problems)
-    warnings = lost_warnings + check_folds(folds, {u.id: u.label for u in usable}, labels,
-                                           {u.id: u.speaker for u in usable}, needs_dev=p.dev != "none")
+    warnings = lost_warnings + check_folds(
+        folds, {u.id: u.label for u in usable}, labels, {u.id: u.speaker for u in usable}, needs_dev=p.dev != "none"
+    )
     for w in warnings + same_audio:
         log.warning("%s", w)
     notes["dropped_labels"] = dict(pl.dropped)
@@ -261,11 +290,28 @@ def prepare(recipe: Recipe, device: str, progress: bool = True, planned: Optiona
     if frozen and isinstance(pre.features, LazyFeatures):
         source: BatchSource = StreamedFeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length)
     elif frozen:
-        source = FeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length,
-                               pre.frame_counts if pre.means_only else None)
+        source = FeatureSource(
+            pre.features,
+            targets,
+            upstream.sample_rate / upstream.hop_length,
+            pre.frame_counts if pre.means_only else None,
+        )
     elif streamed is not None:
         source = streamed.source(usable, targets, device)
     else:
         source = WaveSource(audio.waves, targets, upstream.sample_rate)
-    return Prepared(labels, {u.id: u for u in usable}, targets, folds, source, upstream, kept, skipped,
-                    pl.problems, warnings, notes, moments, pl.protocol)
+    return Prepared(
+        labels,
+        {u.id: u for u in usable},
+        targets,
+        folds,
+        source,
+        upstream,
+        kept,
+        skipped,
+        pl.problems,
+        warnings,
+        notes,
+        moments,
+        pl.protocol,
+    )

@@ -5,6 +5,7 @@
 one plan (``plan``), so the learning-rate schedule, the padding statistics and the batches
 themselves always agree.
 """
+
 from __future__ import annotations
 
 import random
@@ -86,8 +87,9 @@ class _BucketedSource:
         """Index batches of one pass: lengths after the training crop, under the padded-length budget."""
         crop = self._max_len(plan.max_duration) if plan.shuffle else None
         lengths = [min(self.length(i), crop) if crop else self.length(i) for i in ids]
-        return bucket_batches(lengths, plan.batch_size, self._max_len(plan.max_batch_seconds),
-                              shuffle=plan.shuffle, seed=plan.seed)
+        return bucket_batches(
+            lengths, plan.batch_size, self._max_len(plan.max_batch_seconds), shuffle=plan.shuffle, seed=plan.seed
+        )
 
     def count_batches(self, ids: Sequence[str], plan: BatchPlan) -> int:
         """Number of batches in one pass."""
@@ -107,8 +109,14 @@ class FeatureSource(_BucketedSource):
     stays the same); ``transform(ids, layers)`` is applied to each padded batch (normalisation).
     """
 
-    def __init__(self, features: Mapping[str, List[torch.Tensor]], targets: Dict[str, int], frames_per_second: float,
-                 frame_counts: Optional[Dict[str, int]] = None, transform: Optional[Transform] = None) -> None:
+    def __init__(
+        self,
+        features: Mapping[str, List[torch.Tensor]],
+        targets: Dict[str, int],
+        frames_per_second: float,
+        frame_counts: Optional[Dict[str, int]] = None,
+        transform: Optional[Transform] = None,
+    ) -> None:
         self.features = features
         self.targets = targets
         self.rate = frames_per_second
@@ -149,8 +157,13 @@ class FeatureSource(_BucketedSource):
             for b in self.plan(ids, plan):
                 uids = [ids[i] for i in b]
                 index = torch.tensor([rows[u] for u in uids])
-                yield Batch([layer[index] for layer in layers], torch.ones(len(uids), dtype=torch.long),
-                            targets[index], uids, features=True)
+                yield Batch(
+                    [layer[index] for layer in layers],
+                    torch.ones(len(uids), dtype=torch.long),
+                    targets[index],
+                    uids,
+                    features=True,
+                )
             return
         crop = self._max_len(plan.max_duration) if plan.shuffle else None
         rng = random.Random(plan.seed)
@@ -161,7 +174,7 @@ class FeatureSource(_BucketedSource):
                 feats = list(self.features[u])
                 if crop and feats[0].shape[0] > crop:
                     start = rng.randrange(0, feats[0].shape[0] - crop + 1)
-                    feats = [f[start:start + crop] for f in feats]
+                    feats = [f[start : start + crop] for f in feats]
                 per_utt.append(feats)
             states, lens = pad_features(per_utt)
             if self.transform is not None:

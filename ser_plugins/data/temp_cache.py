@@ -4,6 +4,7 @@ Each folder holds an OS lock (``flock`` on ``.owner``) for as long as its proces
 goes with the process however it ends. Before a new folder is made, folders of this kind whose lock
 is free (their process was killed before it could remove them) are removed.
 """
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@ the workers. Batches are the ones ``WaveSource`` would give: the same plan, the 
 (drawn in the main process in the same order), so a seed gives the same results whatever the
 worker count.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,15 +64,26 @@ class ScanItems(Dataset):
         return i, len(wav), None, None
 
 
-def scan_corpus(utterances: Sequence[Utterance], sample_rate: int, min_samples: int = 1, strict: bool = False,
-                progress: bool = True, num_workers: int = 0) -> Tuple[Dict[str, int], Dict[str, str]]:
+def scan_corpus(
+    utterances: Sequence[Utterance],
+    sample_rate: int,
+    min_samples: int = 1,
+    strict: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> Tuple[Dict[str, int], Dict[str, str]]:
     """``(samples per usable utterance, skipped id -> reason)``: ``decode_corpus`` without keeping the audio.
 
     Skips, reasons, warnings and the ``data.strict`` errors are those of ``decode_corpus``.
     """
-    loader = DataLoader(ScanItems(utterances, sample_rate, min_samples), batch_size=8, num_workers=num_workers,
-                        collate_fn=_as_list, worker_init_fn=_one_thread if num_workers else None,
-                        generator=torch.Generator())
+    loader = DataLoader(
+        ScanItems(utterances, sample_rate, min_samples),
+        batch_size=8,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        worker_init_fn=_one_thread if num_workers else None,
+        generator=torch.Generator(),
+    )
     lengths: Dict[str, int] = {}
     skipped: Dict[str, str] = {}
     bar = tqdm(total=len(utterances), desc="check audio", unit="utt", disable=not progress, leave=False)
@@ -132,18 +144,26 @@ class PlanSampler:
         return len(self.batches)
 
 
-def make_loader(items: AudioItems, sampler: PlanSampler, num_workers: int, pin_memory: bool,
-                persistent: bool = False) -> DataLoader:
+def make_loader(
+    items: AudioItems, sampler: PlanSampler, num_workers: int, pin_memory: bool, persistent: bool = False
+) -> DataLoader:
     """A DataLoader over ``items`` following ``sampler``; ``num_workers`` processes decode and pad."""
-    return DataLoader(items, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_waves,
-                      pin_memory=pin_memory, worker_init_fn=_one_thread if num_workers else None,
-                      persistent_workers=persistent and num_workers > 0,
-                      prefetch_factor=2 if num_workers else None,
-                      generator=torch.Generator())  # its seed draw must not move the global RNG (dropout)
+    return DataLoader(
+        items,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_waves,
+        pin_memory=pin_memory,
+        worker_init_fn=_one_thread if num_workers else None,
+        persistent_workers=persistent and num_workers > 0,
+        prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator(),
+    )  # its seed draw must not move the global RNG (dropout)
 
 
-def stream_batches(utterances: Sequence[Utterance], sample_rate: int, min_samples: int, num_workers: int,
-                   pin_memory: bool = False):
+def stream_batches(
+    utterances: Sequence[Utterance], sample_rate: int, min_samples: int, num_workers: int, pin_memory: bool = False
+):
     """A ``batch_loader`` for ``extract_features``: ``(ids, index batches) -> padded batches`` decoded by workers."""
     index = {u.id: k for k, u in enumerate(utterances)}
     items = AudioItems(utterances, sample_rate, min_samples)
@@ -162,10 +182,18 @@ class PinnedBatch(Batch):
     def to(self, device: str) -> "Batch":
         """The same batch on ``device`` (asynchronous copies from pinned memory)."""
         nb = str(device).startswith("cuda")
-        inputs = ([x.to(device, non_blocking=nb) for x in self.inputs] if isinstance(self.inputs, list)
-                  else self.inputs.to(device, non_blocking=nb))
-        return Batch(inputs, self.lengths.to(device, non_blocking=nb),
-                     self.targets.to(device, non_blocking=nb), self.ids, self.features)
+        inputs = (
+            [x.to(device, non_blocking=nb) for x in self.inputs]
+            if isinstance(self.inputs, list)
+            else self.inputs.to(device, non_blocking=nb)
+        )
+        return Batch(
+            inputs,
+            self.lengths.to(device, non_blocking=nb),
+            self.targets.to(device, non_blocking=nb),
+            self.ids,
+            self.features,
+        )
 
 
 class StreamedWaveSource(WaveSource):
@@ -175,8 +203,16 @@ class StreamedWaveSource(WaveSource):
     ``pin_memory`` (CUDA) batches come in pinned memory and are copied without blocking.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], lengths: Dict[str, int], targets: Dict[str, int],
-                 sample_rate: int, min_samples: int = 1, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        lengths: Dict[str, int],
+        targets: Dict[str, int],
+        sample_rate: int,
+        min_samples: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
         self.utterances = [u for u in utterances if u.id in lengths]
         self.index = {u.id: k for k, u in enumerate(self.utterances)}
         self.lengths = dict(lengths)
@@ -222,8 +258,9 @@ class StreamedWaveSource(WaveSource):
 class StreamedAudio:
     """The validation pass of a streamed run: decoded lengths and skips; ``source`` serves the batches."""
 
-    def __init__(self, lengths: Dict[str, int], skipped: Dict[str, str], sample_rate: int, min_samples: int,
-                 num_workers: int) -> None:
+    def __init__(
+        self, lengths: Dict[str, int], skipped: Dict[str, str], sample_rate: int, min_samples: int, num_workers: int
+    ) -> None:
         self.lengths = lengths
         self.skipped = skipped
         self.sample_rate = sample_rate
@@ -232,12 +269,20 @@ class StreamedAudio:
 
     def source(self, usable: Sequence[Utterance], targets: Dict[str, int], device: str) -> StreamedWaveSource:
         """The batch source over ``usable`` utterances (pinned memory on CUDA)."""
-        return StreamedWaveSource(usable, self.lengths, targets, self.sample_rate, self.min_samples,
-                                  self.num_workers, pin_memory=str(device).startswith("cuda"))
+        return StreamedWaveSource(
+            usable,
+            self.lengths,
+            targets,
+            self.sample_rate,
+            self.min_samples,
+            self.num_workers,
+            pin_memory=str(device).startswith("cuda"),
+        )
 
 
-def stream_audio(utterances: Sequence[Utterance], sample_rate: int, min_samples: int, data: DataConfig,
-                 progress: bool = True) -> Optional[StreamedAudio]:
+def stream_audio(
+    utterances: Sequence[Utterance], sample_rate: int, min_samples: int, data: DataConfig, progress: bool = True
+) -> Optional[StreamedAudio]:
     """The validation pass without keeping the audio, when the decoded audio would exceed ``data.max_ram_gb``.
 
     Returns None when it fits (the caller decodes into RAM as before).
@@ -247,7 +292,12 @@ def stream_audio(utterances: Sequence[Utterance], sample_rate: int, min_samples:
     if need <= budget:
         return None
     workers = resolve_workers(data.num_workers, len(utterances))
-    log.info("audio: about %.2f GiB decoded > RAM budget %.2f GiB (data.max_ram_gb): streamed from disk by %d "
-             "DataLoader worker(s)", need / GB, budget / GB, workers)
+    log.info(
+        "audio: about %.2f GiB decoded > RAM budget %.2f GiB (data.max_ram_gb): streamed from disk by %d "
+        "DataLoader worker(s)",
+        need / GB,
+        budget / GB,
+        workers,
+    )
     lengths, skipped = scan_corpus(utterances, sample_rate, min_samples, data.strict, progress, workers)
     return StreamedAudio(lengths, skipped, sample_rate, min_samples, workers)

@@ -9,6 +9,7 @@ sidecar ``model.json`` moved into the output folder; a mismatch or a failed expo
 
 Needs the optional extra: ``pip install 'ser-plugins[onnx]'`` (onnx, onnxruntime, onnxscript).
 """
+
 from __future__ import annotations
 
 import json
@@ -86,14 +87,24 @@ def _one_line(exc: BaseException) -> str:
     return reason[:300] + (f" (at {where.group(1)})" if where else "")
 
 
-def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], dynamic: Dict[str, Dict[int, Any]],
-                   path: Optional[Path], input_names: Sequence[str], output_names: Sequence[str]):
+def _dynamo_export(
+    module: torch.nn.Module,
+    example: Tuple[torch.Tensor, ...],
+    dynamic: Dict[str, Dict[int, Any]],
+    path: Optional[Path],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+):
     import warnings
 
     # the exporter's chatter ("torchvision is not installed", optimiser notes) and torch's structured trace
     # (debug records whenever a handler is attached, e.g. pytest's): quiet while exporting, restored after
-    quiet = {"torch.onnx": logging.ERROR, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING,
-             "torch.__trace": logging.WARNING}
+    quiet = {
+        "torch.onnx": logging.ERROR,
+        "onnxscript": logging.WARNING,
+        "onnx_ir": logging.WARNING,
+        "torch.__trace": logging.WARNING,
+    }
     loggers = [logging.getLogger(name) for name in quiet]
     levels = [lg.level for lg in loggers]
     for lg, level in zip(loggers, quiet.values()):
@@ -101,9 +112,17 @@ def _dynamo_export(module: torch.nn.Module, example: Tuple[torch.Tensor, ...], d
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            program = torch.onnx.export(module, example, None, dynamo=True, input_names=list(input_names),
-                                        output_names=list(output_names), dynamic_shapes=dynamic, verbose=False,
-                                        optimize=True)
+            program = torch.onnx.export(
+                module,
+                example,
+                None,
+                dynamo=True,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=dynamic,
+                verbose=False,
+                optimize=True,
+            )
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -121,16 +140,24 @@ def _torchscript_export(graph: FoldGraph, example: torch.Tensor, path: Path) -> 
 
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.onnx.export(graph, (example,), str(path), dynamo=False, input_names=["waveform"],
-                          output_names=["probabilities"],
-                          dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "probabilities": {0: "batch"}})
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["waveform"],
+            output_names=["probabilities"],
+            dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "probabilities": {0: "batch"}},
+        )
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     if tracer:
         first = tracer[0]
         where = f"{Path(first.filename).name}:{first.lineno}"
-        raise ExportError(f"the trace holds Python values computed from tensors ({where}: "
-                          f"{str(first.message).splitlines()[0][:200]}), so it would be valid only for inputs "
-                          "like the example")
+        raise ExportError(
+            f"the trace holds Python values computed from tensors ({where}: "
+            f"{str(first.message).splitlines()[0][:200]}), so it would be valid only for inputs "
+            "like the example"
+        )
 
 
 def _example(graph: FoldGraph, batch: int = 2, seconds: float = 1.0) -> torch.Tensor:
@@ -139,8 +166,9 @@ def _example(graph: FoldGraph, batch: int = 2, seconds: float = 1.0) -> torch.Te
 
 
 def _graph_dims(graph: FoldGraph) -> Dict[str, Dict[int, Any]]:
-    return {"waveform": {0: torch.export.Dim("batch", min=1),
-                         1: torch.export.Dim("samples", min=max(graph.min_samples, 2))}}
+    return {
+        "waveform": {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("samples", min=max(graph.min_samples, 2))}
+    }
 
 
 class _UpstreamPart(torch.nn.Module):
@@ -176,10 +204,18 @@ def diagnose(graph: FoldGraph) -> str:
         pooled = graph.head.aggregator(feats, out.lengths)
     parts = [
         (describe(graph.upstream, "upstream"), _UpstreamPart(graph), (wave,), _graph_dims(graph)),
-        (describe(graph.head.aggregator, "aggregator"), _AggregatorPart(graph.head.aggregator), (feats,),
-         {"features": {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("frames", min=2)}}),
-        (describe(graph.head.classifier, "classifier"), graph.head.classifier, (pooled,),
-         {"x": {0: torch.export.Dim("batch", min=1)}}),
+        (
+            describe(graph.head.aggregator, "aggregator"),
+            _AggregatorPart(graph.head.aggregator),
+            (feats,),
+            {"features": {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("frames", min=2)}},
+        ),
+        (
+            describe(graph.head.classifier, "classifier"),
+            graph.head.classifier,
+            (pooled,),
+            {"x": {0: torch.export.Dim("batch", min=1)}},
+        ),
     ]
     for label, module, example, dims in parts:
         names = list(dims)
@@ -212,13 +248,15 @@ def export_graph(graph: FoldGraph, path: Path, exporter: str = "auto") -> Tuple[
             return "torchscript", failures
         except Exception as exc:  # noqa: BLE001
             failures.append(f"TorchScript exporter: {_one_line(exc)}")
-    raise ExportError("cannot export to ONNX: " + "; ".join(failures)
-                      + ". See 'Exportable plugins' in docs/plugins.md.")
+    raise ExportError(
+        "cannot export to ONNX: " + "; ".join(failures) + ". See 'Exportable plugins' in docs/plugins.md."
+    )
 
 
 # --- verification ---------------------------------------------------------------------------------
-def check_waves(sample_rate: int, min_samples: int, seconds: Sequence[float] = CHECK_SECONDS,
-                seed: int = 0) -> List[np.ndarray]:
+def check_waves(
+    sample_rate: int, min_samples: int, seconds: Sequence[float] = CHECK_SECONDS, seed: int = 0
+) -> List[np.ndarray]:
     """Synthetic speech-like check utterances: one of exactly ``min_samples`` samples, then ``seconds``
     long ones, and a second utterance as long as the middle one (they also run together as a batch).
 
@@ -252,8 +290,7 @@ def _reference(predictor, waves: Sequence[np.ndarray], sample_rate: int, folder:
     return np.array([[r["probabilities"][lab] for lab in predictor.labels] for r in results], dtype=np.float64)
 
 
-def verify(onnx_path: Path, waves: Sequence[np.ndarray], reference: np.ndarray, atol: float,
-           threads: int = 0) -> float:
+def verify(onnx_path: Path, waves: Sequence[np.ndarray], reference: np.ndarray, atol: float, threads: int = 0) -> float:
     """Run ``onnx_path`` with onnxruntime on every wave (and the equal-length ones as one batch);
     return the largest absolute probability difference, or raise ``ExportError`` above ``atol``."""
     _, ort = require_onnx()
@@ -276,14 +313,25 @@ def verify(onnx_path: Path, waves: Sequence[np.ndarray], reference: np.ndarray, 
             if not np.isfinite(diff) or diff > worst:
                 worst, where = diff, f"batch of {len(idx)} utterances of {n} samples"
     if not np.isfinite(worst) or worst > atol:
-        raise ExportError(f"onnxruntime does not reproduce PyTorch: probabilities differ by up to {worst:.3g} "
-                          f"(tolerance {atol:g}) on a {where}; nothing was written")
+        raise ExportError(
+            f"onnxruntime does not reproduce PyTorch: probabilities differ by up to {worst:.3g} "
+            f"(tolerance {atol:g}) on a {where}; nothing was written"
+        )
     return worst
 
 
 # --- one fold, a whole run --------------------------------------------------------------------------
-def _sidecar(graph: FoldGraph, predictor, run_dir: Path, fold: str, exporter: str, atol: float, worst: float,
-             lengths: List[int], opset: Optional[int]) -> Dict[str, Any]:
+def _sidecar(
+    graph: FoldGraph,
+    predictor,
+    run_dir: Path,
+    fold: str,
+    exporter: str,
+    atol: float,
+    worst: float,
+    lengths: List[int],
+    opset: Optional[int],
+) -> Dict[str, Any]:
     recipe = predictor.recipe
     return {
         "format": FORMAT,
@@ -292,16 +340,26 @@ def _sidecar(graph: FoldGraph, predictor, run_dir: Path, fold: str, exporter: st
         "labels": list(predictor.labels),
         "sample_rate": graph.sample_rate,
         "input": {
-            "name": "waveform", "dtype": "float32", "shape": ["batch", "samples"],
+            "name": "waveform",
+            "dtype": "float32",
+            "shape": ["batch", "samples"],
             "min_samples": graph.min_samples,
             "description": "mono waveform at sample_rate, floats in [-1, 1]; each row is one whole utterance "
-                           "(rows of one batch have equal length, never padding)",
+            "(rows of one batch have equal length, never padding)",
         },
-        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(predictor.labels)],
-                   "description": "softmax over labels"},
+        "output": {
+            "name": "probabilities",
+            "dtype": "float32",
+            "shape": ["batch", len(predictor.labels)],
+            "description": "softmax over labels",
+        },
         "normalisation": _normalisation(graph, fold),
-        "upstream": {"name": recipe.upstream.name, "finetune": recipe.finetune.mode,
-                     "layers": list(graph.layers), "identity": _plain(graph.upstream.identity())},
+        "upstream": {
+            "name": recipe.upstream.name,
+            "finetune": recipe.finetune.mode,
+            "layers": list(graph.layers),
+            "identity": _plain(graph.upstream.identity()),
+        },
         "run_dir": str(Path(run_dir).resolve()),
         "fold": fold,
         "recipe": _plain(recipe.to_dict()),
@@ -316,14 +374,24 @@ def _normalisation(graph: FoldGraph, fold: str) -> Dict[str, Any]:
         return {"kind": None, "statistics": None, "applied": None}
     saved = f"{FOLDS_DIR}/{fold}/{NORMALIZER_FILE}"
     if graph.standardise.kind == "global":
-        return {"kind": "global", "statistics": "training", "applied": (
-            "(x - mean) / std on every kept upstream layer, with the mean and standard deviation of the fold's "
-            f"training frames ({saved}), as in training and ser predict")}
-    return {"kind": "speaker", "statistics": "typical", "applied": (
-        "(x - mean) / std on every kept upstream layer, with the fold's typical speaker statistics "
-        f"({saved}: the mean over the fold's training speakers of their means and standard deviations), as "
-        "ser predict uses for fewer files than --min-speaker-files; the exported model never uses a test "
-        "speaker's own statistics")}
+        return {
+            "kind": "global",
+            "statistics": "training",
+            "applied": (
+                "(x - mean) / std on every kept upstream layer, with the mean and standard deviation of the fold's "
+                f"training frames ({saved}), as in training and ser predict"
+            ),
+        }
+    return {
+        "kind": "speaker",
+        "statistics": "typical",
+        "applied": (
+            "(x - mean) / std on every kept upstream layer, with the fold's typical speaker statistics "
+            f"({saved}: the mean over the fold's training speakers of their means and standard deviations), as "
+            "ser predict uses for fewer files than --min-speaker-files; the exported model never uses a test "
+            "speaker's own statistics"
+        ),
+    }
 
 
 def _plain(obj: Any) -> Any:
@@ -331,8 +399,15 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def export_fold(run_dir: Path, fold: str, out: Path, atol: float = DEFAULT_ATOL, exporter: str = "auto",
-                check_files: Sequence[str] = (), threads: int = 0) -> ExportResult:
+def export_fold(
+    run_dir: Path,
+    fold: str,
+    out: Path,
+    atol: float = DEFAULT_ATOL,
+    exporter: str = "auto",
+    check_files: Sequence[str] = (),
+    threads: int = 0,
+) -> ExportResult:
     """Export ``fold`` of ``run_dir`` to ``out/model.onnx`` + ``out/model.json`` after proving it equal."""
     onnx, _ = require_onnx()
     from ser_plugins.data.audio import load_audio
@@ -371,9 +446,16 @@ def _readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def export_run(run_dir: Path, out: Path, fold: Optional[str] = None, all_folds: bool = False,
-               atol: float = DEFAULT_ATOL, exporter: str = "auto", check_files: Sequence[str] = (),
-               threads: int = 0) -> List[ExportResult]:
+def export_run(
+    run_dir: Path,
+    out: Path,
+    fold: Optional[str] = None,
+    all_folds: bool = False,
+    atol: float = DEFAULT_ATOL,
+    exporter: str = "auto",
+    check_files: Sequence[str] = (),
+    threads: int = 0,
+) -> List[ExportResult]:
     """Export one fold to ``out`` (``fold``, or the run's only fold) or, with ``all_folds``, every fold
     to ``out/<fold>/`` (``ser predict --engine onnx out`` then averages them, like ``ser predict``)."""
     run_dir, out = Path(run_dir), Path(out)
@@ -393,4 +475,3 @@ def export_run(run_dir: Path, out: Path, fold: Optional[str] = None, all_folds: 
     if fold not in names:
         raise ExportError(f"no fold {fold!r} with a checkpoint in {run_dir}; folds: {', '.join(names)}")
     return [export_fold(run_dir, fold, out, atol, exporter, check_files, threads)]
-

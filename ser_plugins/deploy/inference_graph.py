@@ -9,6 +9,7 @@ Every row of the input is one whole utterance: rows are never padded, so the gra
 lengths input and is valid for upstreams that cannot take padded batches (wav2vec 2.0 Base
 without an attention mask).
 """
+
 from __future__ import annotations
 
 import sys
@@ -108,8 +109,10 @@ def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[Fo
 
     run_dir = Path(run_dir)
     predictor = Predictor(run_dir, fold, min_speaker_files=sys.maxsize)  # always the saved statistics
-    graphs = [FoldGraph(model, predictor.labels, normalizer).eval()
-              for model, normalizer in zip(predictor.models, predictor.normalizers)]
+    graphs = [
+        FoldGraph(model, predictor.labels, normalizer).eval()
+        for model, normalizer in zip(predictor.models, predictor.normalizers)
+    ]
     return graphs, predictor
 
 

@@ -6,6 +6,7 @@ directory's file names (``ser_plugins.results.run_dir``, standard library only).
 probabilities are averaged like ``ser predict`` averages a run's folds. Files are decoded, checked and
 reported by the same code as the PyTorch engine's (``ser_plugins.deploy.scoring.score_files``).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,13 @@ def find_exports(folder: Path) -> List[Path]:
     if found:
         return found
     if (folder / RECIPE_FILE).is_file():
-        raise EngineError(f"{folder} is a run directory, not an exported model: run 'ser export {folder} --out DIR' "
-                          "and pass DIR, or drop --engine onnx")
-    raise EngineError(f"{folder} holds no exported model ({SIDECAR}); make one with 'ser export RUN_DIR --out {folder}'")
+        raise EngineError(
+            f"{folder} is a run directory, not an exported model: run 'ser export {folder} --out DIR' "
+            "and pass DIR, or drop --engine onnx"
+        )
+    raise EngineError(
+        f"{folder} holds no exported model ({SIDECAR}); make one with 'ser export RUN_DIR --out {folder}'"
+    )
 
 
 def read_sidecar(path: Path) -> Dict[str, Any]:
@@ -51,8 +56,10 @@ def read_sidecar(path: Path) -> Dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise EngineError(f"{path}: cannot read the export description ({exc})") from None
     if meta.get("format") != FORMAT or meta.get("format_version") not in SUPPORTED_VERSIONS:
-        raise EngineError(f"{path}: not a ser-plugins ONNX export this version reads "
-                          f"(format {meta.get('format')!r} version {meta.get('format_version')!r})")
+        raise EngineError(
+            f"{path}: not a ser-plugins ONNX export this version reads "
+            f"(format {meta.get('format')!r} version {meta.get('format_version')!r})"
+        )
     return meta
 
 
@@ -98,8 +105,9 @@ class OnnxPredictor(OneByOne):
         """``[B, C]`` probabilities for ``windows`` ``[B, S]``: ``B`` whole utterances of equal length."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] < self.min_samples:
-            raise EngineError(f"the model takes [batch, samples] with at least {self.min_samples} samples, "
-                              f"got shape {x.shape}")
+            raise EngineError(
+                f"the model takes [batch, samples] with at least {self.min_samples} samples, got shape {x.shape}"
+            )
         total: Optional[np.ndarray] = None
         for session, meta in zip(self.sessions, self.metas):
             out = session.run([meta["output"]["name"]], {meta["input"]["name"]: x})[0]
@@ -119,5 +127,6 @@ class OnnxPredictor(OneByOne):
                 f"{self.folder}: {len(waves)} usable files reach --min-speaker-files {self.min_speaker_files}, where "
                 "ser predict standardises them with their own speaker statistics; the exported model can only use "
                 "its fold's typical speaker statistics. Score them with the run directory (--engine torch), or "
-                f"pass --min-speaker-files {len(waves) + 1} to use the typical statistics")
+                f"pass --min-speaker-files {len(waves) + 1} to use the typical statistics"
+            )
         return super().score(waves)

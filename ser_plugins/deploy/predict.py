@@ -5,6 +5,7 @@ Every readable file is scored; a file that cannot be read, or that training woul
 reason instead of a score (``ser_plugins.deploy.scoring``, shared with the ONNX engine). ``format_results``
 writes the results as text, JSON or CSV.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,7 +46,9 @@ def load_run_recipe(run_dir: Path):
     try:
         data = files.read_recipe()
     except Exception as exc:  # noqa: BLE001 - any YAML problem (tags, syntax): not a recipe we wrote
-        raise PredictError(f"{path}: not a readable recipe ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise PredictError(
+            f"{path}: not a readable recipe ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     try:
         return resolve(data)
     except RecipeError as exc:
@@ -61,7 +64,7 @@ def read_labels(run_dir: Path) -> List[str]:
     data = files.read_run_info()
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise CorruptFileError(f"{path}: has no list of class labels (\"labels\"); not a {RUN_FILE} that ser wrote")
+        raise CorruptFileError(f'{path}: has no list of class labels ("labels"); not a {RUN_FILE} that ser wrote')
     return labels
 
 
@@ -75,8 +78,9 @@ class Predictor:
     speakers.
     """
 
-    def __init__(self, run_dir: Path, fold: Optional[str] = None, device: str = "cpu",
-                 min_speaker_files: int = 10) -> None:
+    def __init__(
+        self, run_dir: Path, fold: Optional[str] = None, device: str = "cpu", min_speaker_files: int = 10
+    ) -> None:
         self.min_speaker_files = min_speaker_files
         self.run_dir = Path(run_dir)
         self.recipe = load_run_recipe(self.run_dir)
@@ -95,10 +99,13 @@ class Predictor:
             try:
                 missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
             except RuntimeError as exc:  # tensors of the wrong shape: another model's checkpoint
-                raise CorruptFileError(f"{ckpt}: does not fit the recipe's model ({str(exc).splitlines()[-1].strip()})"
-                                       ) from None
+                raise CorruptFileError(
+                    f"{ckpt}: does not fit the recipe's model ({str(exc).splitlines()[-1].strip()})"
+                ) from None
             if unexpected or any(not k.startswith("upstream.") for k in missing):
-                raise PredictError(f"{ckpt} does not match the recipe's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise PredictError(
+                    f"{ckpt} does not match the recipe's model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                )
             self.models.append(model.to(device).eval())
             self.normalizers.append(self._normalizer(ckpt.parent, [upstream.hidden_sizes[k] for k in kept]))
 
@@ -108,21 +115,26 @@ class Predictor:
             return None
         path = FoldDir(fold_dir).normalizer
         if not path.exists():
-            raise PredictError(f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
-                               "and its statistics are needed to predict")
+            raise PredictError(
+                f"{path} is missing: the run was normalised ({self.recipe.features.normalize}) "
+                "and its statistics are needed to predict"
+            )
         try:
             normalizer = Normalizer.load(path)
         except CorruptFileError:
             raise
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:  # readable safetensors, foreign content
-            raise CorruptFileError(f"{path}: not a normaliser that ser wrote ({type(exc).__name__}: {exc}); "
-                                   "restore it from the run") from None
+            raise CorruptFileError(
+                f"{path}: not a normaliser that ser wrote ({type(exc).__name__}: {exc}); restore it from the run"
+            ) from None
         if normalizer.mean_ is None or normalizer.std_ is None:
             raise CorruptFileError(f"{path}: a normaliser without statistics; restore it from the run")
         found = [int(m.shape[-1]) if m.dim() else 0 for m in normalizer.mean_]
         if found != sizes or [int(s_.shape[-1]) if s_.dim() else 0 for s_ in normalizer.std_] != sizes:
-            raise CorruptFileError(f"{path}: not a normaliser of this run (statistics of feature sizes {found}, "
-                                   f"the model reads {sizes}); restore it from the run")
+            raise CorruptFileError(
+                f"{path}: not a normaliser of this run (statistics of feature sizes {found}, "
+                f"the model reads {sizes}); restore it from the run"
+            )
         return normalizer
 
     @property
@@ -173,7 +185,9 @@ class Predictor:
             out[i] = (hidden, frames)
         return out
 
-    def _normalise(self, normalizer: Normalizer, states: Dict[int, List[torch.Tensor]]) -> Dict[int, List[torch.Tensor]]:
+    def _normalise(
+        self, normalizer: Normalizer, states: Dict[int, List[torch.Tensor]]
+    ) -> Dict[int, List[torch.Tensor]]:
         speaker = None
         if normalizer.kind == "speaker" and len(states) >= self.min_speaker_files:
             normalizer = copy.copy(normalizer)

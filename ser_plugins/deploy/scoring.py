@@ -8,6 +8,7 @@ score; the other files are still scored.
 
 Imports only numpy and ``ser_plugins.data.audio``: the ONNX engine uses it without torch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -97,7 +98,7 @@ def check_audio(path: str, sample_rate: int, min_samples: int = 1) -> Union[np.n
 
 def audio_problem(exc: AudioError) -> Problem:
     """The ``Problem`` an ``AudioError`` stands for (its message is ``path: reason (detail)``)."""
-    detail = str(exc)[len(f"{exc.path}: {exc.reason}"):].strip(" ()")
+    detail = str(exc)[len(f"{exc.path}: {exc.reason}") :].strip(" ()")
     return Problem(exc.reason, detail or exc.reason)
 
 
@@ -110,7 +111,8 @@ def score_files(scorer: Scorer, paths: Sequence[str]) -> List[Dict[str, Any]]:
     usable files go to the scorer together (a speaker-normalised run pools their statistics).
     """
     results: List[Dict[str, Any]] = [
-        {"path": str(p), "emotion": None, "probabilities": None, "problem": None, "detail": ""} for p in paths]
+        {"path": str(p), "emotion": None, "probabilities": None, "problem": None, "detail": ""} for p in paths
+    ]
     waves: Dict[int, np.ndarray] = {}
     for i, path in enumerate(paths):
         checked = check_audio(path, scorer.sample_rate, scorer.min_samples)
@@ -142,8 +144,17 @@ def format_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt
     ``path,status,emotion,problem,detail,p_<label>...``.
     """
     if fmt == "json":
-        rows = [{"path": r["path"], "status": "ok" if r["problem"] is None else "error", "emotion": r["emotion"],
-                 "probabilities": r["probabilities"], "problem": r["problem"], "detail": r["detail"]} for r in results]
+        rows = [
+            {
+                "path": r["path"],
+                "status": "ok" if r["problem"] is None else "error",
+                "emotion": r["emotion"],
+                "probabilities": r["probabilities"],
+                "problem": r["problem"],
+                "detail": r["detail"],
+            }
+            for r in results
+        ]
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
@@ -152,7 +163,9 @@ def format_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt
         for r in results:
             ok = r["problem"] is None
             probs = [f"{r['probabilities'][lab]:.5f}" for lab in labels] if ok else [""] * len(labels)
-            w.writerow([r["path"], "ok" if ok else "error", r["emotion"] or "", r["problem"] or "", r["detail"]] + probs)
+            w.writerow(
+                [r["path"], "ok" if ok else "error", r["emotion"] or "", r["problem"] or "", r["detail"]] + probs
+            )
         return buf.getvalue()
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -171,15 +184,23 @@ def not_scored_line(path: str, problem: Problem) -> str:
     return f"{path}\t-\tnot scored: {problem.reason} ({problem.detail})"
 
 
-def write_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt: str = "text",
-                  out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+def write_results(
+    results: Sequence[Dict[str, Any]],
+    labels: Sequence[str],
+    fmt: str = "text",
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
     """Write the results to ``out`` (stdout) and a warning per file not scored to ``err`` (stderr).
 
     Returns the exit status of ``ser predict``: 0 when every file was scored, 1 when some was not.
     """
     (out or sys.stdout).write(format_results(results, labels, fmt))
-    return warn_not_scored([(r["path"], Problem(r["problem"], r["detail"])) for r in results
-                            if r["problem"] is not None], len(results), err)
+    return warn_not_scored(
+        [(r["path"], Problem(r["problem"], r["detail"])) for r in results if r["problem"] is not None],
+        len(results),
+        err,
+    )
 
 
 def warn_not_scored(bad: Sequence[tuple], total: int, err: Optional[TextIO] = None) -> int:

@@ -14,6 +14,7 @@ Optional energy voice-activity detection (``vad_db``): a window is scored only w
 ``min_speech`` of its 20 ms frames are louder than ``vad_db`` dBFS; the others are written with
 empty probabilities and counted.
 """
+
 from __future__ import annotations
 
 import csv
@@ -82,8 +83,9 @@ def _mono_blocks(path: Path, sample_rate: int, block_seconds: float) -> Iterator
                 return
 
 
-def stream_windows(path: Path, sample_rate: int, window: int, hop: int, min_samples: int = 1,
-                   block_seconds: float = 10.0) -> Iterator[Tuple[int, np.ndarray]]:
+def stream_windows(
+    path: Path, sample_rate: int, window: int, hop: int, min_samples: int = 1, block_seconds: float = 10.0
+) -> Iterator[Tuple[int, np.ndarray]]:
     """``(start sample, samples)`` of every window, read block by block (the buffer stays small)."""
     buf = np.zeros(0, dtype=np.float32)
     buf_start = 0  # absolute index of buf[0]
@@ -93,11 +95,11 @@ def stream_windows(path: Path, sample_rate: int, window: int, hop: int, min_samp
         buf = np.concatenate([buf, block])
         end = buf_start + len(buf)
         while next_start + window <= end:
-            yield next_start, buf[next_start - buf_start: next_start - buf_start + window].copy()
+            yield next_start, buf[next_start - buf_start : next_start - buf_start + window].copy()
             emitted_end = next_start + window
             next_start += hop
         keep_from = max(buf_start, min(next_start, end - window))
-        buf = buf[keep_from - buf_start:]
+        buf = buf[keep_from - buf_start :]
         buf_start = keep_from
     total = buf_start + len(buf)
     if emitted_end == 0:
@@ -105,7 +107,7 @@ def stream_windows(path: Path, sample_rate: int, window: int, hop: int, min_samp
             raise AudioError(str(path), "too_short", f"{total} samples < {max(min_samples, 1)} at {sample_rate} Hz")
         yield 0, buf[:total].copy()
     elif emitted_end < total:
-        yield total - window, buf[len(buf) - window:].copy()
+        yield total - window, buf[len(buf) - window :].copy()
 
 
 def speech_fraction(samples: np.ndarray, sample_rate: int, threshold_db: float) -> float:
@@ -132,9 +134,17 @@ def _expected_windows(path: Path, sample_rate: int, window: int, hop: int) -> Op
     return full + (1 if (full - 1) * hop + window < total else 0)
 
 
-def analyse_recording(path: Path, scorer: WindowScorer, window_s: float, hop_s: float, out_dir: Path,
-                      vad_db: Optional[float] = None, min_speech: float = 0.3, batch_size: int = 8,
-                      progress: bool = True) -> TimelineResult:
+def analyse_recording(
+    path: Path,
+    scorer: WindowScorer,
+    window_s: float,
+    hop_s: float,
+    out_dir: Path,
+    vad_db: Optional[float] = None,
+    min_speech: float = 0.3,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> TimelineResult:
     """Score ``path`` in sliding windows; write ``<stem>.timeline.csv`` and ``.png`` to ``out_dir``."""
     from tqdm.auto import tqdm
 
@@ -145,8 +155,9 @@ def analyse_recording(path: Path, scorer: WindowScorer, window_s: float, hop_s: 
     rate = int(scorer.sample_rate)
     window, hop = int(round(window_s * rate)), int(round(hop_s * rate))
     if window < scorer.min_samples:
-        raise TimelineError(f"--window {window_s:g} s is {window} samples, shorter than the model's "
-                            f"{scorer.min_samples}-sample minimum")
+        raise TimelineError(
+            f"--window {window_s:g} s is {window} samples, shorter than the model's {scorer.min_samples}-sample minimum"
+        )
     labels = list(scorer.labels)
     path, out_dir = Path(path), Path(out_dir)
     csv_path, png_path = out_dir / f"{path.stem}.timeline.csv", out_dir / f"{path.stem}.timeline.png"
@@ -200,15 +211,30 @@ def analyse_recording(path: Path, scorer: WindowScorer, window_s: float, hop_s: 
     for p in scored_probs:
         share[labels[int(np.argmax(p))]] += 1.0 / len(scored_probs)
     if skipped:
-        log.info("%s: %s of %d windows not scored (%s)", path.name, sum(skipped.values()), len(probs),
-                 ", ".join(f"{k}: {v}" for k, v in skipped.items()))
-    plot_timeline(starts, ends, probs, labels, rate, png_path, title=f"{path.name}: {window_s:g} s windows every {hop_s:g} s")
-    return TimelineResult(csv_path, png_path, (ends[-1] if ends else 0) / rate, len(probs), len(scored_probs),
-                          skipped, {k: round(v, 4) for k, v in share.items()})
+        log.info(
+            "%s: %s of %d windows not scored (%s)",
+            path.name,
+            sum(skipped.values()),
+            len(probs),
+            ", ".join(f"{k}: {v}" for k, v in skipped.items()),
+        )
+    plot_timeline(
+        starts, ends, probs, labels, rate, png_path, title=f"{path.name}: {window_s:g} s windows every {hop_s:g} s"
+    )
+    return TimelineResult(
+        csv_path,
+        png_path,
+        (ends[-1] if ends else 0) / rate,
+        len(probs),
+        len(scored_probs),
+        skipped,
+        {k: round(v, 4) for k, v in share.items()},
+    )
 
 
-def _write(writer, start: int, length: int, speech: Optional[float], probs: Optional[np.ndarray],
-           labels: List[str], rate: int) -> None:
+def _write(
+    writer, start: int, length: int, speech: Optional[float], probs: Optional[np.ndarray], labels: List[str], rate: int
+) -> None:
     cells = [f"{start / rate:.3f}", f"{(start + length) / rate:.3f}", "" if speech is None else f"{speech:.3f}"]
     if probs is None:
         cells += [""] * len(labels) + [""]
@@ -217,8 +243,15 @@ def _write(writer, start: int, length: int, speech: Optional[float], probs: Opti
     writer.writerow(cells)
 
 
-def plot_timeline(starts: List[int], ends: List[int], probs: List[Optional[np.ndarray]], labels: List[str],
-                  rate: int, path: Path, title: str = "") -> None:
+def plot_timeline(
+    starts: List[int],
+    ends: List[int],
+    probs: List[Optional[np.ndarray]],
+    labels: List[str],
+    rate: int,
+    path: Path,
+    title: str = "",
+) -> None:
     """Class probabilities at each window's centre over time; windows not scored are shaded grey around their centre."""
     import matplotlib
 
@@ -238,8 +271,9 @@ def plot_timeline(starts: List[int], ends: List[int], probs: List[Optional[np.nd
     step = float(np.median(np.diff(centres))) if len(centres) > 1 else (ends[0] - starts[0]) / rate if ends else 0.0
     for i, p in enumerate(probs):  # each window's own slot around its centre, so overlapping windows don't smear
         if p is None:
-            ax.axvspan((centres[i] - step / 2) / scale, (centres[i] + step / 2) / scale, color="0.85",
-                       linewidth=0, zorder=0)
+            ax.axvspan(
+                (centres[i] - step / 2) / scale, (centres[i] + step / 2) / scale, color="0.85", linewidth=0, zorder=0
+            )
     ax.set_ylim(0, 1)
     ax.set_xlim(0, max(total / scale, 1e-9))
     ax.set_xlabel(f"time ({unit})")

@@ -3,6 +3,7 @@
 
 The launcher contract stays importable from here: ``from ser_plugins.launch import Job, JobResult, Launcher``.
 """
+
 from ser_plugins.launch.jobs import (
     RESOURCE_KEYS,
     Job,
@@ -15,5 +16,14 @@ from ser_plugins.launch.jobs import (
     run_job_in_subprocess,
 )
 
-__all__ = ["RESOURCE_KEYS", "Job", "JobResult", "LaunchError", "Launcher", "job_files", "last_error", "run_job",
-           "run_job_in_subprocess"]
+__all__ = [
+    "RESOURCE_KEYS",
+    "Job",
+    "JobResult",
+    "LaunchError",
+    "Launcher",
+    "job_files",
+    "last_error",
+    "run_job",
+    "run_job_in_subprocess",
+]

@@ -6,6 +6,7 @@ every run of that upstream stores frames (a mean-only head computes its means fr
 so the upstream runs once per utterance for the whole grid. Each run writes its usual run
 directory; ``grid.json`` counts the upstream forward passes of each run and in total.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -65,8 +66,13 @@ def parse_sweeps(sweeps: Sequence[str]) -> List[List[str]]:
     return axes
 
 
-def expand(recipe_paths: Sequence[str], overrides: Sequence[str], sweeps: Sequence[str],
-           out: Path, cache_dir: Optional[str] = None) -> List[GridRun]:
+def expand(
+    recipe_paths: Sequence[str],
+    overrides: Sequence[str],
+    sweeps: Sequence[str],
+    out: Path,
+    cache_dir: Optional[str] = None,
+) -> List[GridRun]:
     """Every recipe x every sweep combination, validated; frozen ones share the grid's feature cache."""
     axes = parse_sweeps(sweeps)
     shared_cache = cache_dir or str(out / "feature_cache")
@@ -88,8 +94,13 @@ def expand(recipe_paths: Sequence[str], overrides: Sequence[str], sweeps: Sequen
 
 
 def _upstream_key(recipe: Recipe) -> Tuple[Any, ...]:
-    return (recipe.upstream.name, repr(sorted(recipe.upstream.options.items())), recipe.data.cache_dir,
-            recipe.data.cache_dtype, recipe.training.precision)
+    return (
+        recipe.upstream.name,
+        repr(sorted(recipe.upstream.options.items())),
+        recipe.data.cache_dir,
+        recipe.data.cache_dtype,
+        recipe.training.precision,
+    )
 
 
 def _mark_frame_storage(runs: List[GridRun]) -> None:
@@ -100,9 +111,16 @@ def _mark_frame_storage(runs: List[GridRun]) -> None:
         r.store_frames = _upstream_key(r.recipe) in wanting
 
 
-def run_grid(recipe_paths: Sequence[str], out: Path, overrides: Sequence[str] = (), sweeps: Sequence[str] = (),
-             folds: Optional[Sequence[str]] = None, resume: bool = False, progress: bool = True,
-             cache_dir: Optional[str] = None) -> GridResult:
+def run_grid(
+    recipe_paths: Sequence[str],
+    out: Path,
+    overrides: Sequence[str] = (),
+    sweeps: Sequence[str] = (),
+    folds: Optional[Sequence[str]] = None,
+    resume: bool = False,
+    progress: bool = True,
+    cache_dir: Optional[str] = None,
+) -> GridResult:
     """Run every recipe of the grid into ``out/<name>``, then write ``grid.json`` and ``report.md/.csv``."""
     out = Path(out)
     runs = expand(recipe_paths, overrides, sweeps, out, cache_dir)  # every recipe validated before any work
@@ -112,10 +130,20 @@ def run_grid(recipe_paths: Sequence[str], out: Path, overrides: Sequence[str] = 
         Runner(run.recipe, run.run_dir, folds, resume, progress, store_frames=run.store_frames).run()
         run.forward_passes = int(RunDir(run.run_dir).read_run_info().get("upstream_forward_passes", 0))
         result.forward_passes += run.forward_passes
-    atomic_write_json(out / GRID_FILE, {
-        "runs": [{"name": r.name, "dir": str(r.run_dir), "upstream_forward_passes": r.forward_passes,
-                  "stored_frames": r.store_frames} for r in runs],
-        "upstream_forward_passes": result.forward_passes,
-    })
+    atomic_write_json(
+        out / GRID_FILE,
+        {
+            "runs": [
+                {
+                    "name": r.name,
+                    "dir": str(r.run_dir),
+                    "upstream_forward_passes": r.forward_passes,
+                    "stored_frames": r.store_frames,
+                }
+                for r in runs
+            ],
+            "upstream_forward_passes": result.forward_passes,
+        },
+    )
     result.report = write_report([r.run_dir for r in runs], str(out / "report"))
     return result

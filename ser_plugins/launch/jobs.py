@@ -7,6 +7,7 @@ upstream runs once, before the fold jobs read the cache). Launchers are plugins 
 ``ser_plugins.launchers``); the core never imports one. ``python -m ser_plugins.launch JOB.json``
 runs one job in this process (what the ``local`` and ``ray`` launchers start, one per job).
 """
+
 from __future__ import annotations
 
 import abc
@@ -99,10 +100,13 @@ def run_job(job: Job) -> Dict[str, Any]:
     recipe = load_recipe(job.recipe, job.overrides)
     if job.extract:
         prep = prepare(recipe, pick_device(recipe.training.device), False, store_frames=job.store_frames)
-        return {"upstream_forward_passes": int(prep.notes.get("upstream_forward_passes", 0)),
-                "utterances": len(prep.utterances)}
-    summary = Runner(recipe, Path(job.run_dir), job.folds, resume=True, progress=False,
-                     store_frames=job.store_frames).run()
+        return {
+            "upstream_forward_passes": int(prep.notes.get("upstream_forward_passes", 0)),
+            "utterances": len(prep.utterances),
+        }
+    summary = Runner(
+        recipe, Path(job.run_dir), job.folds, resume=True, progress=False, store_frames=job.store_frames
+    ).run()
     return {"finished_folds": list(summary.folds), "complete": summary.complete}
 
 
@@ -129,8 +133,12 @@ def run_job_in_subprocess(job: Job, log_dir: str, env: Optional[Dict[str, str]] 
     job_file.write_text(json.dumps(job.to_dict(), indent=1))
     result_file.unlink(missing_ok=True)
     with open(log_file, "w") as out:
-        rc = subprocess.call([sys.executable, "-m", "ser_plugins.launch", str(job_file), str(result_file)],
-                             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        rc = subprocess.call(
+            [sys.executable, "-m", "ser_plugins.launch", str(job_file), str(result_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     if rc != 0 or not result_file.exists():
         why = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc}"
         return JobResult(job, "failed", str(log_file), f"{why}: {last_error(log_file)}")

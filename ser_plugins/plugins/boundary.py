@@ -7,6 +7,7 @@ checks look at shapes, dtypes and devices (no synchronisation) and compare the f
 with the plugin's own ``frame_lengths()`` rule (one small device-to-host read per batch). They are
 skipped while ``ser export`` traces a model (see ``_tracing``).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -71,8 +72,13 @@ def check_upstream_declaration(upstream: Any) -> None:
     """``sample_rate``, ``hop_length``, ``min_samples`` positive integers; ``hidden_sizes`` a non-empty list of them."""
     sizes = getattr(upstream, "hidden_sizes", None)
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) == 0:
-        raise fail(upstream, "upstream", "hidden_sizes (one feature size per exposed layer)",
-                   "a non-empty list of positive integers", repr(sizes))
+        raise fail(
+            upstream,
+            "upstream",
+            "hidden_sizes (one feature size per exposed layer)",
+            "a non-empty list of positive integers",
+            repr(sizes),
+        )
     bad = [s for s in sizes if not _positive_int(s)]
     if bad:
         raise fail(upstream, "upstream", "hidden_sizes", "positive integers", repr(list(sizes)))
@@ -103,8 +109,9 @@ def _tracing() -> bool:
     return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
-def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
-                          batch_size: Optional[int] = None) -> None:
+def check_upstream_output(
+    upstream: Any, output: Any, wav_lengths: torch.Tensor, batch_size: Optional[int] = None
+) -> None:
     """Raise ``PluginContractError`` unless ``output`` is a valid ``UpstreamOutput`` for this input.
 
     Valid: ``hidden_states`` a list of ``num_layers`` floating tensors ``[B, T, hidden_sizes[i]]``
@@ -125,8 +132,13 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
     if not sizes:
         check_upstream_declaration(upstream)
     if len(states) != len(sizes):
-        raise fail(upstream, kind, "number of hidden_states (layers)",
-                   f"{len(sizes)} as declared by hidden_sizes={sizes}", len(states))
+        raise fail(
+            upstream,
+            kind,
+            "number of hidden_states (layers)",
+            f"{len(sizes)} as declared by hidden_sizes={sizes}",
+            len(states),
+        )
     frames: Optional[int] = None
     for i, (state, size) in enumerate(zip(states, sizes)):
         where = f"hidden_states[{i}]"
@@ -135,12 +147,22 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
         if state.dim() != 3:
             raise fail(upstream, kind, f"{where} shape", f"[B={batch}, T, D={size}]", list(state.shape))
         if state.shape[0] != batch:
-            raise fail(upstream, kind, f"{where} batch size", f"{batch} (the number of input waveforms)",
-                       f"{state.shape[0]} (shape {list(state.shape)})")
+            raise fail(
+                upstream,
+                kind,
+                f"{where} batch size",
+                f"{batch} (the number of input waveforms)",
+                f"{state.shape[0]} (shape {list(state.shape)})",
+            )
         if state.shape[2] != size:
             hint = "; it looks like [B, D, T]: transpose to [B, T, D]" if state.shape[1] == size else ""
-            raise fail(upstream, kind, f"{where} feature size", f"{size} as declared by hidden_sizes[{i}]",
-                       f"{state.shape[2]} (shape {list(state.shape)}){hint}")
+            raise fail(
+                upstream,
+                kind,
+                f"{where} feature size",
+                f"{size} as declared by hidden_sizes[{i}]",
+                f"{state.shape[2]} (shape {list(state.shape)}){hint}",
+            )
         if frames is None:
             frames = int(state.shape[1])
         elif state.shape[1] != frames:
@@ -162,8 +184,9 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
     try:
         expected = torch.as_tensor(upstream.frame_lengths(wav_lengths), device=device)
     except Exception as exc:  # a broken frame_lengths() is a contract breach too
-        raise fail(upstream, kind, "frame_lengths(wav_lengths)", "frame counts [B]",
-                   f"{type(exc).__name__}: {exc}") from None
+        raise fail(
+            upstream, kind, "frame_lengths(wav_lengths)", "frame counts [B]", f"{type(exc).__name__}: {exc}"
+        ) from None
     if tuple(expected.shape) != (batch,):
         raise fail(upstream, kind, "frame_lengths(wav_lengths) shape", f"[{batch}]", list(expected.shape))
     bad = (lengths < 1) | (lengths > frames) | (lengths != expected)
@@ -172,13 +195,22 @@ def check_upstream_output(upstream: Any, output: Any, wav_lengths: torch.Tensor,
         out_of_range = [not 1 <= n <= frames for n in got]
         if any(out_of_range):  # the first offending value is quoted, however far into the batch
             i = _first(out_of_range)
-            raise fail(upstream, kind, f"lengths (valid frames of each of the {frames} output frames)",
-                       f"values in 1..{frames}", f"lengths[{i}] = {got[i]} in {_preview(got, focus=i)}")
+            raise fail(
+                upstream,
+                kind,
+                f"lengths (valid frames of each of the {frames} output frames)",
+                f"values in 1..{frames}",
+                f"lengths[{i}] = {got[i]} in {_preview(got, focus=i)}",
+            )
         i = _first([g != w for g, w in zip(got, want)])
-        raise fail(upstream, kind, f"lengths for wav_lengths {_preview(samples, focus=i)}",
-                   f"its frame_lengths() rule {_preview(want, focus=i)}",
-                   f"{_preview(got, focus=i)} (lengths[{i}] = {got[i]} for {samples[i]} samples, "
-                   f"frame_lengths() says {want[i]})")
+        raise fail(
+            upstream,
+            kind,
+            f"lengths for wav_lengths {_preview(samples, focus=i)}",
+            f"its frame_lengths() rule {_preview(want, focus=i)}",
+            f"{_preview(got, focus=i)} (lengths[{i}] = {got[i]} for {samples[i]} samples, "
+            f"frame_lengths() says {want[i]})",
+        )
 
 
 def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor) -> None:
@@ -190,7 +222,9 @@ def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor
     batch = int(features.shape[0])
     dim = getattr(aggregator, "output_dim", None)
     if not isinstance(output, torch.Tensor):
-        raise fail(aggregator, kind, "forward() return value", f"a tensor [B={batch}, output_dim={dim}]", _shape(output))
+        raise fail(
+            aggregator, kind, "forward() return value", f"a tensor [B={batch}, output_dim={dim}]", _shape(output)
+        )
     if tuple(output.shape) != (batch, dim):
         raise fail(aggregator, kind, "output shape", f"[B={batch}, output_dim={dim}]", list(output.shape))
     if not output.is_floating_point():
@@ -199,8 +233,9 @@ def check_aggregator_output(aggregator: Any, output: Any, features: torch.Tensor
         raise fail(aggregator, kind, "output device", f"the input's device {features.device}", output.device)
 
 
-def check_classifier_output(classifier: Any, output: Any, inputs: torch.Tensor,
-                            num_classes: Optional[int] = None) -> None:
+def check_classifier_output(
+    classifier: Any, output: Any, inputs: torch.Tensor, num_classes: Optional[int] = None
+) -> None:
     """Raise ``PluginContractError`` unless ``output`` is a floating ``[B, C]`` tensor on the input's device."""
     if _tracing():
         return

@@ -4,6 +4,7 @@ Every plugin is a ``torch.nn.Module`` whose constructor keyword arguments are it
 configuration (scikit-learn style): a recipe's ``upstream: {name: fbank, n_mels: 64}`` becomes
 ``FbankUpstream(n_mels=64)``. See ``docs/architecture.md`` for the data path.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -253,8 +254,17 @@ class Corpus:
         """True when the class overrides ``generate``."""
         return getattr(cls.generate, "__func__", None) is not Corpus.__dict__["generate"].__func__
 
-    def problem(self, path: str, message: str, line: Optional[int] = None, fatal: bool = False,
-                kind: str = "", key: str = "", count: int = 1, lines: Sequence[int] = ()) -> None:
+    def problem(
+        self,
+        path: str,
+        message: str,
+        line: Optional[int] = None,
+        fatal: bool = False,
+        kind: str = "",
+        key: str = "",
+        count: int = 1,
+        lines: Sequence[int] = (),
+    ) -> None:
         """Record a problem met while reading the corpus (``kind``, ``key``, ``count``, ``lines``: see
         ``CorpusProblem``)."""
         self.problems.append(CorpusProblem(str(path), message, line, fatal, kind, key, count, tuple(lines)))

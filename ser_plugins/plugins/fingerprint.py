@@ -4,6 +4,7 @@
 editable) plugin, upgrading it, or changing an option that was left at its default in one run and
 set in another never serves stale features.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -8,6 +8,7 @@ padding, not rounding): outputs finite for a padded batch, and an utterance's va
 frames (when the upstream declares ``batch_invariant``) and pooled vector the same in a padded
 batch as alone. The first fault is one ``PluginContractError`` line naming the plugin.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -59,8 +60,9 @@ def _rows(flags: Union[Sequence[bool], torch.Tensor]) -> List[int]:
     return [i for i, flag in enumerate(flags) if flag]
 
 
-def synthetic_waves(lengths: Sequence[int], sample_rate: int = 16000, seed: int = 0,
-                    pad_value: Optional[float] = 0.0) -> tuple:
+def synthetic_waves(
+    lengths: Sequence[int], sample_rate: int = 16000, seed: int = 0, pad_value: Optional[float] = 0.0
+) -> tuple:
     """``(wavs [B, S], wav_lengths [B])``: a gliding tone in noise per utterance, right-padded.
 
     ``pad_value=None`` fills the padding with loud noise instead of zeros (to test that padding
@@ -125,21 +127,29 @@ def check_upstream_padding(upstream: Any, wavs: torch.Tensor, wav_lengths: torch
         finite = torch.isfinite(state).flatten(2).all(-1).cpu()  # [B, T]
         for b, n in enumerate(lengths):
             if not bool(finite[b, :n].all()):
-                raise fail(upstream, "upstream", f"hidden_states[{i}] of utterance {b} of a padded batch "
-                           f"({n} of {frames} frames valid)", "finite valid frames", "NaN/inf")
+                raise fail(
+                    upstream,
+                    "upstream",
+                    f"hidden_states[{i}] of utterance {b} of a padded batch ({n} of {frames} frames valid)",
+                    "finite valid frames",
+                    "NaN/inf",
+                )
             if not bool(finite[b, n:].all()):
-                raise fail(upstream, "upstream", f"hidden_states[{i}] of utterance {b} of a padded batch "
-                           f"({n} of {frames} frames valid)",
-                           "finite values in the padded frames too (consumers mask them; zeros are customary)",
-                           "NaN/inf in the padded frames")
+                raise fail(
+                    upstream,
+                    "upstream",
+                    f"hidden_states[{i}] of utterance {b} of a padded batch ({n} of {frames} frames valid)",
+                    "finite values in the padded frames too (consumers mask them; zeros are customary)",
+                    "NaN/inf in the padded frames",
+                )
     if upstream.batch_invariant is not True:
         return  # declared: padding may change the valid frames (frozen features are extracted one by one)
     samples = wav_lengths.tolist()
     for b, n in enumerate(samples):
         if n == max(samples):
             continue  # not padded
-        alone = upstream(wavs[b:b + 1, :n], wav_lengths[b:b + 1])
-        check_upstream_output(upstream, alone, wav_lengths[b:b + 1])
+        alone = upstream(wavs[b : b + 1, :n], wav_lengths[b : b + 1])
+        check_upstream_output(upstream, alone, wav_lengths[b : b + 1])
         valid = int(out.lengths[b])
         for i, (h_batch, h_alone) in enumerate(zip(out.hidden_states, alone.hidden_states)):
             ref = h_alone[0, :valid]
@@ -147,10 +157,15 @@ def check_upstream_padding(upstream: Any, wavs: torch.Tensor, wav_lengths: torch
             scale = float(ref.detach().abs().max()) if ref.numel() else 1.0
             diff = difference(h_batch[b, :valid], ref, atol * max(1.0, scale), rtol)
             if diff:
-                raise fail(upstream, "upstream", f"padding: hidden_states[{i}] of utterance {b} ({n} samples) "
-                           f"in a zero-padded batch of {max(samples)} samples",
-                           "the same valid frames as the utterance alone (it declares batch_invariant = True; "
-                           "mask the padding, or declare batch_invariant = False)", diff)
+                raise fail(
+                    upstream,
+                    "upstream",
+                    f"padding: hidden_states[{i}] of utterance {b} ({n} samples) "
+                    f"in a zero-padded batch of {max(samples)} samples",
+                    "the same valid frames as the utterance alone (it declares batch_invariant = True; "
+                    "mask the padding, or declare batch_invariant = False)",
+                    diff,
+                )
 
 
 @torch.no_grad()
@@ -171,8 +186,7 @@ def probe_aggregator(aggregator: Any, input_dim: int, frames: int = 12) -> torch
     return out
 
 
-def padded_frames(lengths: Sequence[int], dim: int, pad: Optional[float], seed: int = 0,
-                  extra: int = 2) -> tuple:
+def padded_frames(lengths: Sequence[int], dim: int, pad: Optional[float], seed: int = 0, extra: int = 2) -> tuple:
     """``(features [B, max + extra, dim], lengths [B])``: random frames, padding set to ``pad`` (None: huge noise)."""
     gen = torch.Generator().manual_seed(seed)
     lengths_t = torch.tensor(list(lengths), dtype=torch.long)
@@ -183,8 +197,7 @@ def padded_frames(lengths: Sequence[int], dim: int, pad: Optional[float], seed: 
 
 
 @torch.no_grad()
-def check_aggregator_padding(aggregator: Any, input_dim: int,
-                             lengths: Sequence[int] = PADDING_PROBE_FRAMES) -> None:
+def check_aggregator_padding(aggregator: Any, input_dim: int, lengths: Sequence[int] = PADDING_PROBE_FRAMES) -> None:
     """Raise ``PluginContractError`` unless the aggregator, in eval mode, pools a batch padded with zeros
     and with huge values to finite vectors, each the same as the utterance's vector alone."""
     device = _device_of(aggregator)
@@ -194,8 +207,10 @@ def check_aggregator_padding(aggregator: Any, input_dim: int,
         feats, lens = feats.to(device), lens.to(device)
         pooled = aggregator(feats, lens)
         check_aggregator_output(aggregator, pooled, feats)
-        where = f"output for a batch of {len(lengths)} utterances of {list(lengths)} valid frames of " \
-                f"{feats.shape[1]}, {what} padding"
+        where = (
+            f"output for a batch of {len(lengths)} utterances of {list(lengths)} valid frames of "
+            f"{feats.shape[1]}, {what} padding"
+        )
         bad = _rows(~torch.isfinite(pooled).all(-1).cpu())
         if bad:
             padded = [i for i in bad if lengths[i] < feats.shape[1]]
@@ -203,19 +218,29 @@ def check_aggregator_padding(aggregator: Any, input_dim: int,
             raise fail(aggregator, "aggregator", where, "finite values", f"NaN/inf in rows {bad}{note}")
         for i, n in enumerate(lengths):
             if i not in alone:
-                single = aggregator(feats[i:i + 1, :n], lens[i:i + 1])
-                check_aggregator_output(aggregator, single, feats[i:i + 1, :n])
+                single = aggregator(feats[i : i + 1, :n], lens[i : i + 1])
+                check_aggregator_output(aggregator, single, feats[i : i + 1, :n])
                 if not bool(torch.isfinite(single).all()):
-                    raise fail(aggregator, "aggregator", f"output for one unpadded utterance of {n} frames",
-                               "finite values", "NaN/inf")
+                    raise fail(
+                        aggregator,
+                        "aggregator",
+                        f"output for one unpadded utterance of {n} frames",
+                        "finite values",
+                        "NaN/inf",
+                    )
                 alone[i] = single
             atol, rtol = tolerance(pooled.dtype)
             diff = difference(pooled[i], alone[i][0], atol, rtol)
             if diff:
-                raise fail(aggregator, "aggregator", f"padding: utterance {i} ({n} of {feats.shape[1]} frames valid) "
-                           f"pooled in a batch with {what} padding",
-                           "the same vector as the utterance alone (frames at or beyond lengths must change "
-                           "nothing: mask them with lengths)", diff)
+                raise fail(
+                    aggregator,
+                    "aggregator",
+                    f"padding: utterance {i} ({n} of {feats.shape[1]} frames valid) "
+                    f"pooled in a batch with {what} padding",
+                    "the same vector as the utterance alone (frames at or beyond lengths must change "
+                    "nothing: mask them with lengths)",
+                    diff,
+                )
 
 
 @torch.no_grad()
@@ -279,8 +304,13 @@ def required_options(kind: str, builder: Any) -> List[str]:
         params = inspect.signature(builder).parameters.values()
     except (TypeError, ValueError):
         return []
-    return [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in CORE_ARGS[kind]
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.name not in CORE_ARGS[kind]
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
 
 
 def probe_plugin(spec: registry.PluginSpec) -> str:
@@ -296,8 +326,12 @@ def probe_plugin(spec: registry.PluginSpec) -> str:
         about = f": {obj.description}" if obj.description else ""
         return f"ok (preset of {builder.name}{weights}; not run: it needs its weights){about}"
     if not callable(obj):
-        raise registry.PluginLoadError(f"{spec.kind} plugin {spec.name!r} is neither callable nor a Preset: {obj!r}",
-                                       kind=spec.kind, name=spec.name, dist=spec.dist)
+        raise registry.PluginLoadError(
+            f"{spec.kind} plugin {spec.name!r} is neither callable nor a Preset: {obj!r}",
+            kind=spec.kind,
+            name=spec.name,
+            dist=spec.dist,
+        )
     if spec.kind == "corpus":
         return "ok (imported; a corpus needs its data to run)"
     if spec.kind == "launcher":

@@ -15,6 +15,7 @@ delegate to one default manager (``default_manager()``).
 Every registry error is a ``PluginError`` carrying the plugin as attributes, not only as text:
 ``.kind``, ``.name`` and ``.dist`` (the distribution; None where unknown).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -54,8 +55,9 @@ class PluginError(UserError):
     the error reads them instead of parsing the message.
     """
 
-    def __init__(self, message: str = "", *, kind: Optional[str] = None, name: Optional[str] = None,
-                 dist: Optional[str] = None) -> None:
+    def __init__(
+        self, message: str = "", *, kind: Optional[str] = None, name: Optional[str] = None, dist: Optional[str] = None
+    ) -> None:
         super().__init__(message)
         self.kind, self.name, self.dist = kind, name, dist
 
@@ -247,20 +249,31 @@ class PluginManager:
                 where = f" in distribution {dist!r}" + (f" (it is registered by: {', '.join(dists)})" if dists else "")
             raise UnknownPluginError(
                 f"unknown {kind} {name!r}{where}.{hint} Available {kind}s: {', '.join(names) or '(none)'}",
-                kind=kind, name=short, dist=dist)
+                kind=kind,
+                name=short,
+                dist=dist,
+            )
         if len(matches) > 1:
             winner = self.clash_winner(matches)
             if winner is None:
                 both = ", ".join(f"{s.qualified_name} ({s.value})" for s in matches)
                 raise AmbiguousPluginError(
-                    f"{kind} {short!r} is registered by several distributions: {both}. "
-                    f"Name one as 'dist:{short}'.", kind=kind, name=short, dists=tuple(s.dist for s in matches))
+                    f"{kind} {short!r} is registered by several distributions: {both}. Name one as 'dist:{short}'.",
+                    kind=kind,
+                    name=short,
+                    dists=tuple(s.dist for s in matches),
+                )
             if (kind, short) not in self._warned_clashes:
                 self._warned_clashes.add((kind, short))
                 others = ", ".join(f"{s.dist!r} ({s.value})" for s in matches if s is not winner)
-                log.warning("%s %r is also registered by %s; using %s's. Name the other one as '%s'.",
-                            kind, short, others, winner.dist,
-                            "' or '".join(s.qualified_name for s in matches if s is not winner))
+                log.warning(
+                    "%s %r is also registered by %s; using %s's. Name the other one as '%s'.",
+                    kind,
+                    short,
+                    others,
+                    winner.dist,
+                    "' or '".join(s.qualified_name for s in matches if s is not winner),
+                )
             return winner
         return matches[0]
 
@@ -273,7 +286,10 @@ class PluginManager:
         except Exception as exc:  # any import-time failure of a third-party module
             raise PluginLoadError(
                 f"{spec.kind} plugin {spec.name!r} from distribution {spec.dist!r} ({spec.value}) "
-                f"failed to load: {type(exc).__name__}: {exc}", kind=spec.kind, name=spec.name, dist=spec.dist
+                f"failed to load: {type(exc).__name__}: {exc}",
+                kind=spec.kind,
+                name=spec.name,
+                dist=spec.dist,
             ) from exc
 
     def load(self, kind: str, name: str) -> Any:
@@ -295,11 +311,16 @@ class PluginManager:
             obj = self.load(kind, obj.builder)
             depth += 1
             if depth > 8:
-                raise PluginError(f"{kind} preset {name!r} refers to presets in a loop",
-                                  kind=kind, name=spec.name, dist=spec.dist)
+                raise PluginError(
+                    f"{kind} preset {name!r} refers to presets in a loop", kind=kind, name=spec.name, dist=spec.dist
+                )
         if not callable(obj):
-            raise PluginLoadError(f"{kind} plugin {name!r} is neither callable nor a Preset: {obj!r}",
-                                  kind=kind, name=spec.name, dist=spec.dist)
+            raise PluginLoadError(
+                f"{kind} plugin {name!r} is neither callable nor a Preset: {obj!r}",
+                kind=kind,
+                name=spec.name,
+                dist=spec.dist,
+            )
         return obj, preset_kwargs
 
     def check_kwargs(self, kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple = ()) -> None:
@@ -416,7 +437,9 @@ def accepted_kwargs(builder: Callable) -> Optional[List[str]]:
     params = [p for p in sig.parameters.values() if p.name != "self"]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)]
+    return [
+        p.name for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY)
+    ]
 
 
 def _refuse_unknown(kind: str, name: str, kwargs: Dict[str, Any], accepted: List[str]) -> None:
@@ -425,8 +448,9 @@ def _refuse_unknown(kind: str, name: str, kwargs: Dict[str, Any], accepted: List
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise PluginError(f"{kind} {name!r} has no option {key!r}{hint}; options: {', '.join(accepted) or '(none)'}",
-                              kind=kind)
+            raise PluginError(
+                f"{kind} {name!r} has no option {key!r}{hint}; options: {', '.join(accepted) or '(none)'}", kind=kind
+            )
 
 
 def check_kwargs(kind: str, name: str, kwargs: Dict[str, Any], reserved: tuple = ()) -> None:
@@ -444,20 +468,28 @@ def resolved_options(kind: str, name: str, builder: Callable, args: tuple, kwarg
     if sig is None:
         return dict(kwargs)
     params = [p for p in sig.parameters.values() if p.name != "self"]
-    positional = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                         inspect.Parameter.POSITIONAL_OR_KEYWORD)][:len(args)]
+    positional = [
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ][: len(args)]
     accepted = accepted_kwargs(builder)
     if accepted is not None:
         _refuse_unknown(kind, name, kwargs, [a for a in accepted if a not in positional])
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as exc:
-        missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in kwargs
-                   and p.name not in positional and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
-                                                                   inspect.Parameter.VAR_KEYWORD)]
+        missing = [
+            p.name
+            for p in params
+            if p.default is inspect.Parameter.empty
+            and p.name not in kwargs
+            and p.name not in positional
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
         if missing:
-            raise PluginError(f"{kind} {name!r} needs option{'s' if len(missing) > 1 else ''} "
-                              f"{', '.join(repr(m) for m in missing)}", kind=kind) from None
+            raise PluginError(
+                f"{kind} {name!r} needs option{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)}",
+                kind=kind,
+            ) from None
         raise PluginError(f"{kind} {name!r}: {exc}", kind=kind) from None
     bound.apply_defaults()
     options: Dict[str, Any] = {}

@@ -1,4 +1,5 @@
 """The field's metrics: WA (accuracy), UA (mean per-class recall), macro-F1, confusion matrix."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
@@ -56,7 +57,9 @@ def classification_metrics(targets: Sequence[int], predictions: Sequence[int], l
 FOLD_SPREAD = "sample standard deviation over folds (ddof=1, as papers report); null with one fold"
 
 
-def mean_std(per_fold: List[Dict[str, float]], keys: Sequence[str] = ("wa", "ua", "macro_f1")) -> Dict[str, Dict[str, Optional[float]]]:
+def mean_std(
+    per_fold: List[Dict[str, float]], keys: Sequence[str] = ("wa", "ua", "macro_f1")
+) -> Dict[str, Dict[str, Optional[float]]]:
     """Mean and sample standard deviation (ddof=1) over folds of each metric; std is None for one fold."""
     out: Dict[str, Dict[str, Optional[float]]] = {}
     for k in keys:

@@ -5,6 +5,7 @@ writes the complete ``summary.json``. Until then (or when a job died) ``ser repo
 ``current_summary``, which rebuilds the summary from ``recipe.yaml``, ``run.json`` and the finished
 folds' metrics, marked incomplete.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,14 +38,22 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
     pooled = np.sum([np.array(m["confusion"]) for m in per_fold], axis=0)
     evaluation = run.get("evaluation", {})
     return Summary(
-        name=recipe.get("name", run_dir.name), upstream=recipe["upstream"]["name"],
-        finetune=recipe.get("finetune", {}).get("mode", "frozen"), layer=recipe.get("features", {}).get("layer", "last"),
-        aggregator=recipe["aggregator"]["name"], classifier=recipe["classifier"]["name"], labels=run["labels"],
+        name=recipe.get("name", run_dir.name),
+        upstream=recipe["upstream"]["name"],
+        finetune=recipe.get("finetune", {}).get("mode", "frozen"),
+        layer=recipe.get("features", {}).get("layer", "last"),
+        aggregator=recipe["aggregator"]["name"],
+        classifier=recipe["classifier"]["name"],
+        labels=run["labels"],
         folds={n: {k: m[k] for k in ("wa", "ua", "macro_f1", "n")} for n, m in results.items()},
-        mean_std=mean_std(per_fold), pooled={**metrics_from_confusion(pooled), "confusion": pooled.tolist()},
-        complete=len(results) == len(run.get("folds", [])), skipped_utterances=run.get("skipped", {}),
-        corpus_problems=run.get("corpus_problems", 0), protocol=evaluation.get("protocol", ""),
-        dev=evaluation.get("dev", "speaker"), refit=bool(evaluation.get("refit", False)),
+        mean_std=mean_std(per_fold),
+        pooled={**metrics_from_confusion(pooled), "confusion": pooled.tolist()},
+        complete=len(results) == len(run.get("folds", [])),
+        skipped_utterances=run.get("skipped", {}),
+        corpus_problems=run.get("corpus_problems", 0),
+        protocol=evaluation.get("protocol", ""),
+        dev=evaluation.get("dev", "speaker"),
+        refit=bool(evaluation.get("refit", False)),
         normalize=evaluation.get("normalize"),
         transductive=bool(evaluation.get("transductive", False)),
     )

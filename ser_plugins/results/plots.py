@@ -1,4 +1,5 @@
 """Figures written to run directories (matplotlib, headless)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,8 +33,15 @@ def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Pat
     ax.set_ylabel("true")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{int(counts[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}\n{norm[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=9,
+            )
     ax.set_title(title)
     fig.tight_layout()
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -61,8 +69,9 @@ def plot_curves(history: List[Dict[str, float]], path: Path, title: str = ""):
     fig, ax1 = plt.subplots(figsize=(6, 4))
     lines = ax1.plot(epochs, [h["train_loss"] for h in history], color="tab:red", label="train loss", **style("o"))
     if history and all("dev_loss" in h for h in history):
-        lines += ax1.plot(epochs, [h["dev_loss"] for h in history], color="tab:orange", label="dev loss",
-                          **style("^", "--"))
+        lines += ax1.plot(
+            epochs, [h["dev_loss"] for h in history], color="tab:orange", label="dev loss", **style("^", "--")
+        )
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss (cross-entropy)", color="tab:red")
     if history and all("dev_ua" in h for h in history):  # protocol.dev: none has no dev curve
@@ -71,8 +80,9 @@ def plot_curves(history: List[Dict[str, float]], path: Path, title: str = ""):
         ax2.set_ylabel("dev UA", color="tab:blue")
         ax2.set_ylim(0, 1)
     # one legend for both axes, outside them (below the x label): it covers no line, whatever their course
-    fig.legend(lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), fontsize=8,
-               frameon=False)
+    fig.legend(
+        lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), fontsize=8, frameon=False
+    )
     ax1.set_title(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend row
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

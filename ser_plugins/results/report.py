@@ -1,4 +1,5 @@
 """``ser report``: one results table over many run directories (the paper's results table)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,20 @@ from ser_plugins.results.run_dir import SUMMARY_FILE
 from ser_plugins.results.summary import dev_setting
 from ser_plugins.runtime.atomic import atomic_write_text
 
-COLUMNS = ("run", "upstream", "finetune", "layer", "aggregator", "classifier", "normalize", "dev", "folds",
-           "WA", "UA", "F1")
+COLUMNS = (
+    "run",
+    "upstream",
+    "finetune",
+    "layer",
+    "aggregator",
+    "classifier",
+    "normalize",
+    "dev",
+    "folds",
+    "WA",
+    "UA",
+    "F1",
+)
 _TEXT = COLUMNS[:9]
 MARK = "†"
 
@@ -32,15 +45,24 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
         if s is None:
             raise ReportError(f"{d}: no {SUMMARY_FILE} and no finished fold (is it a run directory?)")
         ms = s.mean_std
-        rows.append({
-            "run": Path(d).name, "upstream": s.upstream, "finetune": s.finetune, "layer": str(s.layer),
-            "aggregator": s.aggregator, "classifier": s.classifier,
-            "normalize": s.normalize or "none", "dev": dev_setting(s.dev, s.refit), "refit": s.refit, "transductive": s.transductive,
-            "comparable": s.speaker_independent_inductive,
-            "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",  # incomplete runs are marked
-            **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
-            **{f"{k}_std": ms[k]["std"] for k in ("wa", "ua", "macro_f1")},
-        })
+        rows.append(
+            {
+                "run": Path(d).name,
+                "upstream": s.upstream,
+                "finetune": s.finetune,
+                "layer": str(s.layer),
+                "aggregator": s.aggregator,
+                "classifier": s.classifier,
+                "normalize": s.normalize or "none",
+                "dev": dev_setting(s.dev, s.refit),
+                "refit": s.refit,
+                "transductive": s.transductive,
+                "comparable": s.speaker_independent_inductive,
+                "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",  # incomplete runs are marked
+                **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
+                **{f"{k}_std": ms[k]["std"] for k in ("wa", "ua", "macro_f1")},
+            }
+        )
     return rows
 
 
@@ -66,9 +88,12 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     if any(not r["comparable"] for r in rows):
-        lines += ["", f"{MARK} transductive normalisation (statistics of the test speakers' own audio) or a random "
-                  "dev set (training speakers in dev): not comparable with speaker-independent, non-transductive "
-                  "runs, and never ranked best beside them."]
+        lines += [
+            "",
+            f"{MARK} transductive normalisation (statistics of the test speakers' own audio) or a random "
+            "dev set (training speakers in dev): not comparable with speaker-independent, non-transductive "
+            "runs, and never ranked best beside them.",
+        ]
     lines += ["", "± is the sample standard deviation over folds (ddof=1)."]
     return "\n".join(lines) + "\n"
 
@@ -76,7 +101,11 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
 def to_csv(rows: List[Dict[str, Any]]) -> str:
     """CSV with separate mean and std columns (fractions, not percent)."""
     buf = io.StringIO()
-    fields = list(_TEXT) + ["refit", "transductive"] + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
+    fields = (
+        list(_TEXT)
+        + ["refit", "transductive"]
+        + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
+    )
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)

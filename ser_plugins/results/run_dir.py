@@ -16,6 +16,7 @@ last). Every writer is atomic (``ser_plugins.runtime.atomic``).
 
 Imports stay light (no torch, no recipe model at import time): the torch-free ONNX engine reads it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,19 +79,49 @@ RESUME_FILES = (STATE_FILE, REFIT_STATE_FILE, SELECTION_FILE)
 GRID_FILE = "grid.json"
 
 #: every file name above, for checks that no other module spells one out
-FILE_NAMES = (RECIPE_FILE, RUN_FILE, SUMMARY_FILE, RESULTS_FILE, POOLED_CONFUSION_FILE, LAYER_WEIGHTS_FILE,
-              METRICS_FILE, PREDICTIONS_FILE, BEST_FILE, NORMALIZER_FILE, CURVES_FILE, CONFUSION_FILE,
-              STATE_FILE, REFIT_STATE_FILE, SELECTION_FILE, GRID_FILE)
+FILE_NAMES = (
+    RECIPE_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    RESULTS_FILE,
+    POOLED_CONFUSION_FILE,
+    LAYER_WEIGHTS_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    BEST_FILE,
+    NORMALIZER_FILE,
+    CURVES_FILE,
+    CONFUSION_FILE,
+    STATE_FILE,
+    REFIT_STATE_FILE,
+    SELECTION_FILE,
+    GRID_FILE,
+)
 
 MAX_NAMED_SKIPS = 1000  # skipped utterances and corpus problems named one by one in run.json (all are counted)
 
 PathLike = Union[str, Path]
 
 
-def run_info(*, environment: Dict[str, Any], device: str, precision: str, upstream: Any, labels: Sequence[str],
-             folds: Sequence[Any], skipped: Mapping[str, str], skipped_counts: Dict[str, int],
-             paths: Mapping[str, str], corpus_problems: Sequence[Any], protocol: str, dev: str, refit: bool,
-             normalize: Optional[str], transductive: bool, notes: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def run_info(
+    *,
+    environment: Dict[str, Any],
+    device: str,
+    precision: str,
+    upstream: Any,
+    labels: Sequence[str],
+    folds: Sequence[Any],
+    skipped: Mapping[str, str],
+    skipped_counts: Dict[str, int],
+    paths: Mapping[str, str],
+    corpus_problems: Sequence[Any],
+    protocol: str,
+    dev: str,
+    refit: bool,
+    normalize: Optional[str],
+    transductive: bool,
+    notes: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
     """The content of ``run.json`` (its schema, key order included).
 
     ``folds`` are ``data.folds.Fold``-like (``name``, ``train``, ``dev``, ``test``); ``skipped`` maps an
@@ -98,24 +129,40 @@ def run_info(*, environment: Dict[str, Any], device: str, precision: str, upstre
     ``MAX_NAMED_SKIPS`` skips and corpus problems are named one by one, all are counted. ``notes``
     (extraction and cache figures) are added at the top level.
     """
-    skipped_files = [{"id": uid, "path": paths.get(uid, ""), "reason": reason}
-                     for uid, reason in sorted(skipped.items())[:MAX_NAMED_SKIPS]]
+    skipped_files = [
+        {"id": uid, "path": paths.get(uid, ""), "reason": reason}
+        for uid, reason in sorted(skipped.items())[:MAX_NAMED_SKIPS]
+    ]
     return {
-        "environment": environment, "device": device, "precision": precision,
+        "environment": environment,
+        "device": device,
+        "precision": precision,
         "upstream": upstream,
-        "labels": labels, "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev),
-                                     "test": len(f.test)} for f in folds],
-        "skipped": skipped_counts, "skipped_files": skipped_files,
+        "labels": labels,
+        "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev), "test": len(f.test)} for f in folds],
+        "skipped": skipped_counts,
+        "skipped_files": skipped_files,
         "corpus_problems": len(corpus_problems),
         "corpus_problem_details": corpus_problems[:MAX_NAMED_SKIPS],  # e.g. a manifest row's missing audio
-        "evaluation": {"protocol": protocol, "dev": dev, "refit": refit,
-                       "normalize": normalize, "transductive": transductive},
+        "evaluation": {
+            "protocol": protocol,
+            "dev": dev,
+            "refit": refit,
+            "normalize": normalize,
+            "transductive": transductive,
+        },
         **(notes or {}),
     }
 
 
-def predictions_csv(ids: Sequence[str], speakers: Mapping[str, str], labels: Sequence[str], targets: Sequence[int],
-                    predictions: Sequence[int], probabilities: Sequence[Sequence[float]]) -> str:
+def predictions_csv(
+    ids: Sequence[str],
+    speakers: Mapping[str, str],
+    labels: Sequence[str],
+    targets: Sequence[int],
+    predictions: Sequence[int],
+    probabilities: Sequence[Sequence[float]],
+) -> str:
     """``predictions.csv``'s text: ``id, speaker, label, prediction, p_<label>...`` (probabilities to 5 decimals)."""
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -177,8 +224,10 @@ class FoldDir:
     def write_predictions(self, test: Mapping[str, Any], speakers: Mapping[str, str], labels: Sequence[str]) -> None:
         """Write ``predictions.csv`` from an evaluation's result (``ids``, ``targets``, ``predictions``,
         ``probabilities``)."""
-        atomic_write_text(self.predictions, predictions_csv(test["ids"], speakers, labels, test["targets"],
-                                                            test["predictions"], test["probabilities"]))
+        atomic_write_text(
+            self.predictions,
+            predictions_csv(test["ids"], speakers, labels, test["targets"], test["predictions"], test["probabilities"]),
+        )
 
     def write_selection(self, fit: Dict[str, Any]) -> None:
         """Write ``selection.json``: a refitting fold's first pass (``FitResult.to_dict()``)."""

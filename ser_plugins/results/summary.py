@@ -1,4 +1,5 @@
 """The run summary: one dataclass written as summary.json and results.md, read by ``ser report``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,15 @@ def dev_setting(dev: str, refit: bool = False) -> str:
 
 def evaluation_setting(normalize: Optional[str], dev: str, refit: bool = False) -> str:
     """A short description of how honest a run's evaluation is, for tables."""
-    parts = [f"normalisation {normalize or 'none'}" + (" (transductive: test speakers' own statistics)"
-                                                        if normalize == "speaker" else "")]
-    notes = {"random": " (random utterances: leaks training speakers)",
-             "none": " (no dev set: every training speaker trains)"}
-    parts.append(f"dev {dev}" + notes.get(dev, "")
-                 + (" + refit on train + dev for the chosen length" if refit else ""))
+    parts = [
+        f"normalisation {normalize or 'none'}"
+        + (" (transductive: test speakers' own statistics)" if normalize == "speaker" else "")
+    ]
+    notes = {
+        "random": " (random utterances: leaks training speakers)",
+        "none": " (no dev set: every training speaker trains)",
+    }
+    parts.append(f"dev {dev}" + notes.get(dev, "") + (" + refit on train + dev for the chosen length" if refit else ""))
     return ", ".join(parts)
 
 
@@ -92,20 +96,28 @@ class Summary:
 
     def to_markdown(self) -> str:
         """The run's results as a markdown table: one row per fold, then mean ± std (results.md)."""
-        lines = [f"# {self.name}", "",
-                 f"upstream `{self.upstream}` ({self.finetune}, layer {self.layer}), "
-                 f"aggregator `{self.aggregator}`, classifier `{self.classifier}`", "",
-                 f"Evaluation: protocol {self.protocol or 'default'}, "
-                 f"{evaluation_setting(self.normalize, self.dev, self.refit)}; "
-                 f"± is the {self.fold_spread.split(';')[0]}.", "",
-                 "| fold | WA | UA | macro-F1 | n |", "|---|---|---|---|---|"]
+        lines = [
+            f"# {self.name}",
+            "",
+            f"upstream `{self.upstream}` ({self.finetune}, layer {self.layer}), "
+            f"aggregator `{self.aggregator}`, classifier `{self.classifier}`",
+            "",
+            f"Evaluation: protocol {self.protocol or 'default'}, "
+            f"{evaluation_setting(self.normalize, self.dev, self.refit)}; "
+            f"± is the {self.fold_spread.split(';')[0]}.",
+            "",
+            "| fold | WA | UA | macro-F1 | n |",
+            "|---|---|---|---|---|",
+        ]
         for name, m in self.folds.items():
             lines.append(f"| {name} | {m['wa']:.4f} | {m['ua']:.4f} | {m['macro_f1']:.4f} | {m['n']} |")
         ms = self.mean_std
         lines.append(f"| **mean ± std** | {_pm(ms['wa'])} | {_pm(ms['ua'])} | {_pm(ms['macro_f1'])} | |")
         if self.skipped_utterances:
-            lines += ["", "Skipped utterances by reason: "
-                      + ", ".join(f"{k}: {v}" for k, v in self.skipped_utterances.items())]
+            lines += [
+                "",
+                "Skipped utterances by reason: " + ", ".join(f"{k}: {v}" for k, v in self.skipped_utterances.items()),
+            ]
         if not self.complete:
             lines += ["", "Not all folds were run: this table covers the selected folds only."]
         return "\n".join(lines) + "\n"

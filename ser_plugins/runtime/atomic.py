@@ -3,6 +3,7 @@
 Files get the mode ``open()`` would give them (0666 less the umask), not ``mkstemp``'s 0600; a
 write that fails for lack of room raises ``DiskFullError`` naming the file and its directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         code = disk_full_errno(exc)
         if code is None:
             raise
-        raise DiskFullError(f"cannot write {path.name} in {path.parent}: {os.strerror(code)} (no room left on "
-                            f"the disk, or over a size limit); the previous {path.name}, if any, is intact") from exc
+        raise DiskFullError(
+            f"cannot write {path.name} in {path.parent}: {os.strerror(code)} (no room left on "
+            f"the disk, or over a size limit); the previous {path.name}, if any, is intact"
+        ) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

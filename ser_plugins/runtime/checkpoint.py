@@ -1,4 +1,5 @@
 """Own checkpoints: weights as safetensors, training state loaded with ``weights_only=True``."""
+
 from __future__ import annotations
 
 import pickle
@@ -46,6 +47,7 @@ def read_metadata(path: Path) -> Dict[str, str]:
 
 def save_state(path: Path, state: Dict[str, Any]) -> None:
     """Save optimiser/scheduler state and progress (tensors, numbers, lists, dicts only), atomically."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a Python file: a failed write keeps its OSError (full disk) as the cause
             torch.save(state, fh)
@@ -59,13 +61,19 @@ def load_state(path: Path) -> Dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not is_refusal(exc):  # e.g. "invalid load key": a damaged file, not a refused object
-            raise CorruptFileError(f"{path}: not a readable training state ({unpickler_detail(exc)}); delete it "
-                                   "(the fold restarts from its first epoch) or restore it") from None
+            raise CorruptFileError(
+                f"{path}: not a readable training state ({unpickler_detail(exc)}); delete it "
+                "(the fold restarts from its first epoch) or restore it"
+            ) from None
         refused = refused_pickle(str(path), exc)
-        raise UnsafeCheckpointError(f"{refused}. A training state written by ser-plugins never holds such "
-                                    "objects: delete the file (the fold restarts) or restore it") from None
+        raise UnsafeCheckpointError(
+            f"{refused}. A training state written by ser-plugins never holds such "
+            "objects: delete the file (the fold restarts) or restore it"
+        ) from None
     except (RuntimeError, EOFError, OSError) as exc:  # truncated or foreign file (not a torch.save zip)
         if isinstance(exc, FileNotFoundError):
             raise
-        raise CorruptFileError(f"{path}: not a readable training state ({type(exc).__name__}); delete it "
-                               "(the fold restarts from its first epoch) or restore it") from None
+        raise CorruptFileError(
+            f"{path}: not a readable training state ({type(exc).__name__}); delete it "
+            "(the fold restarts from its first epoch) or restore it"
+        ) from None

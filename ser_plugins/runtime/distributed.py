@@ -4,6 +4,7 @@ They sit below data and training (data shards frozen-feature extraction across r
 splits batches across ranks in ``ser_plugins.training.distributed``). On a single process every
 function is a no-op that returns its input.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -134,7 +135,7 @@ def all_gather(value: Any, ctx: DistContext) -> List[Any]:
 
 def shard(items: Sequence[Any], ctx: DistContext) -> List[Any]:
     """This rank's share of ``items`` (every ``world``-th, from ``rank``)."""
-    return list(items[ctx.rank::ctx.world])
+    return list(items[ctx.rank :: ctx.world])
 
 
 def sum_over_ranks(values: Sequence[float], ctx: DistContext) -> List[float]:

@@ -5,6 +5,7 @@ The lock is an OS file lock taken through the ``filelock`` package (``flock`` on
 dies, even by ``kill -9``. Who holds it (pid and host) is written beside it, in ``.lock.holder``,
 for the message a second run gets.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,13 @@ class RunLock:
     once. ``hint`` ends the refusal message.
     """
 
-    def __init__(self, directory: Path, phase: Optional[str] = None, wait: bool = False,
-                 hint: str = "wait for it or choose another --out") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        phase: Optional[str] = None,
+        wait: bool = False,
+        hint: str = "wait for it or choose another --out",
+    ) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self.holder_path = self.directory / HOLDER_NAME

@@ -1,4 +1,5 @@
 """Seeding every random number generator a run uses."""
+
 from __future__ import annotations
 
 import random

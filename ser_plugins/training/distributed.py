@@ -15,6 +15,7 @@ rank 0 writes files and logs; decisions (a fold already finished, early stopping
 rank 0 and broadcast. Frozen-feature extraction is split across ranks into the shared feature
 cache (``shard``), followed by a barrier, after which every rank reads the whole cache.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,24 @@ from ser_plugins.runtime.distributed import (
 )
 
 #: the process-group primitives (``ser_plugins.runtime.distributed``) are re-exported beside the training side
-__all__ = ["DistContext", "all_gather", "barrier", "broadcast", "context", "end_process", "rank_device", "shard",
-           "sum_over_ranks", "ShardBatch", "ShardedSource", "loss_scale", "TrainForward", "wrap", "accumulating",
-           "gather_predictions"]
+__all__ = [
+    "DistContext",
+    "all_gather",
+    "barrier",
+    "broadcast",
+    "context",
+    "end_process",
+    "rank_device",
+    "shard",
+    "sum_over_ranks",
+    "ShardBatch",
+    "ShardedSource",
+    "loss_scale",
+    "TrainForward",
+    "wrap",
+    "accumulating",
+    "gather_predictions",
+]
 
 log = logging.getLogger("ser_plugins")
 
@@ -49,12 +65,14 @@ log = logging.getLogger("ser_plugins")
 class ShardBatch(Batch):
     """This rank's rows of a global batch, with the global batch's ids and targets and a weight per row."""
 
-    def __init__(self, batch: Batch, rows: List[int], weight: float, global_ids: List[str],
-                 global_targets: torch.Tensor) -> None:
+    def __init__(
+        self, batch: Batch, rows: List[int], weight: float, global_ids: List[str], global_targets: torch.Tensor
+    ) -> None:
         index = torch.tensor(rows, dtype=torch.long)
         inputs = [x[index] for x in batch.inputs] if isinstance(batch.inputs, list) else batch.inputs[index]
-        super().__init__(inputs, batch.lengths[index], batch.targets[index], [batch.ids[i] for i in rows],
-                         batch.features)
+        super().__init__(
+            inputs, batch.lengths[index], batch.targets[index], [batch.ids[i] for i in rows], batch.features
+        )
         self.weight = weight
         self.global_ids = global_ids
         self.global_targets = global_targets
@@ -154,9 +172,15 @@ def accumulating(ddp: Optional[nn.parallel.DistributedDataParallel], sync: bool)
     return ddp.no_sync()
 
 
-def gather_predictions(order: List[str], targets: List[int], preds: List[int], probs: List[torch.Tensor],
-                       weights: List[float], global_order: List[str],
-                       ctx: DistContext) -> Tuple[List[str], List[int], List[int], torch.Tensor]:
+def gather_predictions(
+    order: List[str],
+    targets: List[int],
+    preds: List[int],
+    probs: List[torch.Tensor],
+    weights: List[float],
+    global_order: List[str],
+    ctx: DistContext,
+) -> Tuple[List[str], List[int], List[int], torch.Tensor]:
     """Every rank's scored rows merged by utterance id in the global batch order; weight-0 rows dropped.
 
     Returns ``(ids, targets, predictions, probabilities [N, C])``: each id exactly once.
@@ -172,5 +196,9 @@ def gather_predictions(order: List[str], targets: List[int], preds: List[int], p
     if missing:
         raise RuntimeError(f"{len(missing)} utterance(s) were scored by no rank (first: {missing[0]})")
     ids = [u for u in dict.fromkeys(global_order)]
-    return (ids, [by_id[u][0] for u in ids], [by_id[u][1] for u in ids],
-            torch.stack([by_id[u][2] for u in ids]) if ids else torch.zeros(0))
+    return (
+        ids,
+        [by_id[u][0] for u in ids],
+        [by_id[u][1] for u in ids],
+        torch.stack([by_id[u][2] for u in ids]) if ids else torch.zeros(0),
+    )

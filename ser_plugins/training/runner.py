@@ -1,4 +1,5 @@
 """The generic fold runner: corpus -> folds -> (frozen features once) -> train/test each fold -> report."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,11 @@ SETUP_PHASE, SUMMARY_PHASE = BRIEF_PHASES
 def effective_precision(precision: str, device: str) -> str:
     """The precision a run really computes in: mixed precision runs on CUDA only; warned when dropped."""
     if precision != "fp32" and not str(device).startswith("cuda"):
-        log.warning("training.precision: %s is ignored on %s (mixed precision runs on CUDA devices only); "
-                    "training in fp32", precision, device)
+        log.warning(
+            "training.precision: %s is ignored on %s (mixed precision runs on CUDA devices only); training in fp32",
+            precision,
+            device,
+        )
         return "fp32"
     return precision
 
@@ -137,8 +141,13 @@ def _create_dir(run_dir: Path) -> List[Path]:
 def _environment() -> Dict[str, Any]:
     import ser_plugins
 
-    return {"ser_plugins": ser_plugins.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "ser_plugins": ser_plugins.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 class Runner:
@@ -148,8 +157,15 @@ class Runner:
     (``training.trainer``), and the results (``results``).
     """
 
-    def __init__(self, recipe: Recipe, run_dir: Path, folds: Optional[Sequence[str]] = None,
-                 resume: bool = False, progress: bool = True, store_frames: bool = False) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        folds: Optional[Sequence[str]] = None,
+        resume: bool = False,
+        progress: bool = True,
+        store_frames: bool = False,
+    ) -> None:
         self.recipe = recipe
         self.store_frames = store_frames
         self.run_dir = Path(run_dir)
@@ -171,7 +187,9 @@ class Runner:
         saved = self.files.recipe
         if saved.exists():
             if not self.resume and not self.fold_selection:  # a fold job (--folds) joins its run's directory
-                raise RunError(f"{self.run_dir} already holds a run; pass --resume to continue it or --out for a new one")
+                raise RunError(
+                    f"{self.run_dir} already holds a run; pass --resume to continue it or --out for a new one"
+                )
             try:
                 old = self.files.read_recipe()
             except Exception as exc:  # noqa: BLE001 - any YAML problem: the file is not ours
@@ -218,15 +236,22 @@ class Runner:
                 prep = prepare(self.recipe, self.device, self.progress, planned, self.store_frames)
                 lost = [n for n in chosen if n not in {f.name for f in prep.folds}]
                 if lost and self.fold_selection:  # unselected, a lost session's fold is left out with a warning
-                    raise RunError(f"fold {lost[0]!r} has no usable utterances left (all its audio was skipped; "
-                                   "see the warnings above)")
+                    raise RunError(
+                        f"fold {lost[0]!r} has no usable utterances left (all its audio was skipped; "
+                        "see the warnings above)"
+                    )
                 folds = [f for f in prep.folds if f.name in chosen]
                 self._write_run_files(prep)
                 started = True
             return self._run_folds(prep, folds, t0)
         except DiskFullError as exc:
-            where = "" if not started else (f"; finished folds in {self.run_dir} are intact: free some space and "
-                                            "continue with ser run --resume")
+            where = (
+                ""
+                if not started
+                else (
+                    f"; finished folds in {self.run_dir} are intact: free some space and continue with ser run --resume"
+                )
+            )
             raise RunError(f"{exc}{where}") from exc
         finally:
             if locked and not started:
@@ -257,13 +282,26 @@ class Runner:
         r = self.recipe
         self.files.write_recipe(r)
         paths = {u.id: u.path for u in self._planned_utterances} if self._planned_utterances else {}
-        self.files.write_run_info(run_info(
-            environment=_environment(), device=self.device, precision=self.precision,
-            upstream=prep.upstream.identity(), labels=prep.labels, folds=prep.folds,
-            skipped=prep.skipped, skipped_counts=count_reasons(prep.skipped), paths=paths,
-            corpus_problems=prep.corpus_problems, protocol=prep.protocol, dev=r.protocol.dev,
-            refit=r.training.refit, normalize=r.features.normalize, transductive=r.features.transductive,
-            notes=prep.notes))
+        self.files.write_run_info(
+            run_info(
+                environment=_environment(),
+                device=self.device,
+                precision=self.precision,
+                upstream=prep.upstream.identity(),
+                labels=prep.labels,
+                folds=prep.folds,
+                skipped=prep.skipped,
+                skipped_counts=count_reasons(prep.skipped),
+                paths=paths,
+                corpus_problems=prep.corpus_problems,
+                protocol=prep.protocol,
+                dev=r.protocol.dev,
+                refit=r.training.refit,
+                normalize=r.features.normalize,
+                transductive=r.features.transductive,
+                notes=prep.notes,
+            )
+        )
 
     def _run_folds(self, prep: Prepared, folds: List[Fold], t0: float) -> Summary:
         r = self.recipe
@@ -274,8 +312,12 @@ class Runner:
             with contextlib.ExitStack() as held:
                 done = fold_dir.finished
                 if not done and self.ctx.main:
-                    held.enter_context(RunLock(fold_dir.path, hint="another job trains this fold; wait for it "
-                                                                   "(re-running skips finished folds)"))
+                    held.enter_context(
+                        RunLock(
+                            fold_dir.path,
+                            hint="another job trains this fold; wait for it (re-running skips finished folds)",
+                        )
+                    )
                     done = fold_dir.finished  # finished by another job while we waited
                     for orphan in [] if done else fold_dir.path.rglob(".*.tmp"):  # left by a killed job; lock is ours
                         orphan.unlink(missing_ok=True)
@@ -331,7 +373,9 @@ class Runner:
         if self.ctx.main:
             normalizer.save(fold_dir.normalizer)
         assert isinstance(prep.source, FeatureSource)  # normalisation: precomputed features only
-        return prep.source.with_transform(lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids]))
+        return prep.source.with_transform(
+            lambda ids, layers: normalizer.transform_batch(layers, [speakers[u] for u in ids])
+        )
 
     def _run_fold(self, prep: Prepared, fold: Fold, index: int) -> Dict[str, Any]:
         r = self.recipe
@@ -360,9 +404,21 @@ class Runner:
             set_seed(seed)
             head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
             model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
-            return FoldTrainer(model, source, training, r.finetune, prep.labels, fold_dir.path, self.device,
-                               r.output.save_checkpoints, on_epoch, self.progress, eval_bs,
-                               r.output.checkpoint_interval, state_file)
+            return FoldTrainer(
+                model,
+                source,
+                training,
+                r.finetune,
+                prep.labels,
+                fold_dir.path,
+                self.device,
+                r.output.save_checkpoints,
+                on_epoch,
+                self.progress,
+                eval_bs,
+                r.output.checkpoint_interval,
+                state_file,
+            )
 
         if r.training.refit and fold_dir.selection.exists():  # resumed during the refit: the dev choice is made
             fit = FitResult.from_dict(fold_dir.read_selection())
@@ -382,30 +438,43 @@ class Runner:
         if not self.ctx.main:
             return {}
         fold_dir.write_predictions(test, prep.speakers, prep.labels)
-        plot_confusion(test["confusion"], prep.labels, fold_dir.confusion,
-                       f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}")
+        plot_confusion(
+            test["confusion"], prep.labels, fold_dir.confusion, f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}"
+        )
         if fit.history:
             plot_curves(fit.history, fold_dir.curves, f"fold {fold.name}")
         metrics = {k: test[k] for k in ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")}
-        metrics.update(fold=fold.name, seed=seed, train=len(fold.train), dev=len(fold.dev), test=len(fold.test),
-                       best_epoch=fit.best_epoch, best_dev_ua=fit.best_dev_ua if fold.dev else None,
-                       nan_steps=fit.nan_steps + (refit.nan_steps if refit else 0),
-                       seconds=round(time.time() - t0, 2), history=fit.history,
-                       train_padding_fraction=round(trainer.padding_fraction(fold.train, seed), 4))
+        metrics.update(
+            fold=fold.name,
+            seed=seed,
+            train=len(fold.train),
+            dev=len(fold.dev),
+            test=len(fold.test),
+            best_epoch=fit.best_epoch,
+            best_dev_ua=fit.best_dev_ua if fold.dev else None,
+            nan_steps=fit.nan_steps + (refit.nan_steps if refit else 0),
+            seconds=round(time.time() - t0, 2),
+            history=fit.history,
+            train_padding_fraction=round(trainer.padding_fraction(fold.train, seed), 4),
+        )
         if refit is not None:
-            metrics["refit"] = {"train": refit_train, "steps": refit.steps, "total_steps": refit.total_steps,
-                                "history": refit.history}
+            metrics["refit"] = {
+                "train": refit_train,
+                "steps": refit.steps,
+                "total_steps": refit.total_steps,
+                "history": refit.history,
+            }
         layer_weights = getattr(model.head.layer_use, "normalized_weights", None)  # a weighted layer sum
         if layer_weights is not None:
-            metrics["layer_weights"] = {"layers": prep.kept_layers,
-                                        "weights": layer_weights().detach().cpu().tolist()}
+            metrics["layer_weights"] = {"layers": prep.kept_layers, "weights": layer_weights().detach().cpu().tolist()}
         fold_dir.write_metrics(metrics)  # written last: marks the fold done
         fold_dir.remove_resume_state()  # the trainer's and the refit's resume files of a finished fold
         log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
         return metrics
 
-    def _refit(self, trainer_for: Callable[[TrainingConfig, str], FoldTrainer], fold: Fold, fit: FitResult,
-               seed: int) -> Tuple[FoldTrainer, FitResult, int]:
+    def _refit(
+        self, trainer_for: Callable[[TrainingConfig, str], FoldTrainer], fold: Fold, fit: FitResult, seed: int
+    ) -> Tuple[FoldTrainer, FitResult, int]:
         """Train a fresh head on train + dev up to the share of the budget the dev set chose.
 
         The chosen epoch's step count, as a share of the first pass's planned steps, is applied to
@@ -419,8 +488,15 @@ class Runner:
         ids = list(fold.train) + list(fold.dev)
         planned = trainer.planned_steps(ids, seed)
         stop = max(1, round(chosen * planned / max(1, fit.total_steps)))
-        log.info("fold %s: refit on train + dev (%d utterances) for %d of %d steps (dev chose epoch %d, step %d)",
-                 fold.name, len(ids), stop, planned, fit.best_epoch, chosen)
+        log.info(
+            "fold %s: refit on train + dev (%d utterances) for %d of %d steps (dev chose epoch %d, step %d)",
+            fold.name,
+            len(ids),
+            stop,
+            planned,
+            fit.best_epoch,
+            chosen,
+        )
         refit = trainer.fit(ids, [], seed, stop_at_step=stop)
         return trainer, refit, len(ids)
 
@@ -429,8 +505,13 @@ class Runner:
         per_fold = [results[n] for n in results]
         pooled = np.sum([np.array(m["confusion"]) for m in per_fold], axis=0)
         summary = Summary(
-            name=r.name, upstream=r.upstream.name, finetune=r.finetune.mode, layer=r.features.layer,
-            aggregator=r.aggregator.name, classifier=r.classifier.name, labels=prep.labels,
+            name=r.name,
+            upstream=r.upstream.name,
+            finetune=r.finetune.mode,
+            layer=r.features.layer,
+            aggregator=r.aggregator.name,
+            classifier=r.classifier.name,
+            labels=prep.labels,
             folds={n: {k: results[n][k] for k in ("wa", "ua", "macro_f1", "n")} for n in results},
             mean_std=mean_std(per_fold),
             pooled={**metrics_from_confusion(pooled), "confusion": pooled.tolist()},
@@ -439,7 +520,10 @@ class Runner:
             corpus_problems=len(prep.corpus_problems),
             fold_warnings=prep.warnings,
             seconds=round(seconds, 1),
-            protocol=prep.protocol, dev=r.protocol.dev, refit=r.training.refit, normalize=r.features.normalize,
+            protocol=prep.protocol,
+            dev=r.protocol.dev,
+            refit=r.training.refit,
+            normalize=r.features.normalize,
             transductive=r.features.transductive,
         )
         weights = {n: results[n]["layer_weights"]["weights"] for n in results if "layer_weights" in results[n]}
@@ -458,7 +542,12 @@ def _tensorboard(path: Path):
     return SummaryWriter(str(path))
 
 
-def run_recipe(recipe: Recipe, out: Optional[str] = None, folds: Optional[Sequence[str]] = None,
-               resume: bool = False, progress: bool = True) -> Summary:
+def run_recipe(
+    recipe: Recipe,
+    out: Optional[str] = None,
+    folds: Optional[Sequence[str]] = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Summary:
     """Run a resolved recipe; returns the summary (also written to the run directory)."""
     return Runner(recipe, run_dir_for(recipe, out), folds, resume, progress).run()

@@ -1,4 +1,5 @@
 """Training one fold: optimiser groups, schedule, early stopping on dev UA, resumable checkpoints."""
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,9 @@ def build_optimizer(model: SERModel, training: TrainingConfig, finetune: Finetun
     With ``finetune.layer_decay`` the upstream's depth groups get ``upstream_lr * decay**k``, k
     counted down from the top group.
     """
-    groups: List[Dict[str, Any]] = [{"params": [p for p in model.head.parameters() if p.requires_grad],
-                                     "lr": training.lr, "name": "head"}]
+    groups: List[Dict[str, Any]] = [
+        {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": training.lr, "name": "head"}
+    ]
     up_groups = [[p for p in g if p.requires_grad] for g in model.upstream.layer_parameter_groups()]
     up_groups = [g for g in up_groups if g]
     decay = finetune.layer_decay
@@ -65,6 +67,7 @@ def build_optimizer(model: SERModel, training: TrainingConfig, finetune: Finetun
 
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int):
     """Linear warm-up over ``warmup`` steps, then constant, linear or cosine decay to 0 at ``total``."""
+
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
@@ -111,8 +114,15 @@ def forward_batch(model: SERModel, batch: Batch, step: Optional[int] = None) -> 
 
 
 @torch.no_grad()
-def evaluate(model: SERModel, source: BatchSource, ids: Sequence[str], labels: Sequence[str], batch_size: int,
-             device: str, precision: str = "fp32") -> Dict[str, Any]:
+def evaluate(
+    model: SERModel,
+    source: BatchSource,
+    ids: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int,
+    device: str,
+    precision: str = "fp32",
+) -> Dict[str, Any]:
     """Predict ``ids``; returns metrics plus per-utterance predictions and probabilities."""
     model.eval()
     preds: List[int] = []
@@ -127,10 +137,15 @@ def evaluate(model: SERModel, source: BatchSource, ids: Sequence[str], labels: S
             logits = forward_batch(model, batch)
         if not torch.isfinite(logits).all():
             bad = [batch.ids[i] for i in range(len(batch.ids)) if not torch.isfinite(logits[i]).all()]
-            where = locate_non_finite(model, batch.inputs, batch.lengths, batch.features) \
-                if isinstance(model, SERModel) else None
-            raise TrainingDiverged(f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]})"
-                                   f"{': ' + where if where else ''}; no result is written")
+            where = (
+                locate_non_finite(model, batch.inputs, batch.lengths, batch.features)
+                if isinstance(model, SERModel)
+                else None
+            )
+            raise TrainingDiverged(
+                f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]})"
+                f"{': ' + where if where else ''}; no result is written"
+            )
         p = torch.softmax(logits.float(), dim=-1).cpu()
         probs.append(p)
         preds.extend(p.argmax(-1).tolist())
@@ -140,7 +155,8 @@ def evaluate(model: SERModel, source: BatchSource, ids: Sequence[str], labels: S
         global_order.extend(getattr(batch, "global_ids", batch.ids))
     if isinstance(source, ddp_tools.ShardedSource):  # torchrun: every rank's rows, each utterance once
         order, targets, preds, gathered = ddp_tools.gather_predictions(
-            order, targets, preds, [row for p in probs for row in p], weights, global_order, source.ctx)
+            order, targets, preds, [row for p in probs for row in p], weights, global_order, source.ctx
+        )
         probs = [gathered] if order else []
     result = classification_metrics(targets, preds, labels)
     result["ids"], result["targets"], result["predictions"] = order, targets, preds
@@ -185,11 +201,22 @@ class FoldTrainer:
     to ``best.safetensors`` (on each new best under a dev selection, once at the end under ``last``).
     """
 
-    def __init__(self, model: SERModel, source: BatchSource, training: TrainingConfig, finetune: FinetuneConfig,
-                 labels: Sequence[str], fold_dir: Path, device: str, save_checkpoints: bool = True,
-                 on_epoch: Optional[Callable[[Dict[str, float]], None]] = None, progress: bool = True,
-                 eval_batch_size: Optional[int] = None, checkpoint_interval: float = 0.0,
-                 state_file: str = STATE_FILE) -> None:
+    def __init__(
+        self,
+        model: SERModel,
+        source: BatchSource,
+        training: TrainingConfig,
+        finetune: FinetuneConfig,
+        labels: Sequence[str],
+        fold_dir: Path,
+        device: str,
+        save_checkpoints: bool = True,
+        on_epoch: Optional[Callable[[Dict[str, float]], None]] = None,
+        progress: bool = True,
+        eval_batch_size: Optional[int] = None,
+        checkpoint_interval: float = 0.0,
+        state_file: str = STATE_FILE,
+    ) -> None:
         self.model = model
         self.source = source
         self.training = training
@@ -223,8 +250,16 @@ class FoldTrainer:
     def _resume(self, optimizer, scheduler, scaler) -> Tuple[Dict[str, Any], Optional[Dict[str, torch.Tensor]]]:
         """``(progress, best weights or None)`` from ``last_state.pt``: one file, written atomically."""
         state_path = self.state_path
-        fresh = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_ua": -1.0, "best_epoch": 0, "bad_epochs": 0,
-                 "stopped": False, "history": []}
+        fresh = {
+            "epoch": 0,
+            "step": 0,
+            "best_score": -math.inf,
+            "best_ua": -1.0,
+            "best_epoch": 0,
+            "bad_epochs": 0,
+            "stopped": False,
+            "history": [],
+        }
         if not state_path.exists():
             return fresh, None
         state = load_state(state_path)
@@ -240,8 +275,9 @@ class FoldTrainer:
             best = load_weights(self.fold_dir / BEST_FILE)
         return {**fresh, **state["progress"]}, best
 
-    def fit(self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int,
-            stop_at_step: Optional[int] = None) -> FitResult:
+    def fit(
+        self, train_ids: Sequence[str], dev_ids: Sequence[str], seed: int, stop_at_step: Optional[int] = None
+    ) -> FitResult:
         """Train for the step budget (or epochs), keep the weights ``training.select`` picks; returns a ``FitResult``.
 
         ``select: last`` keeps the final weights (the schedule has decayed); ``dev_loss`` / ``dev_ua``
@@ -263,8 +299,13 @@ class FoldTrainer:
         if best_state is None:
             best_state = trainable_state(model)
         eval_bs = self.eval_batch_size
-        bar = tqdm(range(progress["epoch"], epochs), desc=f"fold {self.fold_dir.name}", unit="epoch", leave=False,
-                   disable=not self.progress)
+        bar = tqdm(
+            range(progress["epoch"], epochs),
+            desc=f"fold {self.fold_dir.name}",
+            unit="epoch",
+            leave=False,
+            disable=not self.progress,
+        )
         limit = min(s for s in (t.max_steps, stop_at_step) if s) if (t.max_steps or stop_at_step) else None
         for epoch in bar:
             if progress["stopped"] or (limit and progress["step"] >= limit):
@@ -272,19 +313,27 @@ class FoldTrainer:
             set_seed(seed * 1000 + epoch)  # python, numpy (transformers' masking) and torch: resumable by epoch
             ids = balanced_ids(train_ids, self.source.targets, seed + epoch) if t.balanced_sampling else train_ids
             train_loss = self._train_epoch(ids, optimizer, scheduler, loss_fn, progress, seed + epoch, limit)
-            record = {"epoch": epoch + 1, "step": progress["step"], "train_loss": train_loss,
-                      "lr": optimizer.param_groups[0]["lr"]}
+            record = {
+                "epoch": epoch + 1,
+                "step": progress["step"],
+                "train_loss": train_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             dev = None
             if dev_ids:
                 dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t.precision)
                 record.update(dev_loss=dev["loss"], dev_ua=dev["ua"], dev_wa=dev["wa"])
             progress["history"].append(record)
-            score = float(epoch) if dev is None or t.select == "last" else (
-                -dev["loss"] if t.select == "dev_loss" else dev["ua"])
+            score = (
+                float(epoch)
+                if dev is None or t.select == "last"
+                else (-dev["loss"] if t.select == "dev_loss" else dev["ua"])
+            )
             self._save_due = epoch == 0
             if score > progress["best_score"] + 1e-9:
-                progress.update(best_score=score, best_ua=dev["ua"] if dev else -1.0, best_epoch=epoch + 1,
-                                bad_epochs=0)
+                progress.update(
+                    best_score=score, best_ua=dev["ua"] if dev else -1.0, best_epoch=epoch + 1, bad_epochs=0
+                )
                 if t.select != "last":  # with 'last' the current weights are the best: saved once, at the end
                     best_state = trainable_state(model)
                     self._save_due = True  # the resume state and best.safetensors always agree
@@ -308,9 +357,14 @@ class FoldTrainer:
             if self.save_checkpoints and self.ctx.main:
                 save_weights(self.fold_dir / BEST_FILE, best_state)
         model.load_state_dict(best_state, strict=False)
-        return FitResult(history=progress["history"], best_epoch=progress["best_epoch"],
-                         best_dev_ua=progress["best_ua"], nan_steps=self.nan_steps, total_steps=int(total),
-                         steps=progress["step"])
+        return FitResult(
+            history=progress["history"],
+            best_epoch=progress["best_epoch"],
+            best_dev_ua=progress["best_ua"],
+            nan_steps=self.nan_steps,
+            total_steps=int(total),
+            steps=progress["step"],
+        )
 
     def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
         """Everything needed to resume after this epoch, in ONE atomically written file (rank 0's).
@@ -324,9 +378,13 @@ class FoldTrainer:
         if not self._save_due and self._saved_at is not None and now - self._saved_at < self.checkpoint_interval:
             return
         self._saved_at = now
-        state = {"model": trainable_state(self.model), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "progress": progress,
-                 "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        state = {
+            "model": trainable_state(self.model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "progress": progress,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
         if not self.save_checkpoints and self.training.select != "last":
             state["best"] = best_state  # no best.safetensors on disk: keep the best weights here
         save_state(self.state_path, state)
@@ -363,7 +421,11 @@ class FoldTrainer:
         for batch in self.source.batches(ids, self._plan(seed)):
             if limit and progress["step"] >= limit:
                 break
-            smallest = len(batch.ids) if self.ddp is None else max(1, len(cast(ddp_tools.ShardBatch, batch).global_ids) // self.ctx.world)
+            smallest = (
+                len(batch.ids)
+                if self.ddp is None
+                else max(1, len(cast(ddp_tools.ShardBatch, batch).global_ids) // self.ctx.world)
+            )
             if smallest == 1 and self.has_batch_norm:  # under torchrun: decided on the global batch, same on all ranks
                 singletons += 1
                 continue  # BatchNorm cannot train on one utterance (a bucket's tail or an over-budget one)
@@ -371,8 +433,11 @@ class FoldTrainer:
             sync = accum + 1 == t.grad_accum  # torchrun: gradients are all-reduced on a group's last micro-batch
             with ddp_tools.accumulating(self.ddp, sync):
                 with autocast(self.device, t.precision):
-                    logits = (forward_batch(model, batch, step=progress["step"]) if self.ddp is None else
-                              self.ddp(batch.inputs, batch.lengths, batch.features, progress["step"]))
+                    logits = (
+                        forward_batch(model, batch, step=progress["step"])
+                        if self.ddp is None
+                        else self.ddp(batch.inputs, batch.lengths, batch.features, progress["step"])
+                    )
                 adjust = getattr(model.head.classifier, "training_logits", None)  # margins (AM-softmax) see the targets
                 logits = adjust(logits.float(), batch.targets) if adjust is not None else logits
                 loss = loss_fn(logits.float(), batch.targets)
@@ -401,8 +466,10 @@ class FoldTrainer:
         if self.ddp is not None:  # the epoch's loss over every rank's rows
             total, count = ddp_tools.sum_over_ranks([total, count], self.ctx)
         if count == 0 and singletons:
-            raise TrainingDiverged(f"fold {self.fold_dir.name}: every training batch held one utterance, and the head's "
-                                   "BatchNorm needs two; raise training.max_batch_seconds or training.batch_size")
+            raise TrainingDiverged(
+                f"fold {self.fold_dir.name}: every training batch held one utterance, and the head's "
+                "BatchNorm needs two; raise training.max_batch_seconds or training.batch_size"
+            )
         if count == 0:
             stage = f" ({self._non_finite_stage})" if self._non_finite_stage else ""
             raise TrainingDiverged(f"fold {self.fold_dir.name}: no finite loss in a whole epoch{stage}")
@@ -446,8 +513,10 @@ class FoldTrainer:
 
     def _non_finite(self, loss: torch.Tensor, batch) -> None:
         self.nan_steps += 1
-        msg = (f"fold {self.fold_dir.name}: non-finite loss ({loss.item()}) on a batch of "
-               f"{len(batch.ids)} utterances (first: {batch.ids[0]})")
+        msg = (
+            f"fold {self.fold_dir.name}: non-finite loss ({loss.item()}) on a batch of "
+            f"{len(batch.ids)} utterances (first: {batch.ids[0]})"
+        )
         source = self._non_finite_source(batch)
         if source:
             msg += f": {source}"
