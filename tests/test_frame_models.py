@@ -354,7 +354,7 @@ def test_frame_heads_train_with_a_fine_tuned_upstream(fast_recipe, tmp_path):
         fast_recipe.update(upstream={"name": "hf", "model": model_dir}, features={"layer": "weighted_sum"},
                            aggregator={"name": name, **SMALL[name]},
                            finetune={"mode": "finetune", "upstream_lr": 1e-4},
-                           training={"epochs": 1, "batch_size": 8, "max_duration": 1.5})
+                           training={"epochs": 1, "max_steps": 2, "batch_size": 8, "max_duration": 1.5})
         out = tmp_path / name
         run_recipe(load_recipe(fast_recipe), str(out), folds=["1"], progress=False)
         saved = load_weights(out / "folds" / "Session1" / "best.safetensors")
