@@ -159,7 +159,7 @@ def _contract_check(kind: str, name: str) -> Callable[[Callable[..., Optional[st
                 check = name.format(device=torch.device(bound.arguments["device"])) if "{device}" in name else name
                 raise _as_failure(plugin, kind, check, exc) from exc
 
-        run.kind, run.check_name = kind, name  # type: ignore[attr-defined]
+        run.kind, run.check_name = kind, name  # type: ignore[attr-defined]  # tags on the function, read by _checks
         return run
 
     return wrap
@@ -863,7 +863,7 @@ def check_corpus_deterministic(corpus: Any, /, *, factory: Optional[Callable[[],
 
 # --- the lists, and running them ----------------------------------------------------------------
 def _checks(*funcs: Callable[..., Optional[str]]) -> Tuple[Check, ...]:
-    return tuple(Check(f.kind, f.check_name, f) for f in funcs)  # type: ignore[attr-defined]
+    return tuple(Check(f.kind, f.check_name, f) for f in funcs)  # type: ignore[attr-defined]  # tags set by the decorator
 
 
 #: every check of a kind, in the order ``check_<kind>`` runs them (the per-device ones: ``checks_for``)

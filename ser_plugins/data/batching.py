@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     return 1.0 - used / total if total else 0.0
 
 
-def pad_waves(waves: Sequence[np.ndarray]) -> tuple:
+def pad_waves(waves: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(wavs [B, S] float32, lengths [B])`` right-padded with zeros."""
     lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
     batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
@@ -65,7 +65,7 @@ def pad_waves(waves: Sequence[np.ndarray]) -> tuple:
     return batch, lengths
 
 
-def pad_features(per_utt: Sequence[List[torch.Tensor]]) -> tuple:
+def pad_features(per_utt: Sequence[List[torch.Tensor]]) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Per-utterance lists of ``[T, D]`` layer tensors -> (list of ``[B, T, D]`` per layer, lengths)."""
     lengths = torch.tensor([f[0].shape[0] for f in per_utt], dtype=torch.long)
     layers = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ser_plugins.errors import UserError
 from ser_plugins.plugins.contracts import Utterance
@@ -53,7 +53,7 @@ def _speaker_dev(
     group_of,
     test: Sequence[Utterance] = (),
     fold_name: str = "",
-) -> tuple:
+) -> Tuple[List[Utterance], List[Utterance]]:
     """Hold out one training speaker as dev, rotating deterministically over folds.
 
     The dev speaker never speaks in ``test`` (a corpus's own folds or splits may share speakers
@@ -93,7 +93,7 @@ def _session_mates(train: List[Utterance], test: List[Utterance]) -> set:
     return {u.speaker for u in train if u.session in sessions}
 
 
-def _random_dev(train: List[Utterance], fraction: float, seed: int) -> tuple:
+def _random_dev(train: List[Utterance], fraction: float, seed: int) -> Tuple[List[Utterance], List[Utterance]]:
     rng = random.Random(seed)
     ids = sorted(u.id for u in train)
     rng.shuffle(ids)

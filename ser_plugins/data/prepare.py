@@ -71,7 +71,7 @@ def count_reasons(skipped: Dict[str, str]) -> Dict[str, int]:
     return out
 
 
-def load_corpus(recipe: Recipe) -> tuple:
+def load_corpus(recipe: Recipe) -> Tuple[Corpus, List[Utterance], List[str]]:
     """``(corpus, utterances, problems)``: the recipe's corpus read, fatal problems raised.
 
     Rows dropped for a label outside the corpus's labels are warned about and counted, but not an
@@ -174,7 +174,7 @@ def needs_frames(recipe: Recipe) -> bool:
     )
 
 
-def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> tuple:
+def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> Tuple[List[int], bool]:
     """Build the head once on the meta device (no memory, no random numbers) to refuse bad compositions.
 
     Returns ``(kept upstream layers, whether the head sees only utterance means)``.

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no sweeping, folders are still removed on a normal exit
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module, or None where there is none
 
 log = logging.getLogger("ser_plugins")
 

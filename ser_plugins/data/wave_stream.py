@@ -52,7 +52,7 @@ class ScanItems(Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def __getitem__(self, i: int) -> tuple:
+    def __getitem__(self, i: int) -> Tuple[int, Optional[int], Optional[str], Optional[Tuple[str, str]]]:
         u = self.utterances[i]
         try:
             wav = load_audio(u.path, self.sample_rate, u.start, u.end, min_samples=self.min_samples)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -196,7 +196,7 @@ class Predictor:
             speaker = "files"
         return {i: normalizer.transform(layers, speaker) for i, layers in states.items()}
 
-    def _hidden(self, upstream, wave) -> tuple:
+    def _hidden(self, upstream, wave) -> Tuple[List[torch.Tensor], torch.Tensor]:
         wavs, lengths = pad_waves([wave])
         out = upstream(wavs.to(self.device), lengths.to(self.device))
         check_upstream_output(upstream, out, lengths.to(self.device))

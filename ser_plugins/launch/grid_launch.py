@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ser_plugins.data.prepare import plan
 from ser_plugins.launch import RESOURCE_KEYS, Job, JobResult, LaunchError
@@ -38,7 +38,7 @@ def resources_for(run: GridRun, overrides: Dict[str, Any]) -> Dict[str, Any]:
 
 def plan_jobs(
     runs: Sequence[GridRun], out: Path, folds: Optional[Sequence[str]], jobs_per: str, resources: Dict[str, Any]
-) -> tuple:
+) -> Tuple[List[Job], List[Job], int]:
     """``(extract jobs, fold jobs, folds already finished)`` of a grid; each run's recipe is written to ``out/jobs``."""
     if jobs_per not in JOBS_PER:
         raise LaunchError(f"--jobs-per must be one of {', '.join(JOBS_PER)}, got {jobs_per!r}")

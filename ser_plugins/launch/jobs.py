@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ser_plugins.errors import UserError
 
@@ -120,7 +120,7 @@ def last_error(log_path: Path) -> str:
     return (errors or lines or ["(empty log)"])[-1]
 
 
-def job_files(job: Job, log_dir: Path) -> tuple:
+def job_files(job: Job, log_dir: Path) -> Tuple[Path, Path, Path]:
     """``(job file, log file, result file)`` of ``job`` under ``log_dir``."""
     stem = Path(log_dir) / job.name.replace("/", "__")
     return stem.with_suffix(".job.json"), stem.with_suffix(".log"), stem.with_suffix(".result.json")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -34,7 +34,7 @@ CORE_ARGS = {"upstream": (), "aggregator": ("input_dim",), "classifier": ("input
 PADDING_PROBE_FRAMES = (9, 4, 2)
 
 
-def tolerance(dtype: torch.dtype, atol: float = 1e-3, rtol: float = 1e-2) -> tuple:
+def tolerance(dtype: torch.dtype, atol: float = 1e-3, rtol: float = 1e-2) -> Tuple[float, float]:
     """``(atol, rtol)`` of the probes' comparisons: loose (a plugin that reads its padding changes its
     output by far more), and looser for half-precision outputs."""
     return (30 * atol, 5 * rtol) if dtype in (torch.float16, torch.bfloat16) else (atol, rtol)
@@ -62,7 +62,7 @@ def _rows(flags: Union[Sequence[bool], torch.Tensor]) -> List[int]:
 
 def synthetic_waves(
     lengths: Sequence[int], sample_rate: int = 16000, seed: int = 0, pad_value: Optional[float] = 0.0
-) -> tuple:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(wavs [B, S], wav_lengths [B])``: a gliding tone in noise per utterance, right-padded.
 
     ``pad_value=None`` fills the padding with loud noise instead of zeros (to test that padding
@@ -91,7 +91,7 @@ def probe_lengths(upstream: Any, seconds: float = 1.0) -> List[int]:
     return [longest, max(shortest, (longest * 3) // 5)]
 
 
-def probe_waves(upstream: Any, seconds: float = 1.0) -> tuple:
+def probe_waves(upstream: Any, seconds: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(wavs, wav_lengths)`` of a probe: two synthetic utterances, zero-padded as in a run (the stricter
     loud-noise padding is ``ser_plugins.testing.check_upstream``'s)."""
     return synthetic_waves(probe_lengths(upstream, seconds), upstream.sample_rate)
@@ -186,7 +186,9 @@ def probe_aggregator(aggregator: Any, input_dim: int, frames: int = 12) -> torch
     return out
 
 
-def padded_frames(lengths: Sequence[int], dim: int, pad: Optional[float], seed: int = 0, extra: int = 2) -> tuple:
+def padded_frames(
+    lengths: Sequence[int], dim: int, pad: Optional[float], seed: int = 0, extra: int = 2
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(features [B, max + extra, dim], lengths [B])``: random frames, padding set to ``pad`` (None: huge noise)."""
     gen = torch.Generator().manual_seed(seed)
     lengths_t = torch.tensor(list(lengths), dtype=torch.long)

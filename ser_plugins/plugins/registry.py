@@ -296,11 +296,11 @@ class PluginManager:
         """Import and return the object behind plugin ``name`` (a class, a factory or a Preset)."""
         return self.load_spec(self.resolve_entry(kind, name))
 
-    def load_builder(self, kind: str, name: str) -> tuple:
+    def load_builder(self, kind: str, name: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
         """``(builder, preset_kwargs)`` for ``name``: presets resolve to their builder plugin."""
         return self._builder(self.resolve_entry(kind, name), name)
 
-    def _builder(self, spec: PluginSpec, name: str) -> tuple:
+    def _builder(self, spec: PluginSpec, name: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
         """``load_builder`` for a resolved ``spec`` (``name`` as the caller spelt it, for messages)."""
         kind = spec.kind
         obj = self.load_spec(spec)
@@ -417,7 +417,7 @@ def load_spec(spec: PluginSpec) -> Any:
     return _default.load_spec(spec)
 
 
-def load_builder(kind: str, name: str) -> tuple:
+def load_builder(kind: str, name: str) -> Tuple[Callable[..., Any], Dict[str, Any]]:
     """``(builder, preset_kwargs)`` for ``name``: presets resolve to their builder plugin."""
     return _default.load_builder(kind, name)
 
