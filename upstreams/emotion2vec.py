@@ -36,6 +36,7 @@ from upstreams.emotion2vec_model import (
 from upstreams.hf import DTypeLike, resolve_dtype
 from upstreams.hf_hub import WeightsNotFoundError, _hub_cache_dir, _one_line, offline_mode
 from upstreams.safe_checkpoint import STUB_PREFIXES, load_checkpoint, to_plain
+from upstreams.encoder_layers import apply_finetune_mode, check_finetune_mode, layer_groups, resolve_layer_indices
 
 __all__ = ["Emotion2vecUpstream", "Emotion2vecSource", "locate_emotion2vec", "load_emotion2vec",
            "Emotion2vecCheckpointError", "HF_MIRRORS"]
@@ -268,7 +269,7 @@ class Emotion2vecUpstream(Upstream):
         self.hop_length = encoder.hop_length
         self.min_samples = encoder.receptive_field
         total = len(encoder.blocks)
-        self._layer_indices = self._resolve_layers(layers, total)
+        self._layer_indices = resolve_layer_indices(layers, total)
         self._num_blocks = max(1, max(self._layer_indices))
         if self._num_blocks < total:  # drop the unused top blocks (and a pre-LN model's final norm)
             encoder.blocks = nn.ModuleList(list(encoder.blocks)[: self._num_blocks])
@@ -288,22 +289,6 @@ class Emotion2vecUpstream(Upstream):
             "dtype": str(dtype) if dtype is not None else None,
         }
         self.set_finetune("frozen")
-
-    @staticmethod
-    def _resolve_layers(layers: Optional[Sequence[int]], total: int) -> List[int]:
-        count = total + 1
-        if layers is None:
-            return list(range(count))
-        if isinstance(layers, int):
-            layers = [layers]
-        resolved = []
-        for index in layers:
-            if not -count <= int(index) < count:
-                raise ValueError(f"layer index {index} out of range: this model has hidden states 0..{total}")
-            resolved.append(int(index) % count)
-        if not resolved:
-            raise ValueError("layers must name at least one hidden state")
-        return resolved
 
     # --- frames ------------------------------------------------------------------------------
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
@@ -349,22 +334,9 @@ class Emotion2vecUpstream(Upstream):
 
     def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
         """Set ``requires_grad`` for ``mode``; ``top_n`` blocks train in mode ``top_n``."""
-        if mode not in self.supported_finetune_modes():
-            raise ValueError(f"{type(self).__name__} does not support finetune mode {mode!r}; "
-                             f"supported: {', '.join(self.supported_finetune_modes())}")
-        blocks = self.encoder.blocks
-        if mode == "top_n" and (top_n is None or not 1 <= int(top_n) <= len(blocks)):
-            raise ValueError(f"finetune mode 'top_n' needs top_n between 1 and {len(blocks)}, got {top_n!r}")
-        for p in self.encoder.parameters():
-            p.requires_grad_(mode in ("full", "finetune"))
-        if mode == "finetune":
-            for p in self.encoder.feature_encoder.parameters():
-                p.requires_grad_(False)
-        if mode == "top_n":
-            _, per_block, top = self._split_parameters()
-            for group in per_block[len(blocks) - int(top_n):] + [top]:
-                for p in group:
-                    p.requires_grad_(True)
+        check_finetune_mode(self, mode, top_n, len(self.encoder.blocks))
+        apply_finetune_mode(mode, top_n, self.encoder.parameters(), self.encoder.feature_encoder.parameters(),
+                            self._split_parameters())
         scale = self.encoder.alibi_scale
         if scale is not None and not self.encoder.cfg.learned_alibi_scale:
             scale.requires_grad_(False)
@@ -393,10 +365,7 @@ class Emotion2vecUpstream(Upstream):
         """``1 + blocks`` groups, bottom first: conv encoder, projection, positional conv, extra tokens,
         ALiBi scales and the prenet norm; then one per block (prenet first); a pre-LN model's final norm
         joins the top block. Frozen parameters are left out."""
-        bottom, per_block, top = self._split_parameters()
-        groups = [bottom] + [list(g) for g in per_block]
-        groups[-1] = groups[-1] + top
-        return [[p for p in g if p.requires_grad] for g in groups]
+        return layer_groups(self._split_parameters())
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each block in the backward pass (non-reentrant checkpointing, training mode only)."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from ser_plugins.plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
 from ser_plugins.errors import CorruptFileError, is_refusal, refused_pickle, unpickler_detail
+from upstreams.encoder_layers import apply_finetune_mode, check_finetune_mode, layer_groups, resolve_layer_indices
 from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,
     WeightsNotFoundError,
@@ -164,7 +165,7 @@ class TransformersEncoderUpstream(Upstream):
         self.min_samples = receptive_field(config.conv_kernel, config.conv_stride)
         self._layers_name, layer_list = _find_layers(model)
         total = len(layer_list)
-        self._layer_indices = self._resolve_layers(layers, total)
+        self._layer_indices = resolve_layer_indices(layers, total)
         self._final_norm = True
         keep = max(1, max(self._layer_indices))
         if keep < total:
@@ -184,22 +185,6 @@ class TransformersEncoderUpstream(Upstream):
         self.set_finetune("frozen")
 
     # --- construction helpers ----------------------------------------------------------------
-    @staticmethod
-    def _resolve_layers(layers: Optional[Sequence[int]], total: int) -> List[int]:
-        count = total + 1
-        if layers is None:
-            return list(range(count))
-        if isinstance(layers, int):
-            layers = [layers]
-        resolved = []
-        for index in layers:
-            if not -count <= int(index) < count:
-                raise ValueError(f"layer index {index} out of range: this model has hidden states 0..{total}")
-            resolved.append(int(index) % count)
-        if not resolved:
-            raise ValueError("layers must name at least one hidden state")
-        return resolved
-
     def _truncate(self, keep: int) -> None:
         parent_name, _, attr = self._layers_name.rpartition(".")
         parent = self.model.get_submodule(parent_name) if parent_name else self.model
@@ -296,26 +281,10 @@ class TransformersEncoderUpstream(Upstream):
 
     def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
         """Set ``requires_grad`` for ``mode``; ``top_n`` layers train in mode ``top_n``."""
-        if mode not in self.supported_finetune_modes():
-            raise ValueError(
-                f"{type(self).__name__} does not support finetune mode {mode!r}; "
-                f"supported: {', '.join(self.supported_finetune_modes())}"
-            )
-        layers = self.transformer_layers
-        if mode == "top_n":
-            if top_n is None or not 1 <= int(top_n) <= len(layers):
-                raise ValueError(f"finetune mode 'top_n' needs top_n between 1 and {len(layers)}, got {top_n!r}")
-        for p in self.model.parameters():
-            p.requires_grad_(mode in ("full", "finetune"))
+        check_finetune_mode(self, mode, top_n, len(self.transformer_layers))
         cnn = self.feature_encoder
-        if mode == "finetune" and cnn is not None:
-            for p in cnn.parameters():
-                p.requires_grad_(False)
-        if mode == "top_n":
-            bottom, per_layer, top = self._split_parameters()
-            for group in per_layer[len(layers) - int(top_n):] + [top]:
-                for p in group:
-                    p.requires_grad_(True)
+        apply_finetune_mode(mode, top_n, self.model.parameters(), cnn.parameters() if cnn is not None else (),
+                            self._split_parameters())
         if cnn is not None and hasattr(cnn, "_requires_grad"):
             cnn._requires_grad = mode == "full"  # transformers' flag for checkpointing the CNN input
         self._finetune_mode = mode
@@ -355,10 +324,7 @@ class TransformersEncoderUpstream(Upstream):
         pre-layer norm of post-LN models), then one per transformer layer; the rest (final norm of
         pre-LN models) joins the top layer. Frozen parameters are left out, so a group may be empty.
         """
-        bottom, per_layer, top = self._split_parameters()
-        groups = [bottom] + [list(g) for g in per_layer]
-        groups[-1] = groups[-1] + top
-        return [[p for p in g if p.requires_grad] for g in groups]
+        return layer_groups(self._split_parameters())
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each transformer layer in the backward pass (non-reentrant checkpointing)."""

@@ -47,6 +47,7 @@ from upstreams.hf_hub import (
     read_feature_extractor_config,
     weights_not_found,
 )
+from upstreams.encoder_layers import apply_finetune_mode, check_finetune_mode, layer_groups, resolve_layer_indices
 
 __all__ = ["WhisperUpstream", "log_mel_spectrogram", "mel_filters", "INPUT_MODES", "WeightsNotFoundError"]
 
@@ -291,7 +292,7 @@ class WhisperUpstream(Upstream):
         self.min_samples = self.n_fft  # one whole analysis window (25 ms) -> 2 mel frames -> 1 encoder frame
         self.batch_invariant = True  # padded: each utterance padded alone; cut: padding zeroed and masked
         total = len(encoder.layers)
-        self._layer_indices = self._resolve_layers(layers, total)
+        self._layer_indices = resolve_layer_indices(layers, total, "encoder")
         keep = max(1, max(self._layer_indices))
         self._final_norm = keep == total
         if keep < total:
@@ -316,22 +317,6 @@ class WhisperUpstream(Upstream):
         self._finetune_mode = "frozen"
         self._top_n: Optional[int] = None
         self.set_finetune("frozen")
-
-    @staticmethod
-    def _resolve_layers(layers: Optional[Sequence[int]], total: int) -> List[int]:
-        count = total + 1
-        if layers is None:
-            return list(range(count))
-        if isinstance(layers, int):
-            layers = [layers]
-        resolved = []
-        for index in layers:
-            if not -count <= int(index) < count:
-                raise ValueError(f"layer index {index} out of range: this encoder has hidden states 0..{total}")
-            resolved.append(int(index) % count)
-        if not resolved:
-            raise ValueError("layers must name at least one hidden state")
-        return resolved
 
     # --- frames ------------------------------------------------------------------------------
     def frame_lengths(self, wav_lengths: torch.Tensor) -> torch.Tensor:
@@ -471,22 +456,9 @@ class WhisperUpstream(Upstream):
 
     def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
         """Set ``requires_grad`` for ``mode``; ``top_n`` layers train in mode ``top_n``."""
-        if mode not in self.supported_finetune_modes():
-            raise ValueError(f"{type(self).__name__} does not support finetune mode {mode!r}; "
-                             f"supported: {', '.join(self.supported_finetune_modes())}")
-        layers = self.encoder.layers
-        if mode == "top_n" and (top_n is None or not 1 <= int(top_n) <= len(layers)):
-            raise ValueError(f"finetune mode 'top_n' needs top_n between 1 and {len(layers)}, got {top_n!r}")
-        for p in self.encoder.parameters():
-            p.requires_grad_(mode in ("full", "finetune"))
-        if mode == "finetune":
-            for conv in self.conv_front:
-                conv.requires_grad_(False)
-        if mode == "top_n":
-            _, per_layer, top = self._split_parameters()
-            for group in per_layer[len(layers) - int(top_n):] + [top]:
-                for p in group:
-                    p.requires_grad_(True)
+        check_finetune_mode(self, mode, top_n, len(self.encoder.layers))
+        apply_finetune_mode(mode, top_n, self.encoder.parameters(),
+                            [p for conv in self.conv_front for p in conv.parameters()], self._split_parameters())
         self.encoder.embed_positions.requires_grad_(False)  # fixed sinusoids
         self._finetune_mode = mode
         self._top_n = int(top_n) if mode == "top_n" else None
@@ -520,10 +492,7 @@ class WhisperUpstream(Upstream):
     def layer_parameter_groups(self) -> List[List[nn.Parameter]]:
         """``1 + layers`` groups, bottom first: the convolutions, then one per layer; the final layer
         norm joins the top layer. Frozen parameters are left out, so a group may be empty."""
-        bottom, per_layer, top = self._split_parameters()
-        groups = [bottom] + [list(g) for g in per_layer]
-        groups[-1] = groups[-1] + top
-        return [[p for p in g if p.requires_grad] for g in groups]
+        return layer_groups(self._split_parameters())
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each encoder layer in the backward pass (non-reentrant checkpointing, training mode)."""

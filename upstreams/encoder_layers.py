@@ -1,0 +1,74 @@
+"""What the layered encoders (``hf``, ``emotion2vec``, ``whisper``) share: layer choice and fine-tuning groups.
+
+Each encoder splits its parameters into ``(bottom, one list per layer, top)``; from that split the
+fine-tuning modes and the layer-wise learning-rate groups follow the same rules for every encoder.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from torch import nn
+
+#: ``(bottom, one list per transformer layer, top)``: an encoder's parameters, bottom first
+ParameterSplit = Tuple[List[nn.Parameter], List[List[nn.Parameter]], List[nn.Parameter]]
+
+
+def resolve_layer_indices(layers: Union[None, int, Sequence[int]], total: int, what: str = "model") -> List[int]:
+    """Hidden-state indices (0 = the input of the first layer .. ``total``) from a user's ``layers`` option.
+
+    ``None``: every hidden state; an int or a list of ints, negative ones counted from the top.
+    """
+    count = total + 1
+    if layers is None:
+        return list(range(count))
+    if isinstance(layers, int):
+        layers = [layers]
+    resolved = []
+    for index in layers:
+        if not -count <= int(index) < count:
+            raise ValueError(f"layer index {index} out of range: this {what} has hidden states 0..{total}")
+        resolved.append(int(index) % count)
+    if not resolved:
+        raise ValueError("layers must name at least one hidden state")
+    return resolved
+
+
+def check_finetune_mode(upstream: nn.Module, mode: str, top_n: Optional[int], num_layers: int) -> None:
+    """Refuse a mode the upstream does not support, or a ``top_n`` outside 1..``num_layers``."""
+    supported = upstream.supported_finetune_modes()  # type: ignore[operator]  # the Upstream contract's method
+    if mode not in supported:
+        raise ValueError(f"{type(upstream).__name__} does not support finetune mode {mode!r}; "
+                         f"supported: {', '.join(supported)}")
+    if mode == "top_n" and (top_n is None or not 1 <= int(top_n) <= num_layers):
+        raise ValueError(f"finetune mode 'top_n' needs top_n between 1 and {num_layers}, got {top_n!r}")
+
+
+def apply_finetune_mode(mode: str, top_n: Optional[int], everything: Iterable[nn.Parameter],
+                        front: Iterable[nn.Parameter], split: ParameterSplit) -> None:
+    """Set ``requires_grad`` for ``mode`` (checked already).
+
+    ``full`` trains ``everything``; ``finetune`` all but the convolutional ``front``; ``top_n`` only
+    the top ``top_n`` layers of ``split`` and what lies above them; ``frozen`` nothing.
+    """
+    for p in everything:
+        p.requires_grad_(mode in ("full", "finetune"))
+    if mode == "finetune":
+        for p in front:
+            p.requires_grad_(False)
+    if mode == "top_n" and top_n is not None:
+        _, per_layer, top = split
+        for group in per_layer[len(per_layer) - int(top_n):] + [top]:
+            for p in group:
+                p.requires_grad_(True)
+
+
+def layer_groups(split: ParameterSplit) -> List[List[nn.Parameter]]:
+    """``1 + layers`` trainable groups, bottom first, for layer-wise learning-rate decay.
+
+    The parameters above the last layer (a final norm) join the top layer's group; frozen ones are
+    left out, so a group may be empty.
+    """
+    bottom, per_layer, top = split
+    groups = [bottom] + [list(g) for g in per_layer]
+    groups[-1] = groups[-1] + top
+    return [[p for p in g if p.requires_grad] for g in groups]
