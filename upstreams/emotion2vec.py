@@ -36,7 +36,13 @@ from upstreams.emotion2vec_model import (
 from upstreams.hf import DTypeLike, resolve_dtype
 from upstreams.hf_hub import WeightsNotFoundError, _hub_cache_dir, _one_line, offline_mode
 from upstreams.safe_checkpoint import STUB_PREFIXES, load_checkpoint, to_plain
-from upstreams.encoder_layers import apply_finetune_mode, check_finetune_mode, layer_groups, resolve_layer_indices
+from upstreams.encoder_layers import (
+    FinetuneState,
+    apply_finetune_mode,
+    check_finetune_mode,
+    layer_groups,
+    resolve_layer_indices,
+)
 
 __all__ = ["Emotion2vecUpstream", "Emotion2vecSource", "locate_emotion2vec", "load_emotion2vec",
            "Emotion2vecCheckpointError", "HF_MIRRORS"]
@@ -229,7 +235,7 @@ def normalize_waveforms(wavs: torch.Tensor, lengths: torch.Tensor, eps: float = 
     return (x - mean) / torch.sqrt(var + eps) * valid
 
 
-class Emotion2vecUpstream(Upstream):
+class Emotion2vecUpstream(FinetuneState, Upstream):
     """emotion2vec / emotion2vec+ (a data2vec 2.0 audio encoder) as an upstream.
 
     ``model``: a local folder (``model.pt`` + ``config.yaml``), a fairseq ``.pt`` file, or a hub id
@@ -327,11 +333,6 @@ class Emotion2vecUpstream(Upstream):
         """The conv feature encoder (frozen in mode ``finetune``)."""
         return self.encoder.feature_encoder
 
-    @property
-    def finetune_mode(self) -> str:
-        """The mode last set with :meth:`set_finetune`."""
-        return self._finetune_mode
-
     def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
         """Set ``requires_grad`` for ``mode``; ``top_n`` blocks train in mode ``top_n``."""
         check_finetune_mode(self, mode, top_n, len(self.encoder.blocks))
@@ -340,16 +341,11 @@ class Emotion2vecUpstream(Upstream):
         scale = self.encoder.alibi_scale
         if scale is not None and not self.encoder.cfg.learned_alibi_scale:
             scale.requires_grad_(False)
-        self._finetune_mode = mode
-        self._top_n = int(top_n) if mode == "top_n" else None
-        self.train(self.training)
+        self.record_finetune(mode, top_n)
 
-    def train(self, mode: bool = True) -> "Emotion2vecUpstream":
-        """Like ``nn.Module.train``, but a frozen encoder always runs in eval mode (no dropout)."""
-        super().train(mode)
-        if getattr(self, "_finetune_mode", "frozen") == "frozen":
-            self.encoder.eval()
-        return self
+    def frozen_module(self) -> nn.Module:
+        """The encoder kept in eval mode while frozen."""
+        return self.encoder
 
     def _split_parameters(self) -> Tuple[List[nn.Parameter], List[List[nn.Parameter]], List[nn.Parameter]]:
         """(before the first block, one list per block, after the last block)."""

@@ -72,3 +72,36 @@ def layer_groups(split: ParameterSplit) -> List[List[nn.Parameter]]:
     groups = [bottom] + [list(g) for g in per_layer]
     groups[-1] = groups[-1] + top
     return [[p for p in g if p.requires_grad] for g in groups]
+
+
+class FinetuneState:
+    """Mixin for an encoder upstream: the fine-tuning mode last set, and a frozen encoder kept in eval mode.
+
+    Put it before ``Upstream`` in the bases; ``frozen_module`` returns the module that must never
+    train (dropout, masking) while the mode is ``frozen``.
+    """
+
+    _finetune_mode: str = "frozen"
+    _top_n: Optional[int] = None
+
+    def frozen_module(self) -> nn.Module:  # pragma: no cover - defined by each encoder
+        """The encoder module held in eval mode while frozen."""
+        raise NotImplementedError
+
+    def record_finetune(self, mode: str, top_n: Optional[int]) -> None:
+        """Remember ``mode`` (after its ``requires_grad`` were set) and reapply train/eval."""
+        self._finetune_mode = mode
+        self._top_n = int(top_n) if mode == "top_n" and top_n is not None else None
+        self.train(self.training)  # type: ignore[attr-defined]  # nn.Module's
+
+    @property
+    def finetune_mode(self) -> str:
+        """The mode last set with ``set_finetune``."""
+        return self._finetune_mode
+
+    def train(self, mode: bool = True):  # type: ignore[no-untyped-def]
+        """Like ``nn.Module.train``, but a frozen encoder always runs in eval mode (no dropout/masking)."""
+        super().train(mode)  # type: ignore[misc]
+        if getattr(self, "_finetune_mode", "frozen") == "frozen":
+            self.frozen_module().eval()
+        return self

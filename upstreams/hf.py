@@ -21,7 +21,13 @@ from torch import nn
 
 from ser_plugins.plugins.contracts import FINETUNE_MODES, Upstream, UpstreamOutput
 from ser_plugins.errors import CorruptFileError, is_refusal, refused_pickle, unpickler_detail
-from upstreams.encoder_layers import apply_finetune_mode, check_finetune_mode, layer_groups, resolve_layer_indices
+from upstreams.encoder_layers import (
+    FinetuneState,
+    apply_finetune_mode,
+    check_finetune_mode,
+    layer_groups,
+    resolve_layer_indices,
+)
 from upstreams.hf_hub import (  # re-exported (__all__): where the hf upstream's checkpoints come from
     ModelSource,
     WeightsNotFoundError,
@@ -116,7 +122,7 @@ def _find_layers(model: nn.Module) -> Tuple[str, nn.ModuleList]:
     raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
 
 
-class TransformersEncoderUpstream(Upstream):
+class TransformersEncoderUpstream(FinetuneState, Upstream):
     """An already-built ``transformers`` audio encoder as an :class:`Upstream`.
 
     ``normalize``: standardise each utterance over its valid samples before the model.
@@ -287,21 +293,11 @@ class TransformersEncoderUpstream(Upstream):
                             self._split_parameters())
         if cnn is not None and hasattr(cnn, "_requires_grad"):
             cnn._requires_grad = mode == "full"  # transformers' flag for checkpointing the CNN input
-        self._finetune_mode = mode
-        self._top_n = int(top_n) if mode == "top_n" else None
-        self.train(self.training)
+        self.record_finetune(mode, top_n)
 
-    @property
-    def finetune_mode(self) -> str:
-        """The mode last set with :meth:`set_finetune`."""
-        return self._finetune_mode
-
-    def train(self, mode: bool = True) -> "TransformersEncoderUpstream":
-        """Like ``nn.Module.train``, but a frozen encoder always runs in eval mode (no dropout/masking)."""
-        super().train(mode)
-        if getattr(self, "_finetune_mode", "frozen") == "frozen":
-            self.model.eval()
-        return self
+    def frozen_module(self) -> nn.Module:
+        """The encoder kept in eval mode while frozen."""
+        return self.model
 
     def _split_parameters(self) -> Tuple[List[nn.Parameter], List[List[nn.Parameter]], List[nn.Parameter]]:
         prefix = self._layers_name + "."

@@ -47,7 +47,13 @@ from upstreams.hf_hub import (
     read_feature_extractor_config,
     weights_not_found,
 )
-from upstreams.encoder_layers import apply_finetune_mode, check_finetune_mode, layer_groups, resolve_layer_indices
+from upstreams.encoder_layers import (
+    FinetuneState,
+    apply_finetune_mode,
+    check_finetune_mode,
+    layer_groups,
+    resolve_layer_indices,
+)
 
 __all__ = ["WhisperUpstream", "log_mel_spectrogram", "mel_filters", "INPUT_MODES", "WeightsNotFoundError"]
 
@@ -197,7 +203,7 @@ def load_encoder_state(path: str, resolve_shard=None) -> Dict[str, torch.Tensor]
 
 
 # --- the upstream ----------------------------------------------------------------------------------
-class WhisperUpstream(Upstream):
+class WhisperUpstream(FinetuneState, Upstream):
     """The encoder of a Hugging Face Whisper checkpoint (``openai/whisper-tiny`` ... ``-large-v3``).
 
     ``model``: a hub id or a local folder (``config.json``, weights, ``preprocessor_config.json``);
@@ -460,21 +466,11 @@ class WhisperUpstream(Upstream):
         apply_finetune_mode(mode, top_n, self.encoder.parameters(),
                             [p for conv in self.conv_front for p in conv.parameters()], self._split_parameters())
         self.encoder.embed_positions.requires_grad_(False)  # fixed sinusoids
-        self._finetune_mode = mode
-        self._top_n = int(top_n) if mode == "top_n" else None
-        self.train(self.training)
+        self.record_finetune(mode, top_n)
 
-    @property
-    def finetune_mode(self) -> str:
-        """The mode last set with :meth:`set_finetune`."""
-        return self._finetune_mode
-
-    def train(self, mode: bool = True) -> "WhisperUpstream":
-        """Like ``nn.Module.train``, but a frozen encoder always runs in eval mode (no dropout)."""
-        super().train(mode)
-        if getattr(self, "_finetune_mode", "frozen") == "frozen":
-            self.encoder.eval()
-        return self
+    def frozen_module(self) -> nn.Module:
+        """The encoder kept in eval mode while frozen."""
+        return self.encoder
 
     def _split_parameters(self) -> Tuple[List[nn.Parameter], List[List[nn.Parameter]], List[nn.Parameter]]:
         bottom: List[nn.Parameter] = []
