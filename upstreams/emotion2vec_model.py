@@ -21,7 +21,6 @@ a fairseq / FunASR checkpoint into this module's names.
 """
 from __future__ import annotations
 
-import ast
 import logging
 import math
 import re
@@ -34,6 +33,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ser_plugins.errors import UserError
+from upstreams.safe_checkpoint import int_literal
 
 log = logging.getLogger("ser_plugins")
 
@@ -52,23 +52,12 @@ def parse_conv_spec(spec: Any) -> List[Tuple[int, int, int]]:
     if isinstance(spec, (list, tuple)):
         layers = [tuple(int(v) for v in layer) for layer in spec]
     else:
-        def value(node: ast.AST) -> Any:
-            if isinstance(node, ast.Expression):
-                return value(node.body)
-            if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
-                return node.value
-            if isinstance(node, (ast.List, ast.Tuple)):
-                items = [value(e) for e in node.elts]
-                return items if isinstance(node, ast.List) else tuple(items)
-            if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-                left, right = value(node.left), value(node.right)
-                return left + right if isinstance(node.op, ast.Add) else left * right
-            raise Emotion2vecCheckpointError(f"unsupported feature_encoder_spec expression: {spec!r}")
-
         try:
-            layers = value(ast.parse(str(spec), mode="eval"))
-        except SyntaxError:
-            raise Emotion2vecCheckpointError(f"cannot parse feature_encoder_spec {spec!r}") from None
+            layers = int_literal(spec)
+        except ValueError as exc:
+            what = "cannot parse" if str(exc) == "unparsable" else "unsupported"
+            raise Emotion2vecCheckpointError(
+                f"{what} feature_encoder_spec {'expression: ' if what == 'unsupported' else ''}{spec!r}") from None
     if not isinstance(layers, list) or not layers or not all(
         isinstance(t, tuple) and len(t) == 3 and all(isinstance(i, int) and i > 0 for i in t) for t in layers
     ):

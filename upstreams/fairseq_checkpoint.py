@@ -14,7 +14,6 @@ inputs, multi-layer positional convolutions.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from upstreams.hf import DTypeLike, TransformersEncoderUpstream, require_transformers
-from upstreams.safe_checkpoint import load_checkpoint, to_plain
+from upstreams.safe_checkpoint import int_literal, load_checkpoint, to_plain
 
 from ser_plugins.errors import UserError
 
@@ -85,23 +84,12 @@ def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
     Only list/tuple literals of integers, ``+`` and ``*`` are accepted.
     """
 
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
-            return node.value
-        if isinstance(node, (ast.List, ast.Tuple)):
-            items = [value(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = value(node.left), value(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
-        raise FairseqConversionError(f"unsupported conv_feature_layers expression: {spec!r}")
-
     try:
-        layers = value(ast.parse(str(spec), mode="eval"))
-    except SyntaxError:
-        raise FairseqConversionError(f"cannot parse conv_feature_layers {spec!r}") from None
+        layers = int_literal(spec)
+    except ValueError as exc:
+        what = "cannot parse" if str(exc) == "unparsable" else "unsupported"
+        raise FairseqConversionError(f"{what} conv_feature_layers {'expression: ' if what == 'unsupported' else ''}"
+                                     f"{spec!r}") from None
     if not isinstance(layers, list) or not all(
         isinstance(t, tuple) and len(t) == 3 and all(isinstance(i, int) for i in t) for t in layers
     ):

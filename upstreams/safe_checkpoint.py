@@ -18,6 +18,7 @@ is called.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import pickle
 import re
@@ -243,4 +244,29 @@ def to_plain(obj: Any) -> Any:
             return to_plain(args[0])
         return [to_plain(a) for a in args] if args else None
     return obj
+
+
+def int_literal(spec: Any) -> Any:
+    """The value of a config's integer expression (``"[(512, 10, 5)] + [(512, 3, 2)] * 4"``), without eval.
+
+    Only integer constants, list and tuple literals, ``+`` and ``*`` are accepted; anything else
+    raises ``ValueError``. Checkpoint configs store conv-layer specs this way.
+    """
+    def value(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return value(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = value(node.left), value(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError("unsupported")
+
+    try:
+        return value(ast.parse(str(spec), mode="eval"))
+    except SyntaxError:
+        raise ValueError("unparsable") from None
 
