@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ser_plugins.cli import deploy as deploy_commands
+import ser_plugins.cli.deploy as deploy_commands
 from ser_plugins.errors import user_message
 from ser_plugins.plugins import registry
 from ser_plugins.results.run_dir import GRID_FILE
