@@ -10,26 +10,10 @@ from typing import Dict
 import pytest
 
 # The suite runs on 2 pytest-xdist workers (setup.cfg) on a 2-core machine: one intra-op thread per process, in
-# the workers and in every process they start (ser run, torchrun ranks), so the workers never oversubscribe the
-# cores; tiny tensors gain nothing from more threads anyway. A value set by the caller is kept.
+# the workers and in every process they start (ser run, torchrun ranks, DataLoader workers), so the workers never
+# oversubscribe the cores; tiny tensors gain nothing from more threads anyway. A value set by the caller is kept.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-
-# Tests that start several processes of their own and act on their timing (kill -9 when a file appears,
-# torchrun ranks, fold jobs in parallel) are marked ``@pytest.mark.xdist_group("processes")``: they run one after
-# another on one worker, never two of them at once on the 2 cores.
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks (--dist loadgroup)
-def pytest_collection_modifyitems(config, items):
-    """The tests of a module that use one of its module-scoped fixtures form one xdist group: the fixture is
-    built once, on one worker, instead of once per worker. Tests that name their own group keep it."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(d.scope == "module" for fixturedefs in defs.values() for d in fixturedefs):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")

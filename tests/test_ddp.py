@@ -48,7 +48,6 @@ def predictions(path: Path) -> dict:
         return {row["id"]: row for row in csv.DictReader(fh)}
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_torchrun_two_ranks_match_one_process(small, tmp_path):
     from ser_plugins.recipe import load_recipe
     from ser_plugins.training.runner import run_recipe
@@ -114,7 +113,6 @@ def test_sharded_rows_cover_a_batch_once_and_pad_an_empty_share():
     assert shares[0][0].inputs[0].flatten().tolist() == [0.0, 2.0]
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_torchrun_fine_tunes_the_upstream_with_ddp(small, tmp_path):
     """A tiny wav2vec 2.0 fine-tuned under DDP (upstream inside DDP, frozen warm-up step, grad_accum with no_sync)."""
     from test_hf_upstream import save_tiny
@@ -140,7 +138,6 @@ def test_torchrun_fine_tunes_the_upstream_with_ddp(small, tmp_path):
     assert b["history"][-1]["dev_loss"] == pytest.approx(a["history"][-1]["dev_loss"], abs=TOLERANCE)
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_torchrun_resumes_a_fold_killed_mid_training(small, tmp_path):
     """kill -9 of every rank during a fold, then torchrun --resume: the uninterrupted torchrun run's result."""
     import signal

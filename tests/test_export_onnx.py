@@ -121,7 +121,7 @@ def test_ssl_upstream_exports_equal(tiny_demo_root, tiny_ssl, tmp_path, one_torc
     run = train(tiny_demo_root, tmp_path / f"{arch}_{mode}", upstream={"name": "hf", "model": tiny_ssl[arch]},
                 features={"layer": "weighted_sum", "projection": 16}, aggregator="attentive_stats",
                 finetune={"mode": mode, "upstream_lr": 1e-3},
-                training={"epochs": 1, "batch_size": 8, "max_duration": 1.0, "patience": None})
+                training={"epochs": 1, "max_steps": 2, "batch_size": 8, "max_duration": 1.0, "patience": None})
     (res,) = export_run(run, tmp_path / "export", threads=1)
     meta = check_sidecar(tmp_path / "export", run, normalised="global" if mode == "frozen" else None)
     assert meta["upstream"]["finetune"] == mode and meta["input"]["min_samples"] == 40

@@ -58,7 +58,6 @@ def fold_metrics(run_dir: Path, fold: str) -> Dict:
 
 
 # --- kill -9 during fold 3, then ser run --resume -------------------------------------------------------
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_kill_9_during_fold_3_then_resume_matches_an_uninterrupted_run(tiny_demo_root, tmp_path):
     spec = recipe_dict(tiny_demo_root, epochs=12)
     path = tmp_path / "recipe.yaml"
@@ -245,7 +244,6 @@ print("bad", bad)
 """
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_two_processes_sharing_a_feature_cache_never_see_a_partial_entry(tiny_demo_root, tmp_path):
     from ser_plugins.plugins.contracts import Utterance
     from ser_plugins.data.feature_cache import FeatureCache

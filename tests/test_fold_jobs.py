@@ -35,7 +35,6 @@ def ser(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_two_fold_jobs_in_parallel_give_the_sequential_summary(fold_recipe, tmp_path):
     par, seq = tmp_path / "parallel", tmp_path / "sequential"
     jobs = [ser("run", str(fold_recipe), "--folds", n, "--out", str(par), "-q") for n in ("1", "2")]
@@ -74,7 +73,6 @@ def test_report_over_a_partly_finished_run_marks_it_partial(fold_recipe, tmp_pat
     assert "no finished fold" in capsys.readouterr().err
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_a_killed_fold_job_leaves_no_stale_lock(tmp_path, tiny_demo_root):
     from helpers import recipe_for
 

@@ -42,7 +42,6 @@ def test_launchers_are_plugins_of_their_own_group():
         registry.create("launcher", "local", worker=2)
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_local_pool_runs_fold_jobs_and_a_failed_one_is_resubmitted_alone(grid_recipe, tmp_path, capsys):
     out = tmp_path / "grid"
     # a fold held by someone else: its job fails (and says why), the other fold's job finishes
@@ -70,7 +69,6 @@ def test_local_pool_runs_fold_jobs_and_a_failed_one_is_resubmitted_alone(grid_re
 
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_slurm_launcher_builds_array_jobs_run_by_submitits_local_executor(grid_recipe, tmp_path, capsys):
     from launchers.slurm import executor_parameters
 

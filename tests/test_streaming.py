@@ -220,7 +220,6 @@ def test_fine_tuning_on_streamed_audio_equals_in_ram(fast_recipe, tmp_path):
     _same(ram, stream)
 
 
-@pytest.mark.xdist_group("processes")  # several processes, timed: see conftest.py
 def test_kill_9_then_resume_with_streamed_features(tiny_demo_root, tmp_path, monkeypatch):
     """test_faults_interrupt's kill -9 / --resume case, every run of it with features served from disk."""
     import test_faults_interrupt as interrupt
