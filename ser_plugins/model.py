@@ -21,6 +21,7 @@ from ser_plugins.plugins.boundary import (
 )
 from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSection, Recipe
+from ser_plugins.task import TaskSpec
 
 
 class CompositionError(UserError, ValueError):
@@ -60,22 +61,70 @@ class WeightedLayerSum(nn.Module):
         return (w * stacked).sum(0)
 
 
+class TargetScale(nn.Module):
+    """The standardisation of continuous targets (``task.standardize``), inverted on the head's output.
+
+    The classifier learns standardised targets; ``forward`` maps its value columns (after the
+    ``num_classes`` logits) back to the corpus's scale: ``value * std + mean``. ``mean`` and ``std``
+    are buffers (fitted on the training fold, saved with the head's weights), so prediction and
+    export give values on the corpus's scale.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, num_classes: int, num_targets: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.register_buffer("mean", torch.zeros(num_targets))
+        self.register_buffer("std", torch.ones(num_targets))
+
+    def fit(self, values: torch.Tensor) -> "TargetScale":
+        """Set mean and standard deviation (ddof=0; 1 where a target is constant) from ``[N, K]`` training values."""
+        v = values.double()
+        std = v.std(0, unbiased=False)
+        self.mean.copy_(v.mean(0).float())
+        self.std.copy_(torch.where(std > 0, std, torch.ones_like(std)).float())
+        return self
+
+    def standardize(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, K]`` values on the corpus's scale -> standardised (what the loss compares)."""
+        return (values - self.mean) / self.std
+
+    def forward(self, outputs: torch.Tensor) -> torch.Tensor:
+        c = self.num_classes
+        values = outputs[:, c:] * self.std + self.mean
+        return torch.cat([outputs[:, :c], values], dim=1) if c else values
+
+
 class SERHead(nn.Module):
-    """Everything after the upstream: layer use, projection, aggregator, classifier."""
+    """Everything after the upstream: layer use, projection, aggregator, classifier (and a target scale).
+
+    The output is ``[B, num_outputs]``: class logits, then continuous target values
+    (``ser_plugins.task``); ``target_scale`` (``task.standardize``) maps the values back to the
+    corpus's scale.
+    """
 
     layer_use: nn.Module
     projection: nn.Module
     aggregator: nn.Module
     classifier: nn.Module
+    target_scale: Optional[TargetScale]
 
     def __init__(
-        self, layer_use: nn.Module, projection: nn.Module, aggregator: nn.Module, classifier: nn.Module
+        self,
+        layer_use: nn.Module,
+        projection: nn.Module,
+        aggregator: nn.Module,
+        classifier: nn.Module,
+        target_scale: Optional[TargetScale] = None,
     ) -> None:
         super().__init__()
         self.layer_use = layer_use
         self.projection = projection
         self.aggregator = aggregator
         self.classifier = classifier
+        self.target_scale = target_scale  # registered only when set: classification heads keep their state keys
 
     def forward(self, hidden_states: Sequence[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
         feats = self.projection(self.layer_use(hidden_states).float())
@@ -83,6 +132,8 @@ class SERHead(nn.Module):
         check_aggregator_output(self.aggregator, pooled, feats)
         logits = self.classifier(pooled)
         check_classifier_output(self.classifier, logits, pooled)
+        if self.target_scale is not None:
+            logits = self.target_scale(logits)
         return logits
 
 
@@ -338,9 +389,23 @@ def build_upstream(spec: PluginSection, finetune: FinetuneConfig) -> Upstream:
 
 
 def build_head(
-    features: FeaturesConfig, aggregator: PluginSection, classifier: PluginSection, upstream: Upstream, num_classes: int
+    features: FeaturesConfig,
+    aggregator: PluginSection,
+    classifier: PluginSection,
+    upstream: Upstream,
+    num_classes: int,
+    task: Optional[TaskSpec] = None,
+    standardize: bool = False,
 ) -> Tuple[SERHead, List[int]]:
-    """``(head, upstream layer indices it reads)`` for ``upstream``: layer use, projection, aggregator, classifier."""
+    """``(head, upstream layer indices it reads)`` for ``upstream``: layer use, projection, aggregator, classifier.
+
+    ``num_classes`` is the classifier's output size; with ``task`` it is ``task.num_outputs`` (class
+    logits, then target values) and ``standardize`` adds the head's ``TargetScale`` (identity until
+    fitted or loaded). A classifier that reshapes its logits for the loss with the targets
+    (``training_logits``: margins) needs classes: refused for a regression task.
+    """
+    if task is not None:
+        num_classes = task.num_outputs
     kept, used = resolve_layers(features.layer, features.keep_layers, upstream.num_layers)
     sizes = {upstream.hidden_sizes[i] for i in kept}
     if len(sizes) != 1:
@@ -358,13 +423,35 @@ def build_head(
         "classifier",
         lambda: registry.create_classifier(classifier.name, agg.output_dim, num_classes, **classifier.options),
     )
-    return SERHead(layer_use, projection, agg, cls), kept
+    if task is not None and not task.has_classes and has_margin(cls):
+        raise CompositionError(
+            f"classifier {classifier.name!r} changes its logits with the class targets during training "
+            "(a margin): it needs classes, but task.type is regression; use linear or mlp"
+        )
+    scale = TargetScale(task.num_classes, len(task.targets)) if task is not None and standardize else None
+    return SERHead(layer_use, projection, agg, cls, scale), kept
 
 
-def build_from_recipe(recipe: Recipe, num_classes: int) -> SERModel:
-    """Build an ``SERModel`` from a resolved ``Recipe``."""
+def has_margin(classifier: nn.Module) -> bool:
+    """True when the classifier overrides ``training_logits`` (AM-/AAM-softmax margins)."""
+    from ser_plugins.plugins.contracts import Classifier
+
+    own = getattr(type(classifier), "training_logits", None)
+    return own is not None and own is not Classifier.training_logits
+
+
+def build_from_recipe(recipe: Recipe, num_classes: int, task: Optional[TaskSpec] = None) -> SERModel:
+    """Build an ``SERModel`` from a resolved ``Recipe`` (``task``: the output layout; ``num_classes`` then unused)."""
     upstream = build_upstream(recipe.upstream, recipe.finetune)
-    head, kept = build_head(recipe.features, recipe.aggregator, recipe.classifier, upstream, num_classes)
+    head, kept = build_head(
+        recipe.features,
+        recipe.aggregator,
+        recipe.classifier,
+        upstream,
+        num_classes,
+        task,
+        recipe.task.standardize and task is not None and task.has_targets,
+    )
     return SERModel(upstream, head, kept, recipe.finetune.frozen_warmup_steps)
 
 
@@ -393,6 +480,9 @@ def build_model(
     from ser_plugins.recipe import load_recipe
 
     recipe = load_recipe(recipe, overrides)
+    if not recipe.task.has_classes:  # regression: the output size is the number of targets
+        task = TaskSpec("regression", (), tuple(recipe.task.targets or ()))
+        return build_from_recipe(recipe, task.num_outputs, task)
     if num_classes is None:
         labels = corpus_labels(recipe.corpus)
         if labels is None:
@@ -400,4 +490,7 @@ def build_model(
                 f"corpus {recipe.corpus.name!r} cannot tell its classes without its data; pass num_classes"
             )
         num_classes = len(labels)
+    if recipe.task.has_targets:  # multitask: the class logits, then the targets
+        task = TaskSpec("multitask", tuple(f"class{i}" for i in range(num_classes)), tuple(recipe.task.targets or ()))
+        return build_from_recipe(recipe, task.num_outputs, task)
     return build_from_recipe(recipe, num_classes)

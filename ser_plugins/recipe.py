@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type, Union, get_args
@@ -63,7 +64,10 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["none", "linear", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 NanPolicy = Literal["skip", "stop"]
-Selection = Literal["last", "dev_loss", "dev_ua"]  # which epoch's weights a fold keeps
+Selection = Literal["last", "dev_loss", "dev_ua", "dev_macro_f1", "dev_ccc"]  # which epoch's weights a fold keeps
+TaskKind = Literal["classification", "regression", "multitask"]
+RegressionLossName = Literal["ccc", "mse", "l1"]
+_CLASS_SELECTIONS = ("dev_ua", "dev_macro_f1")  # selections that read the dev set's class predictions
 CacheDtype = Literal["float16", "float32"]
 
 PROTOCOLS: Tuple[str, ...] = get_args(ProtocolName)
@@ -92,6 +96,54 @@ class Section(BaseModel):
     """Base of the recipe's sections: strict types (no ``"3"`` for 3, no ``true`` for 1), no unknown keys."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class TaskConfig(Section):
+    """What the head predicts: classes (the default), continuous targets (``regression``), or both (``multitask``).
+
+    ``task: regression`` is short for ``task: {type: regression}``. ``targets`` names the corpus's
+    attributes to predict (default arousal, valence, dominance); ``loss`` is the regression loss
+    (``ccc``: 1 - CCC, ``mse``, ``l1``), averaged over targets with ``target_weights``; a multitask
+    head's loss is ``classification_weight * CE + regression_weight * regression``. ``standardize``
+    fits each target's mean and standard deviation on the training fold: the head learns
+    standardised targets and its outputs are mapped back to the corpus's scale.
+    """
+
+    type: TaskKind = "classification"
+    targets: Optional[List[str]] = None
+    loss: RegressionLossName = "ccc"
+    target_weights: Optional[List[float]] = None
+    classification_weight: float = _finite(default=1.0, ge=0, le=1e6)
+    regression_weight: float = _finite(default=1.0, ge=0, le=1e6)
+    standardize: bool = False
+
+    @model_validator(mode="after")
+    def _targets(self) -> "TaskConfig":
+        if self.type == "classification":
+            if self.targets:
+                raise ValueError("task.targets needs task.type: regression or multitask")
+            return self
+        if not self.targets:
+            self.targets = ["arousal", "valence", "dominance"]
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"task.targets names a target twice: {self.targets}")
+        w = self.target_weights
+        if w is not None:
+            if len(w) != len(self.targets):
+                raise ValueError(f"task.target_weights has {len(w)} weights for {len(self.targets)} targets")
+            if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+                raise ValueError(f"task.target_weights must be finite, >= 0 and not all 0, got {w}")
+        return self
+
+    @property
+    def has_classes(self) -> bool:
+        """True when the head predicts classes."""
+        return self.type != "regression"
+
+    @property
+    def has_targets(self) -> bool:
+        """True when the head predicts continuous targets."""
+        return self.type != "classification"
 
 
 class ProtocolConfig(Section):
@@ -249,6 +301,7 @@ PluginSpec = PluginSection
 
 
 SECTIONS: Dict[str, Type[Section]] = {
+    "task": TaskConfig,
     "protocol": ProtocolConfig,
     "features": FeaturesConfig,
     "finetune": FinetuneConfig,
@@ -272,6 +325,7 @@ class Recipe(BaseModel):
     upstream: PluginSection
     aggregator: PluginSection
     classifier: PluginSection
+    task: TaskConfig = Field(default_factory=TaskConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -294,6 +348,18 @@ class Recipe(BaseModel):
             )
         if f.normalize and not self.data.precompute:
             raise _Refused(f"features.normalize: {f.normalize!r} needs data.precompute: true")
+        task, t = self.task, self.training
+        if not task.has_classes:
+            if t.select in _CLASS_SELECTIONS:
+                raise _Refused(
+                    f"training.select: {t.select} reads class predictions, but task.type is regression; "
+                    "use dev_ccc, dev_loss or last"
+                )
+            for key in ("class_weights", "balanced_sampling"):
+                if getattr(t, key):
+                    raise _Refused(f"training.{key} needs classes, but task.type is regression")
+        if t.select == "dev_ccc" and not task.has_targets:
+            raise _Refused("training.select: dev_ccc needs continuous targets: task.type regression or multitask")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -351,6 +417,8 @@ def apply_overrides(data: Dict[str, Any], overrides: List[str]) -> Dict[str, Any
         for part in parts[:-1]:
             if isinstance(node.get(part), str) and part in PLUGIN_KINDS:
                 node[part] = {"name": node[part]}
+            elif isinstance(node.get(part), str) and part == "task" and node is data:
+                node[part] = {"type": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"override {item!r}: {part!r} is not a section")
@@ -428,6 +496,8 @@ def _message(where: str, model: Type[BaseModel], error: Mapping[str, Any], given
 def _validate_section(section: str, model: Type[BaseModel], given: Any) -> BaseModel:
     if given is None:
         given = {}
+    if section == "task" and isinstance(given, str):  # task: regression
+        given = {"type": given}
     if not isinstance(given, dict):
         raise RecipeError(f"{section}: expected a mapping, got {type(given).__name__}")
     try:
@@ -628,6 +698,8 @@ def resume_differences(saved: Any, recipe: Recipe) -> Optional[List[str]]:
         old.pop("launcher", None)  # resources never change results
     mine["output"].pop("dir", None)
     mine.pop("launcher", None)
+    if isinstance(old, dict) and "task" not in old and mine.get("task") == TaskConfig().model_dump():
+        mine.pop("task")  # a run saved before the task section existed: classification, as now
     for section, keys in EXECUTION_ONLY_KEYS.items():  # the RAM budget, the workers: same results
         for d in (old, mine):
             if isinstance(d, dict) and isinstance(d.get(section), dict):

@@ -259,7 +259,8 @@ def test_selection_round_trips_a_fit_result(tmp_path):
 
     fit = FitResult(history=[{"epoch": 1, "step": 3, "train_loss": 1.5, "lr": 0.1, "dev_ua": 0.5}], best_epoch=1,
                     best_dev_ua=0.5, nan_steps=0, total_steps=9, steps=3)
-    assert list(fit.to_dict()) == ["history", "best_epoch", "best_dev_ua", "nan_steps", "total_steps", "steps"]
+    assert list(fit.to_dict()) == ["history", "best_epoch", "best_dev_ua", "nan_steps", "total_steps", "steps",
+                                   "best_dev"]
     fold = FoldDir(tmp_path / "S1")
     fold.write_selection(fit.to_dict())
     assert json.loads(fold.selection.read_text()) == fit.to_dict()

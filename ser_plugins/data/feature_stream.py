@@ -32,6 +32,7 @@ from ser_plugins.data.normalize import Moments
 from ser_plugins.data.sources import Batch, BatchPlan, FeatureSource, Transform
 from ser_plugins.plugins.contracts import Upstream, Utterance
 from ser_plugins.recipe import DataConfig
+from ser_plugins.task import TargetRow
 
 log = logging.getLogger("ser_plugins")
 
@@ -177,7 +178,7 @@ class StreamedFeatureSource(FeatureSource):
     def __init__(
         self,
         features: LazyFeatures,
-        targets: Dict[str, int],
+        targets: Dict[str, TargetRow],
         frames_per_second: float,
         transform: Optional[Transform] = None,
         depth: int = PREFETCH_BATCHES,

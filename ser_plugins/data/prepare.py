@@ -28,9 +28,18 @@ from ser_plugins.data.wave_stream import stream_audio
 from ser_plugins.errors import RunError
 from ser_plugins.model import build_head, build_upstream, head_sees_only_means
 from ser_plugins.plugins import registry
-from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, CorpusProblem, Upstream, Utterance
+from ser_plugins.plugins.contracts import (
+    DROPPED_LABEL,
+    DUPLICATE_AUDIO,
+    NO_LABEL,
+    Corpus,
+    CorpusProblem,
+    Upstream,
+    Utterance,
+)
 from ser_plugins.recipe import Recipe
 from ser_plugins.runtime.seeding import set_seed
+from ser_plugins.task import TargetRow, TaskSpec
 
 log = logging.getLogger("ser_plugins")
 
@@ -45,7 +54,7 @@ class Prepared:
 
     labels: List[str]
     utterances: Dict[str, Utterance]
-    targets: Dict[str, int]
+    targets: Dict[str, TargetRow]  # per utterance: class index, target values, or both (ser_plugins.task)
     folds: List[Fold]
     source: BatchSource
     upstream: Upstream
@@ -56,6 +65,7 @@ class Prepared:
     notes: Dict[str, Any] = field(default_factory=dict)  # extraction / cache figures for run.json
     moments: Optional[Dict[str, Moments]] = None  # per-utterance frame statistics (normalisation)
     protocol: str = ""  # the fold protocol applied (the recipe's, or the corpus's default)
+    task: TaskSpec = field(default_factory=TaskSpec)
 
     @property
     def speakers(self) -> Dict[str, str]:
@@ -92,12 +102,72 @@ def load_corpus(recipe: Recipe) -> Tuple[Corpus, List[Utterance], List[str]]:
     strict = [str(p) for p in corpus.problems if p.kind != DROPPED_LABEL]
     if recipe.data.strict and strict:
         raise PrepareError("corpus problems (data.strict is on):\n  " + "\n  ".join(strict))
-    unknown = sorted({u.label for u in utterances} - set(corpus.labels))
+    unknown = sorted({u.label for u in utterances} - set(corpus.labels) - {NO_LABEL})
     if unknown:
         raise PrepareError(
             f"corpus {spec.name!r} returned labels {unknown} outside its label set {list(corpus.labels)}"
         )
     return corpus, utterances, problems
+
+
+NO_CLASS = "no_class_label"  # skip reason: a classification task, an utterance without a class
+MISSING_TARGET = "missing_target"  # skip reason: a regression task, an utterance without one of the targets
+
+
+def task_utterances(
+    recipe: Recipe, corpus: Corpus, utterances: Sequence[Utterance]
+) -> Tuple[List[Utterance], Dict[str, str], List[str]]:
+    """``(utterances the task can use, skipped id -> reason, warnings)``.
+
+    Classification needs a class (``NO_LABEL`` rows are skipped); regression needs every target
+    among an utterance's attributes (others are skipped). A target no utterance carries and the
+    corpus does not declare is one clear error naming it; under ``data.strict`` any skip is an
+    error. Values outside the corpus's declared scale are warned about, counted per target.
+    """
+    task = recipe.task
+    name = recipe.corpus.name
+    targets = list(task.targets or []) if task.has_targets else []
+    carried = {k for u in utterances for k in u.attributes}
+    missing = [t for t in targets if t not in carried and t not in set(corpus.attributes)]
+    if missing:
+        offered = sorted(set(corpus.attributes) | carried)
+        raise PrepareError(
+            f"task.targets: corpus {name!r} gives no {missing[0]!r} target"
+            + (f" (it gives: {', '.join(offered)})" if offered else " (it gives no continuous targets)")
+        )
+    keep: List[Utterance] = []
+    skipped: Dict[str, str] = {}
+    for u in utterances:
+        if task.has_classes and u.label == NO_LABEL:
+            skipped[u.id] = NO_CLASS
+        elif any(t not in u.attributes or u.attributes[t] is None for t in targets):
+            skipped[u.id] = MISSING_TARGET
+        else:
+            keep.append(u)
+    if skipped:
+        counts = count_reasons(skipped)
+        text = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        if recipe.data.strict:
+            first = next(iter(skipped))
+            raise PrepareError(
+                f"utterances the task cannot use (data.strict is on): {text} (first: {first}); "
+                + ("every utterance needs a class" if NO_CLASS in counts else f"every utterance needs {targets}")
+            )
+        log.warning("corpus: utterances skipped for the task (%s): %s", task.type, text)
+    warnings = []
+    for t in targets:
+        low, high = corpus.attribute_scales.get(t, (None, None))
+        if low is None or high is None:
+            continue
+        outside = [u.id for u in keep if not low <= float(u.attributes[t]) <= high]
+        if outside:
+            warnings.append(
+                f"target {t!r}: {len(outside)} utterance(s) outside the corpus's scale {low:g}-{high:g} "
+                f"(first: {outside[0]})"
+            )
+    for w in warnings:
+        log.warning("corpus: %s", w)
+    return keep, skipped, warnings
 
 
 def dropped_labels(problems: Sequence[CorpusProblem]) -> Dict[str, int]:
@@ -174,13 +244,17 @@ def needs_frames(recipe: Recipe) -> bool:
     )
 
 
-def check_composition(recipe: Recipe, upstream: Upstream, num_classes: int) -> Tuple[List[int], bool]:
+def check_composition(
+    recipe: Recipe, upstream: Upstream, num_classes: int, task: Optional[TaskSpec] = None
+) -> Tuple[List[int], bool]:
     """Build the head once on the meta device (no memory, no random numbers) to refuse bad compositions.
 
     Returns ``(kept upstream layers, whether the head sees only utterance means)``.
     """
     with torch.device("meta"):
-        head, kept = build_head(recipe.features, recipe.aggregator, recipe.classifier, upstream, num_classes)
+        head, kept = build_head(
+            recipe.features, recipe.aggregator, recipe.classifier, upstream, num_classes, task, recipe.task.standardize
+        )
     return kept, head_sees_only_means(head)
 
 
@@ -202,6 +276,9 @@ class Plan:
     folds: List[Fold]
     protocol: str  # the recipe's, else the corpus's default
     dropped: Dict[str, int] = field(default_factory=dict)  # rows dropped per raw label (outside the labels)
+    task: TaskSpec = field(default_factory=TaskSpec)
+    unusable: Dict[str, str] = field(default_factory=dict)  # utterances the task cannot use, with the reason
+    target_warnings: List[str] = field(default_factory=list)  # values outside the corpus's scale
 
 
 def plan(recipe: Recipe) -> Plan:
@@ -211,11 +288,18 @@ def plan(recipe: Recipe) -> Plan:
     """
     if recipe.data.num_threads:
         torch.set_num_threads(recipe.data.num_threads)
-    corpus, utterances, problems = load_corpus(recipe)
-    labels = list(corpus.labels)
+    corpus, listed, problems = load_corpus(recipe)
+    utterances, unusable, target_warnings = task_utterances(recipe, corpus, listed)
+    if not utterances:
+        raise PrepareError(
+            f"corpus {recipe.corpus.name!r}: no utterance the task ({recipe.task.type}) can use "
+            f"({', '.join(f'{k}: {v}' for k, v in count_reasons(unusable).items())})"
+        )
+    labels = list(corpus.labels) if recipe.task.has_classes else []
+    task = TaskSpec(recipe.task.type, tuple(corpus.labels), tuple(recipe.task.targets or ()))
     set_seed(recipe.seed)
     upstream = build_upstream(recipe.upstream, recipe.finetune)
-    kept, sees_only_means = check_composition(recipe, upstream, len(labels))
+    kept, sees_only_means = check_composition(recipe, upstream, task.num_outputs, task)
     p = recipe.protocol
     protocol = p.name or corpus.default_protocol
     folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
@@ -230,7 +314,21 @@ def plan(recipe: Recipe) -> Plan:
             labels,
             ", ".join(f"{k}: {v}" for k, v in dropped.items()),
         )
-    return Plan(corpus, list(utterances), problems, labels, upstream, kept, sees_only_means, folds, protocol, dropped)
+    return Plan(
+        corpus,
+        list(utterances),
+        problems,
+        labels,
+        upstream,
+        kept,
+        sees_only_means,
+        folds,
+        protocol,
+        dropped,
+        task,
+        unusable,
+        target_warnings,
+    )
 
 
 def prepare(
@@ -278,10 +376,19 @@ def prepare(
     lost_warnings = [f"session {g!r} has no usable utterance left (all skipped): its fold is not run" for g in lost]
     p = recipe.protocol
     folds = make_folds(usable, pl.protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
-    targets = {u.id: labels.index(u.label) for u in usable}
+    task = pl.task
+    targets = {
+        u.id: task.target_row(task.labels.index(u.label) if task.has_classes else -1, dict(u.attributes))
+        for u in usable
+    }
+    skipped = {**pl.unusable, **skipped}
     same_audio = check_same_audio(folds, usable, pl.corpus.problems)
-    warnings = lost_warnings + check_folds(
-        folds, {u.id: u.label for u in usable}, labels, {u.id: u.speaker for u in usable}, needs_dev=p.dev != "none"
+    warnings = (
+        lost_warnings
+        + pl.target_warnings
+        + check_folds(
+            folds, {u.id: u.label for u in usable}, labels, {u.id: u.speaker for u in usable}, needs_dev=p.dev != "none"
+        )
     )
     for w in warnings + same_audio:
         log.warning("%s", w)
@@ -314,4 +421,5 @@ def prepare(
         notes,
         moments,
         pl.protocol,
+        task,
     )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ser_plugins.data.batching import bucket_batches, pad_features, pad_waves, padding_fraction, random_crop
+from ser_plugins.task import TargetRow
 
 Transform = Callable[[List[str], List[torch.Tensor]], List[torch.Tensor]]  # (ids, padded layers) -> layers
 _Stack = Tuple[Dict[str, int], List[torch.Tensor], torch.Tensor]  # means mode: (row of id, layers, targets)
@@ -59,7 +60,7 @@ class Batch:
 class BatchSource(Protocol):
     """What the trainer needs from a source of batches."""
 
-    targets: Dict[str, int]
+    targets: Dict[str, TargetRow]
 
     def batches(self, ids: Sequence[str], plan: BatchPlan) -> Iterator[Batch]:
         """The batches of one pass over ``ids``."""
@@ -75,7 +76,7 @@ class _BucketedSource:
     """Shared planning: lengths in frames or samples, ``rate`` of them per second."""
 
     rate: float
-    targets: Dict[str, int]
+    targets: Dict[str, TargetRow]
 
     def length(self, uid: str) -> int:  # pragma: no cover - defined by subclasses
         raise NotImplementedError
@@ -112,7 +113,7 @@ class FeatureSource(_BucketedSource):
     def __init__(
         self,
         features: Mapping[str, List[torch.Tensor]],
-        targets: Dict[str, int],
+        targets: Dict[str, TargetRow],
         frames_per_second: float,
         frame_counts: Optional[Dict[str, int]] = None,
         transform: Optional[Transform] = None,
@@ -185,7 +186,7 @@ class FeatureSource(_BucketedSource):
 class WaveSource(_BucketedSource):
     """Batches of decoded waveforms (trainable upstream): the whole model runs."""
 
-    def __init__(self, waves: Dict[str, np.ndarray], targets: Dict[str, int], sample_rate: int) -> None:
+    def __init__(self, waves: Dict[str, np.ndarray], targets: Dict[str, TargetRow], sample_rate: int) -> None:
         self.waves = waves
         self.targets = targets
         self.rate = sample_rate

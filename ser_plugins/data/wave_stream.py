@@ -27,6 +27,7 @@ from ser_plugins.data.memory import GB, audio_samples, ram_budget_bytes, resolve
 from ser_plugins.data.sources import Batch, BatchPlan, WaveSource
 from ser_plugins.plugins.contracts import Utterance
 from ser_plugins.recipe import DataConfig
+from ser_plugins.task import TargetRow
 
 log = logging.getLogger("ser_plugins")
 
@@ -207,7 +208,7 @@ class StreamedWaveSource(WaveSource):
         self,
         utterances: Sequence[Utterance],
         lengths: Dict[str, int],
-        targets: Dict[str, int],
+        targets: Dict[str, TargetRow],
         sample_rate: int,
         min_samples: int = 1,
         num_workers: int = 0,
@@ -267,7 +268,7 @@ class StreamedAudio:
         self.min_samples = min_samples
         self.num_workers = num_workers
 
-    def source(self, usable: Sequence[Utterance], targets: Dict[str, int], device: str) -> StreamedWaveSource:
+    def source(self, usable: Sequence[Utterance], targets: Dict[str, TargetRow], device: str) -> StreamedWaveSource:
         """The batch source over ``usable`` utterances (pinned memory on CUDA)."""
         return StreamedWaveSource(
             usable,

@@ -7,7 +7,7 @@ configuration (scikit-learn style): a recipe's ``upstream: {name: fbank, n_mels:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, get_args
 
@@ -179,7 +179,11 @@ class Utterance:
     """One labelled utterance: where its audio is, its emotion label and who spoke it.
 
     ``start``/``end`` (seconds) select a segment of a longer file; ``fold``/``split`` carry a
-    predefined fold or train/dev/test split when the corpus defines one.
+    predefined fold or train/dev/test split when the corpus defines one. ``attributes`` holds the
+    utterance's continuous targets by name (dimensional emotion: ``{"arousal": 3.5, "valence":
+    2.0, "dominance": 3.0}`` on the corpus's scale, see ``Corpus.attribute_scales``). ``label`` is
+    ``NO_LABEL`` (``""``) for an utterance that has attributes but no consensus class (usable for
+    regression only).
     """
 
     id: str
@@ -191,6 +195,10 @@ class Utterance:
     end: Optional[float] = None
     fold: Optional[str] = None
     split: Optional[str] = None
+    attributes: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+
+NO_LABEL = ""  # Utterance.label of an utterance without a class (attributes only)
 
 
 @dataclass(frozen=True)
@@ -227,12 +235,17 @@ class Corpus:
     A corpus plugin's constructor takes ``root`` (a folder or file) plus its own options and sets:
       * ``labels`` -- the class names, in the order used for logits and confusion matrices,
       * ``default_protocol`` -- the fold protocol used when a recipe names none,
+      * optionally ``attributes`` -- the names of the continuous targets its utterances can carry
+        (``Utterance.attributes``) and ``attribute_scales`` -- each one's documented ``(low, high)``
+        range (values outside it are warned about, counted),
     and implements ``load() -> list[Utterance]``, appending anything odd it meets to
     ``self.problems`` (fatal problems stop a run before training; the others are reported).
     """
 
     labels: List[str] = []
     default_protocol: str = "session"
+    attributes: Sequence[str] = ()
+    attribute_scales: Mapping[str, Tuple[float, float]] = MappingProxyType({})
 
     def __init__(self) -> None:
         self.problems: List[CorpusProblem] = []

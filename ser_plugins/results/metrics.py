@@ -69,3 +69,87 @@ def mean_std(
             continue
         out[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else None}
     return out
+
+
+# --- continuous targets (dimensional emotion) ----------------------------------------------------
+def ccc(targets: Any, predictions: Any) -> float:
+    """Lin's concordance correlation coefficient, with population (ddof=0) moments as the field computes it.
+
+    ``2 cov(t, p) / (var t + var p + (mean t - mean p)^2)``. Where the denominator is 0 (both
+    sides constant and equal) the predictions equal the targets: 1.0. Empty input: 0.0.
+    """
+    t = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(predictions, dtype=np.float64)
+    if not len(t):
+        return 0.0
+    mt, mp = t.mean(), p.mean()
+    cov = ((t - mt) * (p - mp)).mean()
+    denom = t.var() + p.var() + (mt - mp) ** 2
+    if denom == 0:
+        return 1.0
+    return float(2 * cov / denom)
+
+
+def pearson(targets: Any, predictions: Any) -> float:
+    """Pearson's r; 0.0 where it is undefined (either side constant, or empty), where scipy gives nan."""
+    t = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(predictions, dtype=np.float64)
+    if len(t) < 2:
+        return 0.0
+    dt, dp = t - t.mean(), p - p.mean()
+    denom = np.sqrt((dt * dt).sum() * (dp * dp).sum())
+    if denom == 0:
+        return 0.0
+    return float(np.clip((dt * dp).sum() / denom, -1.0, 1.0))
+
+
+def mae(targets: Any, predictions: Any) -> float:
+    """Mean absolute error (0.0 for empty input)."""
+    t = np.asarray(targets, dtype=np.float64)
+    p = np.asarray(predictions, dtype=np.float64)
+    return float(np.abs(t - p).mean()) if len(t) else 0.0
+
+
+#: the regression metrics, each reported per target (``ccc_arousal``) and averaged over targets (``ccc``)
+REGRESSION_METRICS = ("ccc", "pearson", "mae")
+_REGRESSION_FUNCTIONS = {"ccc": ccc, "pearson": pearson, "mae": mae}
+
+
+def regression_keys(names: Sequence[str]) -> List[str]:
+    """Every regression metric key of a run with targets ``names``: averages first, then per target."""
+    return list(REGRESSION_METRICS) + [f"{m}_{n}" for m in REGRESSION_METRICS for n in names]
+
+
+def regression_metrics(targets: Any, predictions: Any, names: Sequence[str]) -> Dict[str, Any]:
+    """CCC, Pearson r and MAE of ``[N, K]`` predictions per target (``ccc_<name>``) and averaged (``ccc``), JSON-ready.
+
+    The averages are unweighted means over the ``K`` targets, as the Odyssey 2024 challenge reports them.
+    """
+    t = np.asarray(targets, dtype=np.float64).reshape(-1, len(names))
+    p = np.asarray(predictions, dtype=np.float64).reshape(-1, len(names))
+    out: Dict[str, Any] = {}
+    for metric, fn in _REGRESSION_FUNCTIONS.items():
+        per = [fn(t[:, k], p[:, k]) for k in range(len(names))]
+        out[metric] = float(np.mean(per)) if per else 0.0
+        out.update({f"{metric}_{n}": v for n, v in zip(names, per)})
+    out["n"] = int(t.shape[0])
+    out["target_names"] = list(names)
+    return out
+
+
+CLASSIFICATION_FOLD_KEYS = ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")
+CLASSIFICATION_SUMMARY_KEYS = ("wa", "ua", "macro_f1")
+
+
+def fold_metric_keys(has_classes: bool, targets: Sequence[str]) -> List[str]:
+    """The test results a fold's ``metrics.json`` keeps for a task (classes and/or ``targets``)."""
+    keys = list(CLASSIFICATION_FOLD_KEYS) if has_classes else ["n"]
+    if targets:
+        keys += regression_keys(targets) + ["target_names"]
+    return keys
+
+
+def summary_metric_keys(has_classes: bool, targets: Sequence[str]) -> List[str]:
+    """The metrics averaged over folds (mean ± std) for a task: WA, UA, macro-F1 and/or CCC, r, MAE."""
+    keys = list(CLASSIFICATION_SUMMARY_KEYS) if has_classes else []
+    return keys + (regression_keys(targets) if targets else [])

@@ -11,11 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
-
-from ser_plugins.results.metrics import mean_std, metrics_from_confusion
 from ser_plugins.results.run_dir import RunDir
-from ser_plugins.results.summary import Summary
+from ser_plugins.results.summary import Summary, fold_results
 
 
 def finished_folds(run_dir: Path) -> Dict[str, Dict[str, Any]]:
@@ -34,8 +31,10 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
         return None
     run = files.read_run_info()
     recipe = files.read_recipe()
-    per_fold = list(results.values())
-    pooled = np.sum([np.array(m["confusion"]) for m in per_fold], axis=0)
+    task = run.get("task") or {"kind": "classification", "targets": []}
+    targets = list(task.get("targets", []))
+    values = [files.fold(n).read_target_values(targets) for n in results] if targets else None
+    parts = fold_results(results, task["kind"] != "regression", targets, values)
     evaluation = run.get("evaluation", {})
     return Summary(
         name=recipe.get("name", run_dir.name),
@@ -45,9 +44,9 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
         aggregator=recipe["aggregator"]["name"],
         classifier=recipe["classifier"]["name"],
         labels=run["labels"],
-        folds={n: {k: m[k] for k in ("wa", "ua", "macro_f1", "n")} for n, m in results.items()},
-        mean_std=mean_std(per_fold),
-        pooled={**metrics_from_confusion(pooled), "confusion": pooled.tolist()},
+        folds=parts["folds"],
+        mean_std=parts["mean_std"],
+        pooled=parts["pooled"],
         complete=len(results) == len(run.get("folds", [])),
         skipped_utterances=run.get("skipped", {}),
         corpus_problems=run.get("corpus_problems", 0),
@@ -56,6 +55,8 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
         refit=bool(evaluation.get("refit", False)),
         normalize=evaluation.get("normalize"),
         transductive=bool(evaluation.get("transductive", False)),
+        task=task["kind"],
+        targets=list(task.get("targets", [])),
     )
 
 

@@ -52,8 +52,8 @@ def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], path: Pat
 MARKER_EPOCHS = 20
 
 
-def plot_curves(history: List[Dict[str, float]], path: Path, title: str = ""):
-    """Training and dev loss (left axis) and dev UA (right axis) per epoch as a PNG; returns the figure.
+def plot_curves(history: List[Dict[str, float]], path: Path, title: str = "", loss_label: str = "loss (cross-entropy)"):
+    """Training and dev loss (left axis) and dev UA and/or dev CCC (right axis) per epoch as a PNG; returns the figure.
 
     Lines, with a marker on each point only for short histories (``MARKER_EPOCHS``); one legend for
     both axes, below the plot, so that it hides no curve. A history without dev values
@@ -73,12 +73,20 @@ def plot_curves(history: List[Dict[str, float]], path: Path, title: str = ""):
             epochs, [h["dev_loss"] for h in history], color="tab:orange", label="dev loss", **style("^", "--")
         )
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss (cross-entropy)", color="tab:red")
+    regression = bool(history) and "dev_ua" not in history[0] and "dev_ccc" in history[0]
+    ax1.set_ylabel(loss_label, color="tab:red")
     if history and all("dev_ua" in h for h in history):  # protocol.dev: none has no dev curve
         ax2 = ax1.twinx()
         lines += ax2.plot(epochs, [h["dev_ua"] for h in history], color="tab:blue", label="dev UA", **style("s"))
         ax2.set_ylabel("dev UA", color="tab:blue")
         ax2.set_ylim(0, 1)
+    if history and all("dev_ccc" in h for h in history):  # continuous targets: dev CCC (mean over targets)
+        ax3 = ax1.twinx()
+        if not regression:
+            ax3.spines["right"].set_position(("axes", 1.12))
+        lines += ax3.plot(epochs, [h["dev_ccc"] for h in history], color="tab:green", label="dev CCC", **style("d"))
+        ax3.set_ylabel("dev CCC", color="tab:green")
+        ax3.set_ylim(-0.1, 1)
     # one legend for both axes, outside them (below the x label): it covers no line, whatever their course
     fig.legend(
         lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), fontsize=8, frameon=False
@@ -88,6 +96,31 @@ def plot_curves(history: List[Dict[str, float]], path: Path, title: str = ""):
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return fig
+
+
+def plot_targets(
+    true_values: np.ndarray, values: np.ndarray, names: Sequence[str], path: Path, title: str = ""
+) -> None:
+    """Predicted against true values as a PNG: one scatter panel per continuous target, with its CCC and diagonal."""
+    from ser_plugins.results.metrics import ccc
+
+    plt = _pyplot()
+    true = np.asarray(true_values, dtype=np.float64).reshape(-1, len(names))
+    pred = np.asarray(values, dtype=np.float64).reshape(-1, len(names))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 0.5, 3.6), squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
+        ax.scatter(true[:, k], pred[:, k], s=6, alpha=0.5, color="tab:blue")
+        if len(true):
+            low = float(min(true[:, k].min(), pred[:, k].min()))
+            high = float(max(true[:, k].max(), pred[:, k].max()))
+            ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(f"{name}: CCC {ccc(true[:, k], pred[:, k]):.3f}", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 def plot_layer_weights(weights: Dict[str, List[float]], path: Path, title: str = "") -> None:

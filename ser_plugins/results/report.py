@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ser_plugins.errors import UserError
 from ser_plugins.results.partial import current_summary
@@ -28,7 +28,26 @@ COLUMNS = (
     "F1",
 )
 _TEXT = COLUMNS[:9]
+_CLASS_KEYS = ("wa", "ua", "macro_f1")
 MARK = "†"
+MISSING = "–"  # a metric the run does not have (WA of a regression run, CCC of a classification run)
+
+
+def _targets_of(rows: List[Dict[str, Any]]) -> List[str]:
+    """Every continuous target of the rows, in first-seen order (each gets a CCC column)."""
+    return list(dict.fromkeys(t for r in rows for t in r.get("targets", [])))
+
+
+def _metric_columns(rows: List[Dict[str, Any]]) -> List[Tuple[str, str]]:
+    """``(key, header)`` of the metric columns: WA/UA/F1 when a run has classes, CCC (mean, per target) when one
+    has targets, so classification and regression runs share one table without sharing a column."""
+    cols: List[Tuple[str, str]] = []
+    if not rows or any(r.get("task", "classification") != "regression" for r in rows):
+        cols += [("wa", "WA"), ("ua", "UA"), ("macro_f1", "F1")]
+    targets = _targets_of(rows)
+    if targets:
+        cols += [("ccc", "CCC")] + [(f"ccc_{t}", f"CCC {t}") for t in targets]
+    return cols
 
 
 class ReportError(UserError, RuntimeError):
@@ -45,6 +64,7 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
         if s is None:
             raise ReportError(f"{d}: no {SUMMARY_FILE} and no finished fold (is it a run directory?)")
         ms = s.mean_std
+        metric_keys = [k for k in ms if k in _CLASS_KEYS or k.startswith("ccc")]
         rows.append(
             {
                 "run": Path(d).name,
@@ -59,31 +79,45 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
                 "transductive": s.transductive,
                 "comparable": s.speaker_independent_inductive,
                 "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",  # incomplete runs are marked
-                **{f"{k}_mean": ms[k]["mean"] for k in ("wa", "ua", "macro_f1")},
-                **{f"{k}_std": ms[k]["std"] for k in ("wa", "ua", "macro_f1")},
+                "task": s.task,
+                "targets": list(s.targets),
+                **{f"{k}_mean": ms[k]["mean"] for k in metric_keys},
+                **{f"{k}_std": ms[k]["std"] for k in metric_keys},
             }
         )
     return rows
 
 
 def to_markdown(rows: List[Dict[str, Any]]) -> str:
-    """Markdown table; metrics as mean ± std in percent.
+    """Markdown table; metrics as mean ± std (WA/UA/F1 in percent, CCC as a fraction).
 
-    The best UA among the complete, speaker-independent and non-transductive runs is in bold. Runs
+    Runs with classes fill WA, UA and F1; runs with continuous targets fill CCC (mean over targets,
+    then one column per target); a cell a run has no figure for is ``–``. The best UA and the best
+    CCC among the complete, speaker-independent and non-transductive runs is in bold. Runs
     with transductive normalisation or a random (speaker-leaking) dev set are marked † and never
     bolded beside them.
     """
     fair = [r for r in rows if "partial" not in str(r["folds"]) and r["comparable"]]
-    best = max((r["ua_mean"] for r in fair), default=None)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    best = {
+        key: max((r[f"{key}_mean"] for r in fair if r.get(f"{key}_mean") is not None), default=None)
+        for key in ("ua", "ccc")
+    }
+    metrics = _metric_columns(rows)
+    header = list(_TEXT) + [name for _, name in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [str(r[c]) for c in _TEXT]
         if not r["comparable"]:
             cells[0] += f" {MARK}"
-        for key in ("wa", "ua", "macro_f1"):
-            std = r[f"{key}_std"]
-            cell = f"{100 * r[f'{key}_mean']:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
-            if key == "ua" and r["comparable"] and r["ua_mean"] == best and len(rows) > 1:
+        for key, _ in metrics:
+            mean = r.get(f"{key}_mean")
+            if mean is None:
+                cells.append(MISSING)
+                continue
+            std = r.get(f"{key}_std")
+            scale, digits = (100, 2) if key in _CLASS_KEYS else (1, 4)  # accuracies in percent, CCC as is
+            cell = f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std is not None else "")
+            if key in best and r["comparable"] and mean == best[key] and len(rows) > 1:
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
@@ -101,11 +135,10 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
 def to_csv(rows: List[Dict[str, Any]]) -> str:
     """CSV with separate mean and std columns (fractions, not percent)."""
     buf = io.StringIO()
-    fields = (
-        list(_TEXT)
-        + ["refit", "transductive"]
-        + [f"{k}_{s}" for k in ("wa", "ua", "macro_f1") for s in ("mean", "std")]
-    )
+    targets = _targets_of(rows)
+    keys = ["wa", "ua", "macro_f1"] + (["ccc"] + [f"ccc_{t}" for t in targets] if targets else [])
+    fields = list(_TEXT) + ["refit", "transductive"] + (["task"] if targets else [])
+    fields += [f"{k}_{s}" for k in keys for s in ("mean", "std")]
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)

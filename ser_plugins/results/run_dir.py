@@ -7,6 +7,7 @@ This is the one module that knows what a run directory holds::
       tensorboard/<fold>/
       folds/<fold>/
         metrics.json  predictions.csv  best.safetensors  normalizer.safetensors  curves.png  confusion.png
+        targets.png
         last_state.pt  refit_state.pt  selection.json  .lock      (the last four only while the fold runs)
 
 and a grid directory (``ser grid --out``) its ``grid.json``. The runner, ``ser predict``, ``ser export``,
@@ -65,6 +66,8 @@ NORMALIZER_FILE = "normalizer.safetensors"
 CURVES_FILE = "curves.png"
 #: the fold's test confusion matrix
 CONFUSION_FILE = "confusion.png"
+#: predicted against true values, one panel per continuous target (regression and multitask runs)
+TARGETS_PLOT_FILE = "targets.png"
 #: the trainer's resume state (one file, written atomically; deleted when the fold ends)
 STATE_FILE = "last_state.pt"
 #: the refit's resume state (``training.refit``; deleted when the fold ends)
@@ -92,6 +95,7 @@ FILE_NAMES = (
     NORMALIZER_FILE,
     CURVES_FILE,
     CONFUSION_FILE,
+    TARGETS_PLOT_FILE,
     STATE_FILE,
     REFIT_STATE_FILE,
     SELECTION_FILE,
@@ -121,6 +125,7 @@ def run_info(
     normalize: Optional[str],
     transductive: bool,
     notes: Optional[Mapping[str, Any]] = None,
+    task: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The content of ``run.json`` (its schema, key order included).
 
@@ -139,6 +144,7 @@ def run_info(
         "precision": precision,
         "upstream": upstream,
         "labels": labels,
+        **({"task": dict(task)} if task else {}),
         "folds": [{"name": f.name, "train": len(f.train), "dev": len(f.dev), "test": len(f.test)} for f in folds],
         "skipped": skipped_counts,
         "skipped_files": skipped_files,
@@ -162,14 +168,44 @@ def predictions_csv(
     targets: Sequence[int],
     predictions: Sequence[int],
     probabilities: Sequence[Sequence[float]],
+    target_names: Sequence[str] = (),
+    true_values: Optional[Sequence[Sequence[float]]] = None,
+    values: Optional[Sequence[Sequence[float]]] = None,
 ) -> str:
-    """``predictions.csv``'s text: ``id, speaker, label, prediction, p_<label>...`` (probabilities to 5 decimals)."""
+    """``predictions.csv``'s text: ``id, speaker, label, prediction, p_<label>...`` (probabilities to 5 decimals).
+
+    With continuous targets (``target_names``): ``true_<name>, pred_<name>`` per target follow (the
+    class columns only when ``labels`` is not empty); values are written in full (``repr``), so
+    pooled metrics read back from the file are exact.
+    """
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["id", "speaker", "label", "prediction"] + [f"p_{lab}" for lab in labels])
-    for uid, tgt, pred, probs in zip(ids, targets, predictions, probabilities):
-        w.writerow([uid, speakers[uid], labels[tgt], labels[pred]] + [f"{p:.5f}" for p in probs])
+    head = ["id", "speaker"]
+    if labels:
+        head += ["label", "prediction"] + [f"p_{lab}" for lab in labels]
+    head += [f"{kind}_{name}" for name in target_names for kind in ("true", "pred")]
+    w.writerow(head)
+    for i, uid in enumerate(ids):
+        row = [uid, speakers[uid]]
+        if labels:
+            row += [labels[targets[i]], labels[predictions[i]]] + [f"{p:.5f}" for p in probabilities[i]]
+        if target_names and true_values is not None and values is not None:
+            for k in range(len(target_names)):
+                row += [repr(float(true_values[i][k])), repr(float(values[i][k]))]
+        w.writerow(row)
     return buf.getvalue()
+
+
+def read_target_values(path: Path, target_names: Sequence[str]) -> Any:
+    """``(true [N, K], predicted [N, K])`` float64 arrays of a ``predictions.csv`` with continuous targets."""
+    import numpy as np
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    true = np.array([[float(r[f"true_{n}"]) for n in target_names] for r in rows], dtype=np.float64)
+    pred = np.array([[float(r[f"pred_{n}"]) for n in target_names] for r in rows], dtype=np.float64)
+    k = len(target_names)
+    return true.reshape(-1, k), pred.reshape(-1, k)
 
 
 class FoldDir:
@@ -198,6 +234,7 @@ class FoldDir:
     normalizer = property(lambda self: self.path / NORMALIZER_FILE, doc="``normalizer.safetensors``")
     curves = property(lambda self: self.path / CURVES_FILE, doc="``curves.png``")
     confusion = property(lambda self: self.path / CONFUSION_FILE, doc="``confusion.png``")
+    scatter = property(lambda self: self.path / TARGETS_PLOT_FILE, doc="``targets.png``: predicted vs true values")
     state = property(lambda self: self.path / STATE_FILE, doc="``last_state.pt``: the trainer's resume state")
     refit_state = property(lambda self: self.path / REFIT_STATE_FILE, doc="``refit_state.pt``: the refit's")
     selection = property(lambda self: self.path / SELECTION_FILE, doc="``selection.json``: the first pass's result")
@@ -221,13 +258,32 @@ class FoldDir:
         """The fold's ``metrics.json`` (a damaged file is a ``CorruptFileError`` naming it)."""
         return read_json(self.metrics)
 
-    def write_predictions(self, test: Mapping[str, Any], speakers: Mapping[str, str], labels: Sequence[str]) -> None:
+    def write_predictions(
+        self, test: Mapping[str, Any], speakers: Mapping[str, str], labels: Sequence[str], task: Any = None
+    ) -> None:
         """Write ``predictions.csv`` from an evaluation's result (``ids``, ``targets``, ``predictions``,
-        ``probabilities``)."""
+        ``probabilities``, and with continuous targets ``values`` and ``true_values``); ``task`` is the
+        run's ``TaskSpec`` (None: classification over ``labels``)."""
+        names = list(task.targets) if task is not None else []
+        shown = labels if task is None or task.has_classes else []
         atomic_write_text(
             self.predictions,
-            predictions_csv(test["ids"], speakers, labels, test["targets"], test["predictions"], test["probabilities"]),
+            predictions_csv(
+                test["ids"],
+                speakers,
+                shown,
+                test["targets"],
+                test["predictions"],
+                test["probabilities"],
+                names,
+                test.get("true_values"),
+                test.get("values"),
+            ),
         )
+
+    def read_target_values(self, target_names: Sequence[str]) -> Any:
+        """``(true, predicted)`` ``[N, K]`` arrays of this fold's test utterances (``predictions.csv``)."""
+        return read_target_values(self.predictions, target_names)
 
     def write_selection(self, fit: Dict[str, Any]) -> None:
         """Write ``selection.json``: a refitting fold's first pass (``FitResult.to_dict()``)."""

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ser_plugins.results.metrics import FOLD_SPREAD
+from ser_plugins.results.metrics import (
+    FOLD_SPREAD,
+    mean_std,
+    metrics_from_confusion,
+    regression_metrics,
+    summary_metric_keys,
+)
 from ser_plugins.runtime.atomic import read_json
 
 FoldMetrics = Dict[str, float]  # wa, ua, macro_f1, n
@@ -41,6 +47,46 @@ def evaluation_setting(normalize: Optional[str], dev: str, refit: bool = False) 
     return ", ".join(parts)
 
 
+def fold_results(
+    results: Dict[str, Dict[str, Any]],
+    has_classes: bool,
+    targets: List[str],
+    target_values: Optional[List[Any]] = None,
+) -> Dict[str, Any]:
+    """``folds``, ``mean_std`` and ``pooled`` of a summary from the finished folds' metrics.
+
+    Classes: WA, UA and macro-F1 per fold and mean ± std, the pooled confusion matrix and its
+    metrics. Continuous targets: CCC, Pearson r and MAE (mean and per target) per fold and mean ±
+    std, and pooled over every test utterance of the folds: ``target_values`` holds each fold's
+    ``(true, predicted)`` arrays (``FoldDir.read_target_values``).
+    """
+    per_fold = list(results.values())
+    keys = summary_metric_keys(has_classes, targets)
+    pooled: Dict[str, Any] = {}
+    if has_classes:
+        import numpy as np
+
+        confusion = np.sum([np.array(m["confusion"]) for m in per_fold], axis=0)
+        pooled.update(metrics_from_confusion(confusion), confusion=confusion.tolist())
+    if targets and target_values is not None:
+        import numpy as np
+
+        parts = target_values
+        true = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, len(targets)))
+        pred = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, len(targets)))
+        reg = regression_metrics(true, pred, targets)
+        reg.pop("target_names")
+        pooled.update(reg)
+    return {
+        "folds": {n: {k: m[k] for k in [*keys, "n"]} for n, m in results.items()},
+        "mean_std": mean_std(per_fold, keys),
+        "pooled": pooled,
+    }
+
+
+_COLUMN_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "ccc": "CCC"}
+
+
 @dataclass
 class Summary:
     """What a run found: per-fold and pooled metrics, mean ± std over folds, and what was skipped."""
@@ -66,6 +112,13 @@ class Summary:
     normalize: Optional[str] = None
     transductive: bool = False
     fold_spread: str = FOLD_SPREAD
+    task: str = "classification"  # classification, regression or multitask (ser_plugins.task)
+    targets: List[str] = field(default_factory=list)  # the continuous targets (regression, multitask)
+
+    @property
+    def has_classes(self) -> bool:
+        """True when the run predicts classes (WA/UA/macro-F1 columns)."""
+        return self.task != "regression"
 
     @property
     def speaker_independent_inductive(self) -> bool:
@@ -106,13 +159,25 @@ class Summary:
             f"{evaluation_setting(self.normalize, self.dev, self.refit)}; "
             f"± is the {self.fold_spread.split(';')[0]}.",
             "",
-            "| fold | WA | UA | macro-F1 | n |",
-            "|---|---|---|---|---|",
+        ]
+        columns = (["wa", "ua", "macro_f1"] if self.has_classes else []) + (
+            ["ccc"] + [f"ccc_{t}" for t in self.targets] if self.targets else []
+        )
+        lines += [
+            "| fold | " + " | ".join(_COLUMN_NAMES.get(c, c.replace("ccc_", "CCC ")) for c in columns) + " | n |",
+            "|---|" + "---|" * len(columns) + "---|",
         ]
         for name, m in self.folds.items():
-            lines.append(f"| {name} | {m['wa']:.4f} | {m['ua']:.4f} | {m['macro_f1']:.4f} | {m['n']} |")
+            lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in columns) + f" | {m['n']} |")
         ms = self.mean_std
-        lines.append(f"| **mean ± std** | {_pm(ms['wa'])} | {_pm(ms['ua'])} | {_pm(ms['macro_f1'])} | |")
+        lines.append("| **mean ± std** | " + " | ".join(_pm(ms[c]) for c in columns) + " | |")
+        if self.targets and "ccc" in self.pooled:
+            pooled = ", ".join(f"{t} {self.pooled['ccc_' + t]:.4f}" for t in self.targets)
+            lines += [
+                "",
+                f"Pooled over the test folds: CCC {self.pooled['ccc']:.4f} ({pooled}); "
+                f"Pearson r {self.pooled['pearson']:.4f}; MAE {self.pooled['mae']:.4f}.",
+            ]
         if self.skipped_utterances:
             lines += [
                 "",

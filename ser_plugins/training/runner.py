@@ -29,10 +29,10 @@ from ser_plugins.recipe import (
     recipe_differences,  # noqa: F401 - moved to recipe.py; still importable here
     resume_differences,
 )
-from ser_plugins.results.metrics import mean_std, metrics_from_confusion
-from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights
+from ser_plugins.results.metrics import fold_metric_keys
+from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights, plot_targets
 from ser_plugins.results.run_dir import REFIT_STATE_FILE, STATE_FILE, FoldDir, RunDir, run_info
-from ser_plugins.results.summary import Summary
+from ser_plugins.results.summary import Summary, fold_results
 from ser_plugins.runtime.locking import BRIEF_PHASES, RunLock, held_elsewhere
 from ser_plugins.runtime.seeding import set_seed
 from ser_plugins.training import distributed as ddp_tools
@@ -53,6 +53,16 @@ def effective_precision(precision: str, device: str) -> str:
         )
         return "fp32"
     return precision
+
+
+def loss_label(task: Any) -> str:
+    """The training loss's name for plots: cross-entropy, the regression loss, or their weighted sum."""
+    names = {"ccc": "1 - CCC", "mse": "MSE", "l1": "L1"}
+    if task.type == "classification":
+        return "loss (cross-entropy)"
+    if task.type == "regression":
+        return f"loss ({names[task.loss]})"
+    return f"loss (CE + {names[task.loss]})"
 
 
 def pick_device(name: str) -> str:
@@ -300,6 +310,7 @@ class Runner:
                 normalize=r.features.normalize,
                 transductive=r.features.transductive,
                 notes=prep.notes,
+                task=prep.task.to_dict(),
             )
         )
 
@@ -400,9 +411,17 @@ class Runner:
         if self.ctx.active:  # torchrun: every global batch split across the ranks, for training and evaluation
             source = ddp_tools.ShardedSource(source, self.ctx)
 
-        def trainer_for(training: TrainingConfig, state_file: str) -> FoldTrainer:
+        task = prep.task
+
+        def trainer_for(training: TrainingConfig, state_file: str, train_ids: Sequence[str]) -> FoldTrainer:
             set_seed(seed)
-            head, kept = build_head(r.features, r.aggregator, r.classifier, prep.upstream, len(prep.labels))
+            head, kept = build_head(
+                r.features, r.aggregator, r.classifier, prep.upstream, task.num_outputs, task, r.task.standardize
+            )
+            if head.target_scale is not None:  # task.standardize: fitted on the training utterances
+                values = task.split_targets(torch.tensor([prep.targets[u] for u in train_ids]))[1]
+                assert values is not None  # standardize: the task has targets
+                head.target_scale.fit(values)
             model = SERModel(prep.upstream, head, kept, r.finetune.frozen_warmup_steps)
             return FoldTrainer(
                 model,
@@ -418,12 +437,14 @@ class Runner:
                 eval_bs,
                 r.output.checkpoint_interval,
                 state_file,
+                task,
+                r.task,
             )
 
         if r.training.refit and fold_dir.selection.exists():  # resumed during the refit: the dev choice is made
             fit = FitResult.from_dict(fold_dir.read_selection())
         else:
-            trainer = trainer_for(r.training, STATE_FILE)
+            trainer = trainer_for(r.training, STATE_FILE, fold.train)
             fit = trainer.fit(fold.train, fold.dev, seed)
         refit: Optional[FitResult] = None
         if r.training.refit:
@@ -434,16 +455,28 @@ class Runner:
         model = trainer.model
         if writer:
             writer.close()
-        test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, self.precision)
+        test = evaluate(model, source, fold.test, prep.labels, eval_bs, self.device, self.precision, task)
         if not self.ctx.main:
             return {}
-        fold_dir.write_predictions(test, prep.speakers, prep.labels)
-        plot_confusion(
-            test["confusion"], prep.labels, fold_dir.confusion, f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}"
-        )
+        fold_dir.write_predictions(test, prep.speakers, prep.labels, task)
+        if task.has_classes:
+            plot_confusion(
+                test["confusion"],
+                prep.labels,
+                fold_dir.confusion,
+                f"{fold.name}: WA {test['wa']:.3f} UA {test['ua']:.3f}",
+            )
+        if task.has_targets:
+            plot_targets(
+                test["true_values"],
+                test["values"],
+                task.targets,
+                fold_dir.scatter,
+                f"{fold.name}: CCC {test['ccc']:.3f}",
+            )
         if fit.history:
-            plot_curves(fit.history, fold_dir.curves, f"fold {fold.name}")
-        metrics = {k: test[k] for k in ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")}
+            plot_curves(fit.history, fold_dir.curves, f"fold {fold.name}", loss_label(r.task))
+        metrics = {k: test[k] for k in fold_metric_keys(task.has_classes, task.targets) if k in test}
         metrics.update(
             fold=fold.name,
             seed=seed,
@@ -451,7 +484,8 @@ class Runner:
             dev=len(fold.dev),
             test=len(fold.test),
             best_epoch=fit.best_epoch,
-            best_dev_ua=fit.best_dev_ua if fold.dev else None,
+            best_dev_ua=fit.best_dev_ua if fold.dev and task.has_classes else None,
+            **({"best_dev_ccc": fit.best_dev.get("dev_ccc")} if fold.dev and task.has_targets else {}),
             nan_steps=fit.nan_steps + (refit.nan_steps if refit else 0),
             seconds=round(time.time() - t0, 2),
             history=fit.history,
@@ -469,11 +503,23 @@ class Runner:
             metrics["layer_weights"] = {"layers": prep.kept_layers, "weights": layer_weights().detach().cpu().tolist()}
         fold_dir.write_metrics(metrics)  # written last: marks the fold done
         fold_dir.remove_resume_state()  # the trainer's and the refit's resume files of a finished fold
-        log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
+        if task.has_classes:
+            log.info("fold %s: WA %.4f UA %.4f F1 %.4f", fold.name, test["wa"], test["ua"], test["macro_f1"])
+        if task.has_targets:
+            log.info(
+                "fold %s: CCC %.4f (%s)",
+                fold.name,
+                test["ccc"],
+                ", ".join(f"{t} {test['ccc_' + t]:.4f}" for t in task.targets),
+            )
         return metrics
 
     def _refit(
-        self, trainer_for: Callable[[TrainingConfig, str], FoldTrainer], fold: Fold, fit: FitResult, seed: int
+        self,
+        trainer_for: Callable[[TrainingConfig, str, Sequence[str]], FoldTrainer],
+        fold: Fold,
+        fit: FitResult,
+        seed: int,
     ) -> Tuple[FoldTrainer, FitResult, int]:
         """Train a fresh head on train + dev up to the share of the budget the dev set chose.
 
@@ -484,8 +530,8 @@ class Runner:
         """
         chosen = fit.history[fit.best_epoch - 1]["step"] if fit.best_epoch else fit.steps
         training = self.recipe.training.model_copy(update={"select": "last", "patience": None, "refit": False})
-        trainer = trainer_for(training, REFIT_STATE_FILE)
         ids = list(fold.train) + list(fold.dev)
+        trainer = trainer_for(training, REFIT_STATE_FILE, ids)
         planned = trainer.planned_steps(ids, seed)
         stop = max(1, round(chosen * planned / max(1, fit.total_steps)))
         log.info(
@@ -502,8 +548,9 @@ class Runner:
 
     def _summarise(self, prep: Prepared, results: Dict[str, Dict[str, Any]], seconds: float) -> Summary:
         r = self.recipe
-        per_fold = [results[n] for n in results]
-        pooled = np.sum([np.array(m["confusion"]) for m in per_fold], axis=0)
+        task = prep.task
+        values = [self.files.fold(n).read_target_values(task.targets) for n in results] if task.has_targets else None
+        parts = fold_results(results, task.has_classes, list(task.targets), values)
         summary = Summary(
             name=r.name,
             upstream=r.upstream.name,
@@ -512,9 +559,9 @@ class Runner:
             aggregator=r.aggregator.name,
             classifier=r.classifier.name,
             labels=prep.labels,
-            folds={n: {k: results[n][k] for k in ("wa", "ua", "macro_f1", "n")} for n in results},
-            mean_std=mean_std(per_fold),
-            pooled={**metrics_from_confusion(pooled), "confusion": pooled.tolist()},
+            folds=parts["folds"],
+            mean_std=parts["mean_std"],
+            pooled=parts["pooled"],
             complete=len(results) == len(prep.folds),
             skipped_utterances=count_reasons(prep.skipped),
             corpus_problems=len(prep.corpus_problems),
@@ -525,11 +572,14 @@ class Runner:
             refit=r.training.refit,
             normalize=r.features.normalize,
             transductive=r.features.transductive,
+            task=task.kind,
+            targets=list(task.targets),
         )
         weights = {n: results[n]["layer_weights"]["weights"] for n in results if "layer_weights" in results[n]}
         if weights:
             plot_layer_weights(weights, self.files.layer_weights, f"{summary.upstream}: learned layer weights")
-        plot_confusion(pooled, prep.labels, self.files.pooled_confusion, "pooled test folds")
+        if task.has_classes:
+            plot_confusion(parts["pooled"]["confusion"], prep.labels, self.files.pooled_confusion, "pooled test folds")
         self.files.write_summary(summary)
         return summary
 

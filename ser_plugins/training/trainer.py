@@ -1,4 +1,4 @@
-"""Training one fold: optimiser groups, schedule, early stopping on dev UA, resumable checkpoints."""
+"""Training one fold: optimiser groups, schedule, the task's loss, dev selection, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 from ser_plugins.data.sources import Batch, BatchPlan, BatchSource
 from ser_plugins.errors import UserError
 from ser_plugins.model import SERModel, locate_non_finite
-from ser_plugins.recipe import FinetuneConfig, TrainingConfig
-from ser_plugins.results.metrics import classification_metrics
+from ser_plugins.recipe import FinetuneConfig, TaskConfig, TrainingConfig
+from ser_plugins.results.metrics import classification_metrics, regression_metrics
 from ser_plugins.results.run_dir import BEST_FILE, STATE_FILE
 from ser_plugins.runtime.checkpoint import load_state, load_weights, save_state, save_weights
 from ser_plugins.runtime.seeding import set_seed
+from ser_plugins.task import TargetRow, TaskSpec
 from ser_plugins.training import distributed as ddp_tools
+from ser_plugins.training.losses import RegressionLoss, TaskLoss
 
 log = logging.getLogger("ser_plugins")
 
@@ -87,12 +89,16 @@ def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def balanced_ids(ids: Sequence[str], targets: Dict[str, int], seed: int) -> List[str]:
-    """Resample ``ids`` (same count, with replacement) so every class is drawn equally often."""
+def balanced_ids(ids: Sequence[str], targets: Dict[str, Any], seed: int) -> List[str]:
+    """Resample ``ids`` (same count, with replacement) so every class is drawn equally often.
+
+    ``targets`` holds class indices, or target rows whose first value is the class (multitask).
+    """
     rng = np.random.default_rng(seed)
     by_class: Dict[int, List[str]] = {}
     for i in ids:
-        by_class.setdefault(targets[i], []).append(i)
+        row = targets[i]
+        by_class.setdefault(int(row[0]) if isinstance(row, tuple) else row, []).append(i)
     classes = sorted(by_class)
     picks = rng.choice(len(classes), size=len(ids))
     return [by_class[classes[c]][rng.integers(len(by_class[classes[c]]))] for c in picks]
@@ -122,12 +128,18 @@ def evaluate(
     batch_size: int,
     device: str,
     precision: str = "fp32",
+    task: Optional[TaskSpec] = None,
+    loss: Optional[TaskLoss] = None,
 ) -> Dict[str, Any]:
-    """Predict ``ids``; returns metrics plus per-utterance predictions and probabilities."""
+    """Predict ``ids``; returns metrics plus per-utterance predictions (and probabilities, target values).
+
+    ``task`` (default: classification over ``labels``) says how the outputs split; ``loss`` is the
+    task's loss for the dev loss of a regression or multitask head (cross-entropy otherwise).
+    """
+    task = task if task is not None else TaskSpec("classification", tuple(labels))
     model.eval()
-    preds: List[int] = []
-    probs: List[torch.Tensor] = []
-    targets: List[int] = []
+    outputs: List[torch.Tensor] = []
+    targets: List[Any] = []
     order: List[str] = []
     weights: List[float] = []
     global_order: List[str] = []
@@ -146,23 +158,71 @@ def evaluate(
                 f"the model gives non-finite outputs for {len(bad)} utterance(s) (first: {bad[0]})"
                 f"{': ' + where if where else ''}; no result is written"
             )
-        p = torch.softmax(logits.float(), dim=-1).cpu()
-        probs.append(p)
-        preds.extend(p.argmax(-1).tolist())
+        outputs.append(logits.float().cpu())
         targets.extend(batch.targets.cpu().tolist())
         order.extend(batch.ids)
         weights.extend([getattr(batch, "weight", 1.0)] * len(batch.ids))
         global_order.extend(getattr(batch, "global_ids", batch.ids))
+    rows = [row for o in outputs for row in o]
     if isinstance(source, ddp_tools.ShardedSource):  # torchrun: every rank's rows, each utterance once
-        order, targets, preds, gathered = ddp_tools.gather_predictions(
-            order, targets, preds, [row for p in probs for row in p], weights, global_order, source.ctx
+        order, targets, _, gathered = ddp_tools.gather_predictions(
+            order, targets, [0] * len(order), rows, weights, global_order, source.ctx
         )
-        probs = [gathered] if order else []
-    result = classification_metrics(targets, preds, labels)
-    result["ids"], result["targets"], result["predictions"] = order, targets, preds
-    result["probabilities"] = torch.cat(probs).numpy() if probs else np.zeros((0, len(labels)))
-    picked = result["probabilities"][np.arange(len(targets)), targets] if targets else np.ones(1)
-    result["loss"] = float(-np.log(np.clip(picked, 1e-12, None)).mean())  # cross-entropy, unweighted
+        rows = list(gathered) if order else []
+    out = torch.stack(rows) if rows else torch.zeros((0, task.num_outputs))
+    return score_outputs(task, order, out, targets, loss, getattr(model.head, "target_scale", None))
+
+
+def score_outputs(
+    task: TaskSpec,
+    ids: List[str],
+    outputs: torch.Tensor,
+    targets: List[Any],
+    loss: Optional[TaskLoss] = None,
+    target_scale: Optional[nn.Module] = None,
+) -> Dict[str, Any]:
+    """Metrics of a head's ``[N, C + K]`` outputs against the target rows of ``ids`` (see ``evaluate``).
+
+    Classes: WA, UA, macro-F1, confusion, ``predictions``, ``probabilities`` and the cross-entropy;
+    targets: CCC, Pearson r and MAE per target and averaged, ``values`` (predicted) and
+    ``true_values``. ``loss`` is the whole set's task loss (the dev loss; in standardised units when
+    the head standardises its targets).
+    """
+    n = len(ids)
+    target_tensor = torch.tensor(targets) if n else torch.zeros((0, 1 + len(task.targets)) if task.has_targets else 0)
+    classes, true_values = task.split_targets(target_tensor) if n else (None, None)
+    logits, values = task.split_outputs(outputs)
+    result: Dict[str, Any] = {}
+    ce = 0.0
+    if task.has_classes:
+        assert logits is not None
+        probs = torch.softmax(logits, dim=-1).numpy()
+        class_list = classes.tolist() if classes is not None else []
+        preds = probs.argmax(-1).tolist() if n else []
+        result.update(classification_metrics(class_list, preds, task.labels))
+        result["predictions"] = preds
+        result["probabilities"] = probs if n else np.zeros((0, task.num_classes))
+        picked = probs[np.arange(n), class_list] if n else np.ones(1)
+        ce = float(-np.log(np.clip(picked, 1e-12, None)).mean())  # cross-entropy, unweighted
+        targets = class_list
+    else:
+        result["predictions"], result["probabilities"] = [], np.zeros((n, 0))
+    result["loss"] = ce
+    if task.has_targets:
+        assert values is not None
+        true = true_values if true_values is not None else torch.zeros((0, len(task.targets)))
+        result.update(regression_metrics(true.numpy(), values.numpy(), task.targets))
+        result["values"], result["true_values"] = values.numpy(), true.numpy()
+        if loss is not None and loss.regression is not None and n > 1:
+            pred_v, true_v = values, true
+            if target_scale is not None:
+                standardize = cast(Any, target_scale).standardize
+                pred_v, true_v = standardize(pred_v), standardize(true_v)
+            reg = float(loss.regression(pred_v, true_v))
+            result["loss"] = loss.classification_weight * ce + loss.regression_weight * reg if task.has_classes else reg
+        if not task.has_classes:
+            targets = [list(map(float, t)) for t in true.tolist()]
+    result["ids"], result["targets"] = ids, targets
     return result
 
 
@@ -176,12 +236,14 @@ def planned_epochs(max_steps: Optional[int], epochs: Optional[int], steps_per_ep
 class FitResult:
     """What ``FoldTrainer.fit`` returns: the epochs' history and the choice made from it."""
 
-    history: List[Dict[str, Any]]  # one record per epoch: epoch, step, train_loss, lr [, dev_loss, dev_ua, dev_wa]
+    # one record per epoch: epoch, step, train_loss, lr [, dev_loss, dev_ua, dev_wa, dev_macro_f1] [, dev_ccc...]
+    history: List[Dict[str, Any]]
     best_epoch: int  # the kept epoch (1-based; 0 when none ran)
-    best_dev_ua: float  # dev UA of the kept epoch (-1.0 without a dev set)
+    best_dev_ua: float  # dev UA of the kept epoch (-1.0 without a dev set or without classes)
     nan_steps: int  # optimiser steps skipped for a non-finite loss
     total_steps: int  # optimiser steps the schedule planned
     steps: int  # optimiser steps taken
+    best_dev: Dict[str, float] = dataclasses.field(default_factory=dict)  # the kept epoch's dev record
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready form (a refitting fold's ``selection.json``)."""
@@ -189,8 +251,30 @@ class FitResult:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FitResult":
-        """From ``to_dict``'s form (unknown keys ignored)."""
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        """From ``to_dict``'s form (unknown keys ignored, keys added later take their defaults)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+def dev_record(dev: Dict[str, Any], task: TaskSpec) -> Dict[str, float]:
+    """The dev figures an epoch's history keeps: loss, and UA/WA/macro-F1 and/or CCC (mean and per target)."""
+    record = {"dev_loss": dev["loss"]}
+    if task.has_classes:
+        record.update(dev_ua=dev["ua"], dev_wa=dev["wa"], dev_macro_f1=dev["macro_f1"])
+    if task.has_targets:
+        record["dev_ccc"] = dev["ccc"]
+        record.update({f"dev_ccc_{t}": dev[f"ccc_{t}"] for t in task.targets})
+    return record
+
+
+def selection_score(select: str, dev: Dict[str, Any]) -> float:
+    """The number ``training.select`` maximises over epochs (``last``: not read)."""
+    if select == "dev_loss":
+        return -dev["loss"]
+    if select == "dev_macro_f1":
+        return dev["macro_f1"]
+    if select == "dev_ccc":
+        return dev["ccc"]
+    return dev["ua"]
 
 
 class FoldTrainer:
@@ -216,8 +300,12 @@ class FoldTrainer:
         eval_batch_size: Optional[int] = None,
         checkpoint_interval: float = 0.0,
         state_file: str = STATE_FILE,
+        task: Optional[TaskSpec] = None,
+        task_config: Optional[TaskConfig] = None,
     ) -> None:
         self.model = model
+        self.task = task if task is not None else TaskSpec("classification", tuple(labels))
+        self.task_config = task_config if task_config is not None else TaskConfig()
         self.source = source
         self.training = training
         self.finetune = finetune
@@ -241,11 +329,32 @@ class FoldTrainer:
         self._params: Optional[tuple] = None  # (optimizer, its parameters), read once per fit
         self._non_finite_stage: Optional[str] = None  # the plugin that last gave NaN/inf, when named
 
-    def _loss_fn(self, train_ids: Sequence[str]) -> nn.Module:
-        if self.training.class_weights:
-            w = class_weights([self.source.targets[i] for i in train_ids], len(self.labels))
-            return nn.CrossEntropyLoss(weight=w.to(self.device))
-        return nn.CrossEntropyLoss()
+    def _loss_fn(self, train_ids: Sequence[str]) -> TaskLoss:
+        """The task's loss: (class-weighted) cross-entropy, the regression loss, or their weighted sum."""
+        task, tc = self.task, self.task_config
+        ce: Optional[nn.Module] = None
+        if task.has_classes:
+            if self.training.class_weights:
+                rows: List[TargetRow] = [self.source.targets[i] for i in train_ids]
+                w = class_weights([task.class_index(r) for r in rows], task.num_classes)
+                ce = nn.CrossEntropyLoss(weight=w.to(self.device))
+            else:
+                ce = nn.CrossEntropyLoss()
+        reg = RegressionLoss(tc.loss, tc.target_weights) if task.has_targets else None
+        return TaskLoss(task.num_classes, ce, reg, tc.classification_weight, tc.regression_weight)
+
+    def _loss(self, loss_fn: TaskLoss, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One batch's training loss: margins (AM-softmax) see the classes; values compared standardised."""
+        task = self.task
+        classes, values_true = task.split_targets(targets)
+        adjust = getattr(self.model.head.classifier, "training_logits", None)
+        if adjust is not None and classes is not None:
+            outputs = adjust(outputs.float(), classes)
+        logits, values = task.split_outputs(outputs.float())
+        scale = getattr(self.model.head, "target_scale", None)
+        if scale is not None and values is not None and values_true is not None:
+            values, values_true = scale.standardize(values), scale.standardize(values_true)
+        return loss_fn(logits, values, classes, values_true)
 
     def _resume(self, optimizer, scheduler, scaler) -> Tuple[Dict[str, Any], Optional[Dict[str, torch.Tensor]]]:
         """``(progress, best weights or None)`` from ``last_state.pt``: one file, written atomically."""
@@ -321,18 +430,19 @@ class FoldTrainer:
             }
             dev = None
             if dev_ids:
-                dev = evaluate(model, self.source, dev_ids, self.labels, eval_bs, device, t.precision)
-                record.update(dev_loss=dev["loss"], dev_ua=dev["ua"], dev_wa=dev["wa"])
+                dev = evaluate(
+                    model, self.source, dev_ids, self.labels, eval_bs, device, t.precision, self.task, loss_fn
+                )
+                record.update(dev_record(dev, self.task))
             progress["history"].append(record)
-            score = (
-                float(epoch)
-                if dev is None or t.select == "last"
-                else (-dev["loss"] if t.select == "dev_loss" else dev["ua"])
-            )
+            score = float(epoch) if dev is None or t.select == "last" else selection_score(t.select, dev)
             self._save_due = epoch == 0
             if score > progress["best_score"] + 1e-9:
                 progress.update(
-                    best_score=score, best_ua=dev["ua"] if dev else -1.0, best_epoch=epoch + 1, bad_epochs=0
+                    best_score=score,
+                    best_ua=dev["ua"] if dev and self.task.has_classes else -1.0,
+                    best_epoch=epoch + 1,
+                    bad_epochs=0,
                 )
                 if t.select != "last":  # with 'last' the current weights are the best: saved once, at the end
                     best_state = trainable_state(model)
@@ -347,7 +457,8 @@ class FoldTrainer:
             progress["stopped"] = ddp_tools.broadcast(progress["stopped"], self.ctx)  # rank 0 decides
             self._save_last(optimizer, scheduler, progress, best_state)
             if self.progress:
-                bar.set_postfix(loss=f"{train_loss:.3f}", **({"dev_ua": f"{dev['ua']:.3f}"} if dev else {}))
+                shown = {k: f"{dev[k]:.3f}" for k in ("ua", "ccc") if dev and k in dev}
+                bar.set_postfix(loss=f"{train_loss:.3f}", **{f"dev_{k}": v for k, v in shown.items()})
             if self.on_epoch:
                 self.on_epoch(record)
             if progress["stopped"]:
@@ -364,6 +475,7 @@ class FoldTrainer:
             nan_steps=self.nan_steps,
             total_steps=int(total),
             steps=progress["step"],
+            best_dev=dict(progress["history"][progress["best_epoch"] - 1]) if progress["best_epoch"] else {},
         )
 
     def _save_last(self, optimizer, scheduler, progress, best_state) -> None:
@@ -438,9 +550,7 @@ class FoldTrainer:
                         if self.ddp is None
                         else self.ddp(batch.inputs, batch.lengths, batch.features, progress["step"])
                     )
-                adjust = getattr(model.head.classifier, "training_logits", None)  # margins (AM-softmax) see the targets
-                logits = adjust(logits.float(), batch.targets) if adjust is not None else logits
-                loss = loss_fn(logits.float(), batch.targets)
+                loss = self._loss(loss_fn, logits, batch.targets)
                 value = loss.item()  # one read serves the finiteness check and the epoch's mean loss
                 finite = math.isfinite(value)
                 if self.ddp is not None:  # every rank skips the batch, or none does
