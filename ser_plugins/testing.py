@@ -26,6 +26,7 @@ import copy
 import functools
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +42,7 @@ from ser_plugins.plugins.boundary import (
     check_upstream_output,
     describe,
 )
-from ser_plugins.plugins.contracts import FINETUNE_MODES
+from ser_plugins.plugins.contracts import FINETUNE_MODES, NO_LABEL
 from ser_plugins.plugins.probe import difference, synthetic_waves
 from ser_plugins.recipe import PROTOCOLS
 
@@ -752,11 +753,12 @@ def _loaded(corpus: Any) -> list:
 
 @_contract_check("corpus", "declaration")
 def check_corpus_declares_labels(corpus: Any, /) -> None:
-    """``labels`` a non-empty list of unique, non-empty strings; ``default_protocol`` known."""
+    """``labels`` a list of unique, non-empty strings (non-empty unless the corpus declares ``attributes``:
+    regression only); ``default_protocol`` known."""
     labels = getattr(corpus, "labels", None)
     if (
         not isinstance(labels, (list, tuple))
-        or not labels
+        or (not labels and not getattr(corpus, "attributes", ()))
         or len(set(labels)) != len(labels)
         or not all(isinstance(lab, str) and lab for lab in labels)
     ):
@@ -807,10 +809,24 @@ def check_corpus_utterance_fields(corpus: Any, /) -> None:
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise _fail(corpus, "corpus", "utterances", "unique utterance ids", f"duplicates such as {dup}")
     for u in utts:
-        if u.label not in corpus.labels:
+        if u.label not in corpus.labels and not (u.label == NO_LABEL and u.attributes):
             raise _fail(
-                corpus, "corpus", "utterances", f"labels from {list(corpus.labels)}", f"{u.label!r} (utterance {u.id})"
+                corpus,
+                "corpus",
+                "utterances",
+                f"labels from {list(corpus.labels)}",
+                f"{u.label!r} (utterance {u.id})",
             )
+        declared = set(getattr(corpus, "attributes", ()) or ())
+        for name, value in dict(u.attributes).items():
+            if name not in declared or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise _fail(
+                    corpus,
+                    "corpus",
+                    "utterances",
+                    f"attributes named in the corpus's attributes {sorted(declared)}, each a finite number",
+                    f"utterance {u.id}: {name}={value!r}",
+                )
         if not (isinstance(u.speaker, str) and u.speaker and isinstance(u.path, str) and u.path):
             raise _fail(
                 corpus,

@@ -123,6 +123,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return deploy_commands.predict_command(args)
 
 
+DEFAULT_GENERATED = "demo"  # ser demo-corpus without --corpus, when several corpora can generate their data
+
+
 def _cmd_demo_corpus(args: argparse.Namespace) -> int:
     name = args.corpus
     if name is None:
@@ -131,11 +134,14 @@ def _cmd_demo_corpus(args: argparse.Namespace) -> int:
             for spec in registry.list_plugins("corpus")
             if registry.load("corpus", spec.qualified_name).can_generate()
         ]
-        if len(able) != 1:
+        if len(able) == 1:
+            name = able[0]
+        elif f"ser-plugins:{DEFAULT_GENERATED}" in able:  # the built-in IEMOCAP look-alike (README's command)
+            name = DEFAULT_GENERATED
+        else:
             raise registry.PluginError(
                 f"pass --corpus NAME; corpora that can generate their data: {', '.join(able) or 'none'}"
             )
-        name = able[0]
     corpus_cls = registry.load("corpus", name)
     if not corpus_cls.can_generate():
         raise registry.PluginError(f"corpus {name!r} cannot generate its data")
@@ -300,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo-corpus", help="generate a synthetic corpus (the demo corpus, in IEMOCAP's layout)")
     d.add_argument("dir")
-    d.add_argument("--corpus", help="corpus plugin that generates its data (default: the only one that can)")
+    d.add_argument("--corpus", help="corpus plugin that generates its data (default: demo, or the only one that can)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--utterances-per-speaker", type=int, default=40)
     d.add_argument("--overwrite", action="store_true")

@@ -19,11 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ser_plugins.data.decode import DataError, decode_corpus
-from ser_plugins.data.feature_stream import LazyFeatures, StreamedFeatureSource
 from ser_plugins.data.features import compute_frozen_features
 from ser_plugins.data.folds import Fold, check_folds, make_folds
 from ser_plugins.data.normalize import Moments
-from ser_plugins.data.sources import BatchSource, FeatureSource, WaveSource
+from ser_plugins.data.sources import BatchSource, WaveSource
 from ser_plugins.data.wave_stream import stream_audio
 from ser_plugins.errors import RunError
 from ser_plugins.model import build_head, build_upstream, head_sees_only_means
@@ -165,9 +164,7 @@ def task_utterances(
                 f"target {t!r}: {len(outside)} utterance(s) outside the corpus's scale {low:g}-{high:g} "
                 f"(first: {outside[0]})"
             )
-    for w in warnings:
-        log.warning("corpus: %s", w)
-    return keep, skipped, warnings
+    return keep, skipped, warnings  # logged with the folds' warnings (prepare)
 
 
 def dropped_labels(problems: Sequence[CorpusProblem]) -> Dict[str, int]:
@@ -394,15 +391,8 @@ def prepare(
         log.warning("%s", w)
     notes["dropped_labels"] = dict(pl.dropped)
     notes["duplicate_audio"] = same_audio
-    if frozen and isinstance(pre.features, LazyFeatures):
-        source: BatchSource = StreamedFeatureSource(pre.features, targets, upstream.sample_rate / upstream.hop_length)
-    elif frozen:
-        source = FeatureSource(
-            pre.features,
-            targets,
-            upstream.sample_rate / upstream.hop_length,
-            pre.frame_counts if pre.means_only else None,
-        )
+    if frozen:
+        source: BatchSource = pre.source(targets, upstream.sample_rate / upstream.hop_length)
     elif streamed is not None:
         source = streamed.source(usable, targets, device)
     else:
