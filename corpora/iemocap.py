@@ -3,16 +3,20 @@
 The consensus line of every annotation block (``[start - end]<TAB>utt_id<TAB>label<TAB>[v, a, d]``)
 gives one utterance whose audio is ``SessionN/sentences/wav/<dialog>/<utt_id>.wav``. Labels are
 mapped through ``merge`` (``exc`` -> ``hap`` by default) and kept when in ``labels``; the others are
-counted in ``dropped``. Anything odd becomes a ``CorpusProblem`` rather than a silent skip.
+counted in ``dropped`` (or, with ``keep_unlabelled``, kept without a class). The bracket's
+valence, activation and dominance (1-5) become the utterance's ``attributes`` ``valence``,
+``arousal`` (IEMOCAP's *activation*) and ``dominance``. Anything odd becomes a ``CorpusProblem``
+rather than a silent skip.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from ser_plugins.plugins.contracts import Corpus, Utterance
+from ser_plugins.plugins.contracts import NO_LABEL, Corpus, Utterance
 
 #: Every label an IEMOCAP consensus line may carry (``xxx`` = no majority agreement).
 IEMOCAP_LABELS: Tuple[str, ...] = ("neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx")
@@ -20,6 +24,12 @@ IEMOCAP_LABELS: Tuple[str, ...] = ("neu", "hap", "exc", "ang", "sad", "fru", "su
 DEFAULT_LABELS: Tuple[str, ...] = ("neu", "hap", "ang", "sad")
 DEFAULT_MERGE: Mapping[str, str] = MappingProxyType({"exc": "hap"})
 SUBSETS: Tuple[str, ...] = ("all", "improvised", "scripted")
+#: The consensus bracket ``[V, A, D]``, in its order, as attribute names (A is IEMOCAP's *activation*).
+BRACKET_ATTRIBUTES: Tuple[str, ...] = ("valence", "arousal", "dominance")
+#: IEMOCAP's annotation scale for every attribute.
+ATTRIBUTE_SCALE: Tuple[float, float] = (1.0, 5.0)
+#: ``CorpusProblem.kind`` of a consensus line whose ``[V, A, D]`` bracket cannot be read.
+BAD_ATTRIBUTES = "bad_attributes"
 
 _SESSION_RE = re.compile(r"^Session(\d+)$")
 # [6.2901 - 8.2357] <ws> Ses01F_impro01_F000 <ws> neu <ws> [2.5, 2.5, 2.5]  (VAD optional)
@@ -57,6 +67,32 @@ def parse_label_line(line: str) -> Optional[Tuple[float, float, str, str]]:
     return start, end, m.group("utt"), m.group("label")
 
 
+def parse_attributes(line: str) -> Optional[Dict[str, float]]:
+    """The ``[V, A, D]`` bracket of a consensus line as ``{"valence", "arousal", "dominance"}``.
+
+    ``{}`` when the line has no bracket; None when the line is not a consensus line or its bracket
+    is malformed (not three finite numbers separated by commas).
+    """
+    m = _LABEL_LINE_RE.match(line.strip())
+    if m is None:
+        return None
+    rest = (m.group("rest") or "").strip()
+    if not rest:
+        return {}
+    if not (rest.startswith("[") and rest.endswith("]")):
+        return None
+    cells = rest[1:-1].split(",")
+    if len(cells) != len(BRACKET_ATTRIBUTES):
+        return None
+    try:
+        values = [float(c) for c in cells]
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return dict(zip(BRACKET_ATTRIBUTES, values))
+
+
 class IemocapCorpus(Corpus):
     """The IEMOCAP corpus read from its release folder (``IEMOCAP_full_release``).
 
@@ -64,9 +100,23 @@ class IemocapCorpus(Corpus):
     ignored when ``hap`` is not a class; an explicit merge target must be one of ``labels``);
     ``subset`` keeps ``all`` dialogs, only ``improvised`` or only ``scripted`` ones. After
     ``load()``, ``dropped`` counts the utterances left out per raw label.
+
+    Every utterance carries the consensus bracket ``[V, A, D]`` as ``attributes`` ``valence``,
+    ``arousal`` (IEMOCAP calls it *activation*) and ``dominance``, on IEMOCAP's 1-5 scale. A line
+    without a bracket gives no attributes; a malformed bracket gives none either and is a
+    ``bad_attributes`` problem. ``keep_unlabelled`` (default False: classification sees exactly the
+    utterances it always did) keeps the utterances whose class is outside ``labels`` (after
+    ``merge``; ``xxx``, ``fru``, ...) with ``label=NO_LABEL`` and their attributes, for regression
+    on every annotated utterance; they are then counted per raw label in ``unlabelled`` instead of
+    ``dropped``. Unknown labels, duplicates and missing audio are skipped either way.
+
+    Other label sets are a matter of ``labels`` and ``merge``: the 6-class set is
+    ``labels: [neu, hap, ang, sad, exc, fru]`` with ``merge: {}``.
     """
 
     default_protocol = "session"
+    attributes = ("arousal", "valence", "dominance")
+    attribute_scales = MappingProxyType({name: ATTRIBUTE_SCALE for name in ("arousal", "valence", "dominance")})
 
     def __init__(
         self,
@@ -74,6 +124,7 @@ class IemocapCorpus(Corpus):
         labels: Sequence[str] = DEFAULT_LABELS,
         merge: Optional[Mapping[str, str]] = DEFAULT_MERGE,
         subset: str = "all",
+        keep_unlabelled: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -84,7 +135,9 @@ class IemocapCorpus(Corpus):
         if merge is DEFAULT_MERGE:  # the default exc -> hap applies only when hap is a class
             self.merge = {k: v for k, v in self.merge.items() if v in self.labels}
         self.subset = subset
+        self.keep_unlabelled = bool(keep_unlabelled)
         self.dropped: Dict[str, int] = {}
+        self.unlabelled: Dict[str, int] = {}
         self._validate()
 
     # ------------------------------------------------------------------ options
@@ -105,7 +158,8 @@ class IemocapCorpus(Corpus):
                     f"IemocapCorpus: merge target {dst!r} (of {src!r}) is not one of labels {self.labels}"
                 )
             if src in self.labels and src != dst:
-                raise ValueError(f"IemocapCorpus: {src!r} is both a label and merged into {dst!r}")
+                raise ValueError(f"IemocapCorpus: {src!r} is both a label and merged into {dst!r} "
+                                 f"(to keep {src!r} as its own class, pass merge: {{}} or a merge without it)")
         targets = set(self.merge.values())
         for lab in self.labels:
             if lab not in vocab and lab not in targets:
@@ -136,6 +190,7 @@ class IemocapCorpus(Corpus):
         """Parse every session's EmoEvaluation files; return the kept utterances in file order."""
         self.problems = []
         self.dropped = {}
+        self.unlabelled = {}
         utterances: List[Utterance] = []
         seen: Set[str] = set()
         for number, folder in self.sessions():
@@ -188,8 +243,10 @@ class IemocapCorpus(Corpus):
                 continue
             label = self.merge.get(raw, raw)
             if label not in self.labels:
-                self.dropped[raw] = self.dropped.get(raw, 0) + 1
-                continue
+                if not self.keep_unlabelled:
+                    self.dropped[raw] = self.dropped.get(raw, 0) + 1
+                    continue
+                label = NO_LABEL
             if utt in seen:
                 self.problem(str(txt), f"duplicate utterance id {utt}; later line ignored", line_no)
                 continue
@@ -201,9 +258,17 @@ class IemocapCorpus(Corpus):
                              line_no)
                 continue
             seen.add(utt)
+            if label == NO_LABEL:
+                self.unlabelled[raw] = self.unlabelled.get(raw, 0) + 1
             speaker = self._speaker(utt, dialog, number, txt, line_no)
+            attributes = parse_attributes(line)
+            if attributes is None:
+                self.problem(str(txt), f"malformed [V, A, D] bracket on the line of {utt} "
+                                       f"({line.strip()[:80]!r}); utterance kept without attributes", line_no,
+                             kind=BAD_ATTRIBUTES, key=utt)
+                attributes = {}
             out.append(Utterance(id=utt, path=str(wav_dir / f"{utt}.wav"), label=label, speaker=speaker,
-                                 session=f"Session{number}"))
+                                 session=f"Session{number}", attributes=attributes))
         if missing_dir_count:
             self.problem(str(wav_dir), f"wav folder of dialog {dialog} is missing; "
                                        f"{missing_dir_count} labelled utterances skipped")

@@ -1,22 +1,20 @@
-"""Running a frozen upstream over utterances: ``extract_features`` and what a frozen pass yields (``FrozenFeatures``).
+"""Running a frozen upstream over utterances: ``extract_features``.
 
-Both frozen-feature paths use it: features kept in RAM (``data/features.py``) and features
-streamed to and from the on-disk cache (``data/feature_stream.py``).
+``data/features.py`` calls it once per pass, for features kept in RAM and for features streamed to
+the on-disk cache alike.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ser_plugins.data.batching import bucket_batches, pad_waves, padding_fraction
-from ser_plugins.data.normalize import Moments
 from ser_plugins.plugins.boundary import check_upstream_output
 from ser_plugins.plugins.contracts import Upstream
 
@@ -46,9 +44,10 @@ def extract_features(
     than that runs alone), so memory stays bounded. With ``reduce_mean`` only each layer's
     time-average is kept (``[1, D]`` float32), for heads that see nothing else. ``frame_counts``
     receives every utterance's number of frames; ``stats`` the padding fraction, the number of
-    batches, the audio seconds and the wall time. Streamed (``data/feature_stream.py``): ``lengths``
-    replaces ``waves``, ``batch_loader(ids, batches)`` yields the padded batches, and
-    ``sink(id, layers, frames)`` receives each utterance's layers instead of the returned dict.
+    batches, the audio seconds and the wall time. ``sink(id, layers, frames)`` (when given) receives
+    each utterance's layers as they are computed, instead of the returned dict. Audio streamed from
+    disk (``data/wave_stream.py``): ``lengths`` replaces ``waves``, and ``batch_loader(ids, batches)``
+    yields the padded batches.
     """
     if lengths is None and waves is None:
         raise TypeError("extract_features needs waves or lengths")
@@ -103,18 +102,3 @@ def extract_features(
             seconds=time.perf_counter() - t0,
         )
     return out
-
-
-@dataclass
-class FrozenFeatures:
-    """Per-utterance layer tensors (frames, or ``[1, D]`` means) with frame counts and run notes.
-
-    ``moments`` holds every utterance's frame statistics when a normaliser will need them.
-    """
-
-    features: Dict[str, List[torch.Tensor]]
-    frame_counts: Dict[str, int]
-    skipped: Dict[str, str]
-    means_only: bool
-    notes: Dict[str, Any] = field(default_factory=dict)
-    moments: Optional[Dict[str, Moments]] = None

@@ -1,12 +1,12 @@
-"""Frozen features served from the on-disk cache when they would not fit the RAM budget.
+"""Frozen features served from their on-disk cache entries when they would not fit the RAM budget.
 
-``compute_frozen_features`` calls ``stream_frozen_features`` when the features it would hold
-(estimated from the audio headers, the kept layers' sizes and the storage dtype) exceed
-``data.max_ram_gb``. Every utterance's layers then stay in its safetensors cache entry (written as
-extraction produces them; a temporary cache folder when ``data.cache_dir`` is null) and
-``StreamedFeatureSource`` reads them back, entry by entry, in the order the bucketed plan wants them,
-with the next batches prepared by a background thread. Batches, and so results, are those of the
-in-RAM ``FeatureSource``.
+``features.compute_frozen_features`` decides to stream when the features it would hold (estimated
+from the audio headers, the kept layers' sizes and the storage dtype) exceed ``data.max_ram_gb``.
+Every utterance's layers then stay in its safetensors cache entry (written as extraction produces
+them; a temporary cache folder when ``data.cache_dir`` is null), ``LazyFeatures`` maps the ids to
+them, and ``StreamedFeatureSource`` reads them back, entry by entry, in the order the bucketed plan
+wants them, with the next batches prepared by a background thread. Batches, and so results, are
+those of the in-RAM ``FeatureSource``.
 """
 
 from __future__ import annotations
@@ -26,19 +26,15 @@ import torch
 
 from ser_plugins.data import temp_cache
 from ser_plugins.data.entry_reader import EntryReader, byte_view
-from ser_plugins.data.feature_cache import FeatureCache
-from ser_plugins.data.memory import GB, STREAMED_LEVEL, HeapTrimmer, audio_samples, ram_budget_bytes, resolve_workers
-from ser_plugins.data.normalize import Moments
+from ser_plugins.data.memory import STREAMED_LEVEL, HeapTrimmer
 from ser_plugins.data.sources import Batch, BatchPlan, FeatureSource, Transform
-from ser_plugins.plugins.contracts import Upstream, Utterance
-from ser_plugins.recipe import DataConfig
 from ser_plugins.task import TargetRow
 
 log = logging.getLogger("ser_plugins")
 
 PREFETCH_BATCHES = 2
 # streamed passes check their RSS this often and trim the C heap when it grew (memory.HeapTrimmer)
-TRIM_EVERY_UTTERANCES = 16
+TRIM_EVERY_UTTERANCES = 16  # extraction (features.compute_frozen_features)
 TRIM_EVERY_BATCHES = 1
 TRIM_COOLDOWN_BATCHES = 16  # training: batches between two trims at least
 SWITCH_INTERVAL = 0.0005  # seconds: the GIL's hand-over period while a reading thread feeds training
@@ -222,224 +218,3 @@ class StreamedFeatureSource(FeatureSource):
                 uids,
                 features=True,
             )
-
-
-def feature_bytes(
-    upstream: Upstream,
-    utterances: Sequence[Utterance],
-    layers: Sequence[int],
-    dtype: torch.dtype,
-    frames: bool,
-    samples: Optional[int] = None,
-) -> int:
-    """Estimated RAM of the features of ``utterances``: frames from the audio headers, or one mean per layer."""
-    sizes = list(upstream.hidden_sizes) or [upstream.hidden_size]
-    width = sum(sizes[k] if 0 <= k < len(sizes) else sizes[-1] for k in layers)
-    if not frames:
-        return len(utterances) * width * 4
-    if samples is None:
-        samples = audio_samples(utterances, upstream.sample_rate)
-    return samples // max(1, upstream.hop_length) * width * torch.tensor([], dtype=dtype).element_size()
-
-
-def should_stream(
-    upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig, frames: bool
-) -> bool:
-    """True when the in-RAM path would exceed ``data.max_ram_gb`` (logged with both figures).
-
-    The in-RAM path holds the features and, while it extracts, the decoded audio (float32) of
-    every utterance not in the cache: both count (an upper bound: every utterance a miss).
-    """
-    samples = audio_samples(utterances, upstream.sample_rate)
-    need = feature_bytes(upstream, utterances, layers, getattr(torch, data.cache_dtype), frames, samples)
-    need += samples * 4
-    budget = ram_budget_bytes(data.max_ram_gb)
-    if need <= budget:
-        return False
-    log.info(
-        "frozen features: about %.2f GiB with the decoded audio > RAM budget %.2f GiB (data.max_ram_gb): "
-        "served from the on-disk cache",
-        need / GB,
-        budget / GB,
-    )
-    return True
-
-
-def stream_frozen_features(
-    upstream: Upstream,
-    utterances: Sequence[Utterance],
-    layers: Sequence[int],
-    data: DataConfig,
-    precision: str,
-    device: str,
-    means_only: bool,
-    need_moments: bool = False,
-    progress: bool = True,
-    store_frames: bool = False,
-):
-    """``compute_frozen_features`` with bounded RAM: frames stay in the cache, only means/moments are held.
-
-    Cache hits are located (not loaded); misses are validated by ``scan_corpus`` (the skip counts of
-    ``decode_corpus``), decoded again by DataLoader workers in extraction batches, and each
-    utterance's layers go to its cache entry as soon as they are computed. Means (``means_only``)
-    and moments (``need_moments``) are computed entry by entry; frames are served by
-    ``LazyFeatures``. Without ``data.cache_dir`` the entries go to a temporary folder
-    (``temp_cache``: removed with the features, or by a later run if this one is killed).
-    """
-    tmp_dir = None if data.cache_dir else temp_cache.make()
-    try:
-        return _stream(
-            upstream,
-            utterances,
-            layers,
-            data,
-            precision,
-            device,
-            means_only,
-            need_moments,
-            progress,
-            store_frames,
-            tmp_dir,
-        )
-    except BaseException:
-        if tmp_dir is not None:
-            temp_cache.release(tmp_dir)
-        raise
-
-
-def _stream(
-    upstream: Upstream,
-    utterances: Sequence[Utterance],
-    layers: Sequence[int],
-    data: DataConfig,
-    precision: str,
-    device: str,
-    means_only: bool,
-    need_moments: bool,
-    progress: bool,
-    store_frames: bool,
-    tmp_dir: Optional[str],
-):
-    """``stream_frozen_features`` into ``tmp_dir`` (when not None) or ``data.cache_dir``."""
-    from ser_plugins.data.extract import FrozenFeatures, extract_features
-    from ser_plugins.data.wave_stream import scan_corpus, stream_batches
-
-    keep_frames = not means_only or need_moments
-    write_frames = keep_frames or store_frames
-    dtype = getattr(torch, data.cache_dtype)
-    root_dir = data.cache_dir or tmp_dir
-    if root_dir is None:
-        raise ValueError("no data.cache_dir and no temporary folder to stream the features into")
-    root = Path(root_dir)
-    identity = dict(
-        upstream.identity(),
-        precision=precision if device.startswith("cuda") else "fp32",
-        batch_invariant=upstream.batch_invariant,
-    )
-    frames_cache = FeatureCache(root, identity, layers, dtype, variant="frames")
-    means_cache = None if write_frames else FeatureCache(root, identity, layers, dtype, "means")
-    paths: Dict[str, Path] = {}
-    frame_counts: Dict[str, int] = {}
-    means: Dict[str, List[torch.Tensor]] = {}
-    moments: Dict[str, Moments] = {}
-
-    def take_frames(uid: str, path: Path, n: int, feats: Optional[List[torch.Tensor]] = None) -> None:
-        frame_counts[uid] = n
-        if need_moments or means_only:
-            if feats is None:
-                with_path = LazyFeatures({uid: path}, {uid: n}, len(layers))
-                feats = with_path[uid]
-            if need_moments:
-                moments[uid] = Moments.of(feats)
-            if means_only:
-                means[uid] = [f.float().mean(0, keepdim=True) for f in feats]
-                return
-        paths[uid] = path
-
-    for u in utterances:
-        loc = frames_cache.locate(u)
-        if loc is not None:
-            take_frames(u.id, *loc)
-        elif means_cache is not None:
-            hit = means_cache.get(u)
-            if hit is not None:
-                means[u.id], frame_counts[u.id] = hit
-    done = set(frame_counts)
-    misses = [u for u in utterances if u.id not in done]
-    notes: Dict[str, Any] = {}
-    skipped: Dict[str, str] = {}
-    forwards = 0
-    if misses:
-        workers = resolve_workers(data.num_workers, len(misses))
-        lengths, skipped = scan_corpus(
-            misses, upstream.sample_rate, upstream.min_samples, data.strict, progress, workers
-        )
-        by_id = {u.id: u for u in misses}
-        cache = frames_cache if means_cache is None else means_cache  # means_cache: None when write_frames
-
-        trimmer = HeapTrimmer(TRIM_EVERY_UTTERANCES, shared=STREAMED_LEVEL)
-
-        def sink(uid: str, feats: List[torch.Tensor], n: int) -> None:
-            from ser_plugins.data.decode import DataError
-
-            trimmer.tick()
-            if not all(torch.isfinite(f).all() for f in feats):
-                if data.strict:
-                    raise DataError(f"utterance {uid}: the upstream gives non-finite features (data.strict is on)")
-                log.warning("skipping utterance %s: the upstream gives non-finite features (NaN/inf)", uid)
-                skipped[uid] = "non_finite_features"
-                return
-            cache.put(by_id[uid], feats, n)
-            if write_frames:
-                take_frames(uid, cache.entry_path(by_id[uid]), n, feats)
-            else:
-                means[uid], frame_counts[uid] = feats, n
-
-        if lengths:
-            usable = [by_id[uid] for uid in lengths]
-            stats: Dict[str, float] = {}
-            extract_features(
-                upstream.to(device),
-                None,
-                layers,
-                device=device,
-                max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
-                dtype=dtype,
-                progress=progress,
-                precision=precision,
-                stats=stats,
-                reduce_mean=not write_frames,
-                lengths=lengths,
-                batch_loader=stream_batches(
-                    usable,
-                    upstream.sample_rate,
-                    upstream.min_samples,
-                    workers,
-                    pin_memory=str(device).startswith("cuda"),
-                ),
-                sink=sink,
-            )
-            forwards = len(lengths)
-            notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
-        notes["workers"] = workers
-    notes["upstream_forward_passes"] = forwards
-    if data.cache_dir:
-        notes["feature_cache"] = {
-            "dir": str(frames_cache.dir),
-            "hits": len(utterances) - len(misses),
-            "misses": len(misses),
-            "written": "frames" if write_frames else "means",
-        }
-    notes["streamed"] = {"max_ram_gb": data.max_ram_gb, "frames_on_disk": not means_only}
-    # dict order as compute_frozen_features: cache hits in corpus order, then fresh ones in extraction order
-    if means_only:
-        features: Any = means
-        notes["mean_shortcut"] = True
-        if tmp_dir is not None:
-            temp_cache.release(tmp_dir)
-    else:
-        features = LazyFeatures(paths, frame_counts, len(layers), tmp_dir)
-    result = FrozenFeatures(features, frame_counts, skipped, means_only, notes)
-    if need_moments:
-        result.moments = {uid: moments[uid] for uid in features}
-    return result

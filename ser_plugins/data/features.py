@@ -1,22 +1,306 @@
-"""Frozen upstreams: features computed once per utterance (cache hits first, then one extraction pass)."""
+"""Frozen upstreams: features computed once per utterance, held in RAM or streamed from the on-disk cache.
+
+``compute_frozen_features`` is the one way in. It decides once, from the audio headers and the RAM
+budget (``should_stream``), whether the features are held in RAM or left in their cache entries;
+then one pass takes the cache hits, extracts the misses (``extract.extract_features``: audio decoded
+in RAM, or streamed, decoded per batch by DataLoader workers), skips utterances whose features are
+not finite, writes the cache and keeps what the head needs. Both cases give one ``FrozenFeatures``,
+and its ``source(targets, frames_per_second)`` is the batch source: ``FeatureSource`` over the
+features in RAM, or ``feature_stream.StreamedFeatureSource`` reading the entries batch by batch.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
-from ser_plugins.data.decode import AudioSet, DataError, decode_corpus
-from ser_plugins.data.extract import FrozenFeatures, extract_features  # noqa: F401 - extract_features: also importable from here
+from ser_plugins.data import temp_cache
+from ser_plugins.data.decode import DataError, decode_corpus
+from ser_plugins.data.extract import extract_features
 from ser_plugins.data.feature_cache import FeatureCache
+from ser_plugins.data.feature_stream import TRIM_EVERY_UTTERANCES, LazyFeatures, StreamedFeatureSource
+from ser_plugins.data.memory import GB, STREAMED_LEVEL, HeapTrimmer, audio_samples, ram_budget_bytes, resolve_workers
 from ser_plugins.data.normalize import Moments
+from ser_plugins.data.sources import FeatureSource
+from ser_plugins.data.wave_stream import scan_corpus, stream_batches
 from ser_plugins.plugins.contracts import Upstream, Utterance
 from ser_plugins.recipe import DataConfig
 from ser_plugins.runtime import distributed as ddp_tools
+from ser_plugins.task import TargetRow
 
 log = logging.getLogger("ser_plugins")
+
+__all__ = ["FrozenFeatures", "compute_frozen_features", "extract_features", "feature_bytes", "should_stream"]
+
+Layers = List[torch.Tensor]
+
+
+@dataclass
+class FrozenFeatures:
+    """What a frozen pass yields, held in RAM or streamed: one interface for both.
+
+    ``features`` maps every usable utterance to its layers (frames ``[T, D]``, or ``[1, D]`` means
+    when ``means_only``): a dict in RAM, or ``LazyFeatures`` reading the cache entries. ``moments``
+    holds every utterance's frame statistics when a normaliser will need them; ``source`` gives the
+    batch source.
+    """
+
+    features: Mapping[str, Layers]
+    frame_counts: Dict[str, int]
+    skipped: Dict[str, str]
+    means_only: bool
+    notes: Dict[str, Any] = field(default_factory=dict)
+    moments: Optional[Dict[str, Moments]] = None
+
+    def source(self, targets: Dict[str, TargetRow], frames_per_second: float) -> FeatureSource:
+        """The batch source over these features for ``targets`` (per utterance, whatever the task's targets are)."""
+        if isinstance(self.features, LazyFeatures):
+            return StreamedFeatureSource(self.features, targets, frames_per_second)
+        return FeatureSource(self.features, targets, frames_per_second, self.frame_counts if self.means_only else None)
+
+
+def feature_bytes(
+    upstream: Upstream,
+    utterances: Sequence[Utterance],
+    layers: Sequence[int],
+    dtype: torch.dtype,
+    frames: bool,
+    samples: Optional[int] = None,
+) -> int:
+    """Estimated RAM of the features of ``utterances``: frames from the audio headers, or one mean per layer."""
+    sizes = list(upstream.hidden_sizes) or [upstream.hidden_size]
+    width = sum(sizes[k] if 0 <= k < len(sizes) else sizes[-1] for k in layers)
+    if not frames:
+        return len(utterances) * width * 4
+    if samples is None:
+        samples = audio_samples(utterances, upstream.sample_rate)
+    return samples // max(1, upstream.hop_length) * width * torch.tensor([], dtype=dtype).element_size()
+
+
+def should_stream(
+    upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig, frames: bool
+) -> bool:
+    """True when the in-RAM path would exceed ``data.max_ram_gb`` (logged with both figures).
+
+    The in-RAM path holds the features and, while it extracts, the decoded audio (float32) of
+    every utterance not in the cache: both count (an upper bound: every utterance a miss).
+    """
+    samples = audio_samples(utterances, upstream.sample_rate)
+    need = feature_bytes(upstream, utterances, layers, getattr(torch, data.cache_dtype), frames, samples)
+    need += samples * 4
+    budget = ram_budget_bytes(data.max_ram_gb)
+    if need <= budget:
+        return False
+    log.info(
+        "frozen features: about %.2f GiB with the decoded audio > RAM budget %.2f GiB (data.max_ram_gb): "
+        "served from the on-disk cache",
+        need / GB,
+        budget / GB,
+    )
+    return True
+
+
+def open_caches(
+    root: Optional[str],
+    upstream: Upstream,
+    layers: Sequence[int],
+    dtype: torch.dtype,
+    precision: str,
+    device: str,
+    write_frames: bool,
+) -> Tuple[Optional[FeatureCache], Optional[FeatureCache]]:
+    """``(frames cache, means cache)`` under ``root`` (both None without one; no means cache when frames are written).
+
+    The key is the upstream's identity, the precision it runs at (fp32 off CUDA) and whether its
+    features depend on the batch's padding.
+    """
+    if root is None:
+        return None, None
+    identity = dict(
+        upstream.identity(),
+        precision=precision if device.startswith("cuda") else "fp32",
+        batch_invariant=upstream.batch_invariant,
+    )
+    frames_cache = FeatureCache(Path(root), identity, layers, dtype, variant="frames")
+    means_cache = None if write_frames else FeatureCache(Path(root), identity, layers, dtype, "means")
+    return frames_cache, means_cache
+
+
+def finite_or_skipped(uid: str, feats: Sequence[torch.Tensor], strict: bool, skipped: Dict[str, str]) -> bool:
+    """True when every layer of ``uid`` is finite; else the utterance is skipped (``strict``: a ``DataError``)."""
+    if all(torch.isfinite(f).all() for f in feats):
+        return True
+    if strict:
+        raise DataError(f"utterance {uid}: the upstream gives non-finite features (data.strict is on)")
+    log.warning("skipping utterance %s: the upstream gives non-finite features (NaN/inf)", uid)
+    skipped[uid] = "non_finite_features"
+    return False
+
+
+@dataclass
+class _Kept:
+    """What one pass keeps of each utterance: its frame count, its layers in RAM or (``streamed``) its entry's path,
+    and (``need_moments``) its frame statistics; ``means_only`` reduces frames to exact utterance means.
+
+    Fresh features (``fresh``) are checked, written to ``cache`` (the frames cache, or the means
+    cache) and kept; the skips are in ``skipped``.
+    """
+
+    num_layers: int
+    means_only: bool
+    need_moments: bool
+    write_frames: bool
+    streamed: bool
+    cache: Optional[FeatureCache]
+    strict: bool
+    features: Dict[str, Layers] = field(default_factory=dict)
+    paths: Dict[str, Path] = field(default_factory=dict)  # streamed frames, left in their entries
+    frame_counts: Dict[str, int] = field(default_factory=dict)
+    moments: Dict[str, Moments] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    trimmer: Optional[HeapTrimmer] = None  # streamed: keeps the pass's RSS flat
+
+    def __post_init__(self) -> None:
+        if self.streamed:
+            self.trimmer = HeapTrimmer(TRIM_EVERY_UTTERANCES, shared=STREAMED_LEVEL)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.frame_counts
+
+    def frames(self, uid: str, n: int, feats: Optional[Layers] = None, path: Optional[Path] = None) -> None:
+        """``uid``'s ``n`` frames: ``feats``, or in the cache entry at ``path`` (then read only for means or moments).
+
+        With a ``path`` the frames stay in the entry; without one they are held in RAM.
+        """
+        self.frame_counts[uid] = n
+        if feats is None:
+            if not (self.need_moments or self.means_only):
+                assert path is not None  # frames are given, or where they are
+                self.paths[uid] = path
+                return
+            assert path is not None
+            feats = LazyFeatures({uid: path}, {uid: n}, self.num_layers)[uid]
+        if self.need_moments:
+            self.moments[uid] = Moments.of(feats)
+        if self.means_only:
+            self.features[uid] = [f.float().mean(0, keepdim=True) for f in feats]
+        elif path is not None:
+            self.paths[uid] = path
+        else:
+            self.features[uid] = feats
+
+    def means(self, uid: str, feats: Layers, n: int) -> None:
+        """``uid``'s utterance means (from a means entry or a mean-reducing extraction) and its frame count."""
+        self.features[uid], self.frame_counts[uid] = feats, n
+
+    def entry(self, uid: str, feats: Layers, n: int) -> None:
+        """An entry of ``cache`` read whole (another rank's share)."""
+        if self.write_frames:
+            self.frames(uid, n, feats)
+        else:
+            self.means(uid, feats, n)
+
+    def hits(
+        self, utterances: Sequence[Utterance], frames_cache: FeatureCache, means_cache: Optional[FeatureCache]
+    ) -> None:
+        """The cache hits, in corpus order: frames entries (located when streamed, else loaded whole), then means."""
+        for u in utterances:
+            if self.streamed:
+                loc = frames_cache.locate(u)
+                if loc is not None:
+                    self.frames(u.id, loc[1], path=loc[0])
+                    continue
+            else:
+                hit = frames_cache.get(u)
+                if hit is not None:
+                    self.frames(u.id, hit[1], hit[0])
+                    continue
+            hit = means_cache.get(u) if means_cache is not None else None
+            if hit is not None:
+                self.means(u.id, *hit)
+
+    def fresh(self, utt: Utterance, feats: Layers, n: int) -> None:
+        """Layers the upstream just gave: skipped when not finite, else written to the cache and kept."""
+        if self.trimmer is not None:
+            self.trimmer.tick()
+        if not finite_or_skipped(utt.id, feats, self.strict, self.skipped):
+            return
+        if self.cache is not None:
+            self.cache.put(utt, feats, n)
+        if not self.write_frames:
+            self.means(utt.id, feats, n)
+        elif self.streamed:
+            assert self.cache is not None  # streamed: data.cache_dir or a temporary folder
+            self.frames(utt.id, n, feats, self.cache.entry_path(utt))
+        else:
+            self.frames(utt.id, n, feats)
+
+
+def _extract(
+    upstream: Upstream,
+    misses: Sequence[Utterance],
+    layers: Sequence[int],
+    data: DataConfig,
+    precision: str,
+    device: str,
+    progress: bool,
+    kept: _Kept,
+) -> Tuple[int, Dict[str, Any]]:
+    """``(forward passes, notes)`` of running the upstream once over ``misses``, each result handed to ``kept``.
+
+    In RAM the misses are decoded first (``decode_corpus``); streamed, they are validated
+    (``scan_corpus``) and decoded again per extraction batch by DataLoader workers.
+    """
+    notes: Dict[str, Any] = {}
+    if not misses:
+        return 0, notes
+    by_id = {u.id: u for u in misses}
+    waves: Optional[Dict[str, np.ndarray]] = None  # in RAM: the decoded misses
+    lengths: Optional[Dict[str, int]] = None  # streamed: their lengths, and a loader that decodes them per batch
+    loader = None
+    workers = resolve_workers(data.num_workers, len(misses))
+    if kept.streamed:
+        lengths, skipped = scan_corpus(
+            misses, upstream.sample_rate, upstream.min_samples, data.strict, progress, workers
+        )
+        loader = stream_batches(
+            [by_id[uid] for uid in lengths],
+            upstream.sample_rate,
+            upstream.min_samples,
+            workers,
+            pin_memory=device.startswith("cuda"),
+        )
+    else:
+        audio = decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress)
+        waves, skipped = audio.waves, audio.skipped
+    kept.skipped.update(skipped)
+    todo = len(lengths if lengths is not None else waves or {})
+    if todo:
+        stats: Dict[str, float] = {}
+        extract_features(
+            upstream.to(device),
+            waves,
+            layers,
+            device=device,
+            max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
+            dtype=getattr(torch, data.cache_dtype),
+            progress=progress,
+            precision=precision,
+            stats=stats,
+            reduce_mean=not kept.write_frames,
+            lengths=lengths,
+            batch_loader=loader,
+            sink=lambda uid, feats, n: kept.fresh(by_id[uid], feats, n),
+        )
+        notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
+    if kept.streamed:
+        notes["workers"] = workers
+    return todo, notes
 
 
 @torch.inference_mode()
@@ -25,9 +309,7 @@ def _read_other_shares(
     forwards: int,
     skipped: Dict[str, str],
     misses: Sequence[Utterance],
-    features: Dict[str, List[torch.Tensor]],
-    frame_counts: Dict[str, int],
-    cache: FeatureCache,
+    kept: _Kept,
 ) -> Tuple[int, Dict[str, str]]:
     """After a sharded extraction: sum the forward passes, merge the skips, read the other ranks' cache entries."""
     total = sum(ddp_tools.all_gather(forwards, ctx))
@@ -35,16 +317,17 @@ def _read_other_shares(
     for part in ddp_tools.all_gather(skipped, ctx):
         merged.update(part)
     ddp_tools.barrier(ctx)  # every rank has written its share
+    assert kept.cache is not None  # sharded: data.cache_dir is set
     for u in misses:
-        if u.id in features or u.id in merged:
+        if u.id in kept or u.id in merged:
             continue
-        hit = cache.get(u)
+        hit = kept.cache.get(u)
         if hit is None:
             raise DataError(
                 f"utterance {u.id}: another rank extracted it, but the shared feature cache "
-                f"{cache.dir} has no readable entry (is data.cache_dir on a filesystem all ranks share?)"
+                f"{kept.cache.dir} has no readable entry (is data.cache_dir on a filesystem all ranks share?)"
             )
-        features[u.id], frame_counts[u.id] = hit
+        kept.entry(u.id, *hit)
     return total, merged
 
 
@@ -67,113 +350,57 @@ def compute_frozen_features(
     from frames to one vector per layer). ``need_moments`` also keeps every utterance's frame
     statistics (for normalisation). With ``data.cache_dir`` a ``frames`` entry serves every head
     (means are computed from it exactly); ``means`` entries are written only when nothing needs
-    frames (``store_frames``: a grid knows a later head will). Features over ``data.max_ram_gb``
-    are served from the cache instead (``feature_stream``).
-    """
-    keep_frames = not means_only or need_moments
-    write_frames = keep_frames or store_frames
-    from ser_plugins.data.feature_stream import should_stream, stream_frozen_features
+    frames (``store_frames``: a grid knows a later head will).
 
-    # over data.max_ram_gb: frames stay in the on-disk cache (frames cache hits are loaded whole below)
-    if should_stream(upstream, utterances, layers, data, frames=write_frames or bool(data.cache_dir)):
-        return stream_frozen_features(
-            upstream, utterances, layers, data, precision, device, means_only, need_moments, progress, store_frames
+    Features over ``data.max_ram_gb`` are streamed: frames stay in their cache entries (written as
+    extraction produces them; a temporary cache folder when ``data.cache_dir`` is null, removed with
+    the features, or by a later run if this one is killed), and only means and moments are held.
+    """
+    write_frames = not means_only or need_moments or store_frames
+    # the one decision: over data.max_ram_gb, frames stay in the on-disk cache
+    streamed = should_stream(upstream, utterances, layers, data, frames=write_frames or bool(data.cache_dir))
+    tmp_dir = temp_cache.make() if streamed and not data.cache_dir else None
+    try:
+        dtype = getattr(torch, data.cache_dtype)
+        frames_cache, means_cache = open_caches(
+            data.cache_dir or tmp_dir, upstream, layers, dtype, precision, device, write_frames
         )
-    dtype = getattr(torch, data.cache_dtype)
-    features: Dict[str, List[torch.Tensor]] = {}
-    frame_counts: Dict[str, int] = {}
-    notes: Dict[str, Any] = {}
-    frames_cache: Optional[FeatureCache] = None
-    means_cache: Optional[FeatureCache] = None
-    from_frames: Set[str] = set()
-    if data.cache_dir:
-        identity = dict(
-            upstream.identity(),
-            precision=precision if device.startswith("cuda") else "fp32",
-            batch_invariant=upstream.batch_invariant,
-        )
-        frames_cache = FeatureCache(Path(data.cache_dir), identity, layers, dtype, variant="frames")
-        means_cache = None if write_frames else FeatureCache(Path(data.cache_dir), identity, layers, dtype, "means")
-        for u in utterances:
-            hit = frames_cache.get(u)
-            if hit is not None:
-                from_frames.add(u.id)
-            elif means_cache is not None:
-                hit = means_cache.get(u)
-            if hit is not None:
-                features[u.id], frame_counts[u.id] = hit
-    misses = all_misses = [u for u in utterances if u.id not in features]
-    ctx = ddp_tools.context()
-    sharded = ctx.active and bool(data.cache_dir)  # torchrun: each rank extracts its share into the shared cache
-    if sharded:  # rank 0's list of misses for all (another rank may already see some entries written meanwhile)
-        missing = set(ddp_tools.broadcast([u.id for u in all_misses], ctx))
-        all_misses = [u for u in utterances if u.id in missing]
-        misses = [u for u in ddp_tools.shard(all_misses, ctx) if u.id not in features]
-    audio = (
-        decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress)
-        if misses
-        else AudioSet()
-    )
-    forwards = 0
-    if audio.waves:
-        stats: Dict[str, float] = {}
-        fresh_counts: Dict[str, int] = {}
-        fresh = extract_features(
-            upstream.to(device),
-            audio.waves,
-            layers,
-            device=device,
-            max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
-            dtype=dtype,
-            progress=progress,
-            precision=precision,
-            stats=stats,
-            reduce_mean=not write_frames,
-            frame_counts=fresh_counts,
-        )
-        forwards = len(audio.waves)
-        notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
-        skipped = dict(audio.skipped)
-        for uid in [uid for uid, feats in fresh.items() if not all(torch.isfinite(f).all() for f in feats)]:
-            if data.strict:
-                raise DataError(f"utterance {uid}: the upstream gives non-finite features (data.strict is on)")
-            log.warning("skipping utterance %s: the upstream gives non-finite features (NaN/inf)", uid)
-            skipped[uid] = "non_finite_features"
-            del fresh[uid]
-        audio.skipped = skipped
         cache = frames_cache if write_frames else means_cache
-        if cache is not None:
-            by_id = {u.id: u for u in utterances}
-            for uid, feats in fresh.items():
-                cache.put(by_id[uid], feats, fresh_counts[uid])
-        if write_frames:
-            from_frames.update(fresh)
-        features.update(fresh)
-        frame_counts.update(fresh_counts)
-        audio.waves.clear()
-    if sharded:  # every rank's skips and forward passes, then (after all have written) the others' entries
-        shared = frames_cache if write_frames else means_cache
-        assert shared is not None  # sharded: data.cache_dir is set
-        forwards, audio.skipped = _read_other_shares(
-            ctx, forwards, audio.skipped, all_misses, features, frame_counts, shared
-        )
-        if write_frames:
-            from_frames.update(u.id for u in all_misses if u.id in features)
+        kept = _Kept(len(layers), means_only, need_moments, write_frames, streamed, cache, data.strict)
+        if frames_cache is not None:
+            kept.hits(utterances, frames_cache, means_cache)
+        misses = all_misses = [u for u in utterances if u.id not in kept]
+        ctx = ddp_tools.context()
+        # torchrun, in RAM: each rank extracts its share into the shared cache
+        sharded = ctx.active and bool(data.cache_dir) and not streamed
+        if sharded:  # rank 0's list of misses for all (another rank may already see some entries written meanwhile)
+            missing = set(ddp_tools.broadcast([u.id for u in all_misses], ctx))
+            all_misses = [u for u in utterances if u.id in missing]
+            misses = [u for u in ddp_tools.shard(all_misses, ctx) if u.id not in kept]
+        forwards, notes = _extract(upstream, misses, layers, data, precision, device, progress, kept)
+        skipped = kept.skipped
+        if sharded:  # every rank's skips and forward passes, then (after all have written) the others' entries
+            forwards, skipped = _read_other_shares(ctx, forwards, skipped, all_misses, kept)
+    except BaseException:
+        if tmp_dir is not None:
+            temp_cache.release(tmp_dir)
+        raise
     notes["upstream_forward_passes"] = forwards  # utterances run through the upstream by this run
-    if frames_cache is not None:  # data.cache_dir is set
+    if data.cache_dir and frames_cache is not None:
         notes["feature_cache"] = {
             "dir": str(frames_cache.dir),
             "hits": len(utterances) - len(all_misses),
             "misses": len(all_misses),
             "written": "frames" if write_frames else "means",
         }
-    result = FrozenFeatures(features, frame_counts, audio.skipped, means_only, notes)
-    if need_moments:
-        result.moments = {uid: Moments.of(fs) for uid, fs in features.items()}
-    if means_only:  # frames (from the cache, or kept for moments / a later head) reduced to exact means
-        result.features = {
-            uid: [f.float().mean(0, keepdim=True) for f in fs] if uid in from_frames or need_moments else fs
-            for uid, fs in features.items()
-        }
+    if streamed:
+        notes["streamed"] = {"max_ram_gb": data.max_ram_gb, "frames_on_disk": not means_only}
+    if means_only:  # frames (from the cache, or kept for moments / a later head) were reduced to exact means
         notes["mean_shortcut"] = True
-    return result
+    features: Mapping[str, Layers] = kept.features
+    if streamed and not means_only:
+        features = LazyFeatures(kept.paths, kept.frame_counts, len(layers), tmp_dir)
+    elif tmp_dir is not None:  # only means are held: the temporary entries are no longer needed
+        temp_cache.release(tmp_dir)
+    moments = {uid: kept.moments[uid] for uid in features} if need_moments else None
+    return FrozenFeatures(features, kept.frame_counts, skipped, means_only, notes, moments)
