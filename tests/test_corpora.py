@@ -1,4 +1,4 @@
-"""IEMOCAP and manifest readers on small hand-written fixtures."""
+"""IEMOCAP and manifest readers on small hand-written fixtures (classes and continuous targets)."""
 from __future__ import annotations
 
 from contextlib import nullcontext as _nullcontext
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from corpora.iemocap import IemocapCorpus, dialog_kind, parse_label_line
-from corpora.manifest import ManifestCorpus
+from corpora.iemocap import BAD_ATTRIBUTES, IemocapCorpus, dialog_kind, parse_attributes, parse_label_line
+from corpora.manifest import BAD_ATTRIBUTE, MISSING_ATTRIBUTE, ManifestCorpus
+from ser_plugins.plugins.contracts import DROPPED_LABEL, NO_LABEL
 
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
 
@@ -276,3 +277,154 @@ def test_manifest_missing_column_and_file(tmp_path: Path) -> None:
         ManifestCorpus(str(path))
     with pytest.raises(FileNotFoundError, match="path,label,speaker"):
         ManifestCorpus(str(tmp_path / "none.csv"))
+
+
+# ---------------------------------------------------------------------------------- continuous targets
+def test_parse_attributes_bracket() -> None:
+    line = "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 3.0000, 1.5000]"
+    assert parse_attributes(line) == {"valence": 2.5, "arousal": 3.0, "dominance": 1.5}  # [V, A, D]
+    assert parse_attributes("[6.29 - 8.23]\tSes01F_impro01_F000\tneu\t[ 4 ,1.25,5 ]") == {
+        "valence": 4.0, "arousal": 1.25, "dominance": 5.0}
+    assert parse_attributes("[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu") == {}  # no bracket
+    for bad in ("[2.5, 2.5]", "[2.5, x, 2.5]", "[2.5, 2.5, 2.5, 2.5]", "[2.5, nan, 2.5]", "[2.5, 2.5, 2.5] extra",
+                "[2.5, 2.5, 2.5", "[]"):
+        assert parse_attributes(f"[1.0 - 2.0]\tSes01F_impro01_F000\tneu\t{bad}") is None, bad
+    assert parse_attributes("not a consensus line") is None
+
+
+def test_iemocap_gives_bracket_attributes(tmp_path: Path) -> None:
+    root = tmp_path / "IEMOCAP_full_release"
+    extra = ("\n[9.0 - 10.0]\tSes01F_impro01_F005\tsad\n"                        # no bracket: no attributes
+             "\n[11.0 - 12.0]\tSes01F_impro01_F006\tang\t[2.0, oops, 4.0]\n"     # malformed: a problem
+             "\n[13.0 - 14.0]\tSes01F_impro01_M007\thap\t[4.0000, 3.5000, 3.0000]\n")
+    txt = _dialog(root, 1, "Ses01F_impro01", [("Ses01F_impro01_F000", "neu")], extra=extra)
+    for utt in ("Ses01F_impro01_F005", "Ses01F_impro01_F006", "Ses01F_impro01_M007"):
+        _wav(root / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / f"{utt}.wav")
+    corpus = IemocapCorpus(str(root))
+    assert tuple(corpus.attributes) == ("arousal", "valence", "dominance")
+    assert dict(corpus.attribute_scales) == {k: (1.0, 5.0) for k in ("arousal", "valence", "dominance")}
+    got = _by_id(corpus.load())
+    assert len(got) == 4  # the malformed bracket costs the attributes, not the utterance
+    assert got["Ses01F_impro01_F000"].attributes == {"valence": 2.5, "arousal": 2.5, "dominance": 2.5}
+    assert got["Ses01F_impro01_M007"].attributes == {"valence": 4.0, "arousal": 3.5, "dominance": 3.0}
+    assert got["Ses01F_impro01_M007"].label == "hap"
+    assert got["Ses01F_impro01_F005"].attributes == {} and got["Ses01F_impro01_F006"].attributes == {}
+    [problem] = corpus.problems
+    assert problem.kind == BAD_ATTRIBUTES and problem.key == "Ses01F_impro01_F006" and not problem.fatal
+    assert txt.read_text().splitlines()[problem.line - 1].startswith("[11.0 - 12.0]")
+    assert "[V, A, D]" in problem.message
+
+
+def test_iemocap_malformed_bracket_of_a_dropped_utterance_is_not_a_problem(tmp_path: Path) -> None:
+    root = tmp_path / "IEMOCAP_full_release"
+    _dialog(root, 1, "Ses01F_impro01", [("Ses01F_impro01_F000", "neu")],
+            extra="\n[11.0 - 12.0]\tSes01F_impro01_F006\tfru\t[2.0, oops, 4.0]\n")
+    corpus = IemocapCorpus(str(root))
+    assert len(corpus.load()) == 1 and corpus.problems == [] and corpus.dropped == {"fru": 1}
+
+
+def test_iemocap_keep_unlabelled(iemocap: Path) -> None:
+    default = IemocapCorpus(str(iemocap))
+    before = default.load()
+    assert default.keep_unlabelled is False and default.unlabelled == {}
+    assert all(u.label != NO_LABEL for u in before)
+    corpus = IemocapCorpus(str(iemocap), keep_unlabelled=True)
+    utts = corpus.load()
+    got = _by_id(utts)
+    assert len(utts) == 10 and corpus.problems == []
+    assert corpus.dropped == {} and corpus.unlabelled == {"fru": 1, "xxx": 1, "sur": 1}
+    unlabelled = {u.id for u in utts if u.label == NO_LABEL}
+    assert unlabelled == {"Ses01F_impro01_F001", "Ses01F_impro01_F002", "Ses01M_script01_1_M001"}
+    assert all(got[i].attributes == {"valence": 2.5, "arousal": 2.5, "dominance": 2.5} for i in unlabelled)
+    # the labelled utterances are exactly the default's, in the same order and with the same fields
+    assert [u for u in utts if u.label != NO_LABEL] == before
+    assert got["Ses01F_impro01_F001"].speaker == "Ses01F" and got["Ses01F_impro01_F001"].session == "Session1"
+    # unknown labels and missing audio are still skipped
+    (iemocap / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_F002.wav").unlink()
+    corpus.load()
+    assert corpus.unlabelled == {"fru": 1, "sur": 1} and len(corpus.problems) == 1
+
+
+def test_iemocap_six_classes_and_other_merges(iemocap: Path) -> None:
+    six = IemocapCorpus(str(iemocap), labels=["neu", "hap", "ang", "sad", "exc", "fru"], merge={})
+    utts = six.load()
+    assert six.labels == ["neu", "hap", "ang", "sad", "exc", "fru"]
+    assert {u.label for u in utts} == {"neu", "hap", "ang", "sad", "exc", "fru"}
+    assert _by_id(utts)["Ses01F_impro01_M000"].label == "exc"  # not merged
+    assert six.dropped == {"xxx": 1, "sur": 1} and six.problems == []
+    with pytest.raises(ValueError, match="both a label and merged.*merge: {}"):
+        IemocapCorpus(str(iemocap), labels=["neu", "hap", "ang", "sad", "exc", "fru"])  # default exc -> hap
+    five = IemocapCorpus(str(iemocap), labels=["neu", "hap", "ang", "sad", "fru"])  # default merge applies
+    assert {u.label for u in five.load()} == {"neu", "hap", "ang", "sad", "fru"}
+    assert five.dropped == {"xxx": 1, "sur": 1}
+    arousal = IemocapCorpus(str(iemocap), labels=["low", "high"],
+                            merge={"sad": "low", "neu": "low", "ang": "high", "hap": "high", "exc": "high"})
+    assert [u.label for u in arousal.load()].count("high") == 4
+
+
+def test_manifest_attribute_columns(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,label,speaker,EmoAct,EmoVal,EmoDom\n"
+                               "a.wav,neu,s1,3.5,4,2.25\n"       # 2 all good
+                               "b.wav,ang,s2,,4.5,3\n"            # 3 EmoAct empty
+                               "sub/c.wav,neu,s2,high,x,1e0\n"    # 4 EmoAct, EmoVal not numbers
+                               "d.wav,sad,s3,nan,2,inf\n")        # 5 nan / inf are not numbers either
+    corpus = ManifestCorpus(str(path), attributes={"arousal": "EmoAct", "valence": "emoval", "dominance": "EmoDom"},
+                            attribute_scales={"arousal": [1, 7], "valence": (1.0, 7.0)})
+    assert corpus.attributes == ("arousal", "valence", "dominance")
+    assert dict(corpus.attribute_scales) == {"arousal": (1.0, 7.0), "valence": (1.0, 7.0)}
+    utts = corpus.load()
+    assert [u.attributes for u in utts] == [
+        {"arousal": 3.5, "valence": 4.0, "dominance": 2.25}, {"valence": 4.5, "dominance": 3.0},
+        {"dominance": 1.0}, {"valence": 2.0}]
+    assert [u.label for u in utts] == ["neu", "ang", "neu", "sad"]  # every row kept
+    by_kind = {(p.kind, p.key): p for p in corpus.problems}
+    assert set(by_kind) == {(MISSING_ATTRIBUTE, "arousal"), (BAD_ATTRIBUTE, "arousal"), (BAD_ATTRIBUTE, "valence"),
+                            (BAD_ATTRIBUTE, "dominance")}
+    assert by_kind[(MISSING_ATTRIBUTE, "arousal")].lines == (3,) and by_kind[(MISSING_ATTRIBUTE, "arousal")].count == 1
+    assert by_kind[(BAD_ATTRIBUTE, "arousal")].lines == (4, 5) and by_kind[(BAD_ATTRIBUTE, "arousal")].count == 2
+    assert "'emoact'" in by_kind[(BAD_ATTRIBUTE, "arousal")].message
+    assert not any(p.fatal for p in corpus.problems)
+    # a list names columns that are the attributes' names; no attributes: none read, as before
+    listed = ManifestCorpus(str(path), attributes=["EmoVal"])
+    assert listed.attributes == ("EmoVal",) and listed.load()[0].attributes == {"EmoVal": 4.0}
+    plain = ManifestCorpus(str(path))
+    assert plain.attributes == () and all(u.attributes == {} for u in plain.load()) and plain.problems == []
+
+
+def test_manifest_attribute_options_are_checked(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,label,speaker,act\na.wav,neu,s1,3\n")
+    with pytest.raises(ValueError, match="no column 'EmoAct' for attribute 'arousal'"):
+        ManifestCorpus(str(path), attributes={"arousal": "EmoAct"})
+    with pytest.raises(ValueError, match="'speaker' column"):
+        ManifestCorpus(str(path), attributes={"arousal": "speaker"})
+    with pytest.raises(ValueError, match="not one of attributes"):
+        ManifestCorpus(str(path), attributes={"arousal": "act"}, attribute_scales={"valence": [1, 5]})
+    for bad in ([5, 1], [1], "1-5", [1, "x"], [1, float("inf")]):
+        with pytest.raises(ValueError, match="attribute_scales"):
+            ManifestCorpus(str(path), attributes={"arousal": "act"}, attribute_scales={"arousal": bad})
+
+
+def test_manifest_regression_only_and_unlabelled_rows(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,speaker,arousal,valence\na.wav,s1,3,4\nb.wav,s2,,\nsub/c.wav,s2,2,\n")
+    corpus = ManifestCorpus(str(path), attributes=["arousal", "valence"])  # no label column
+    assert corpus.labels == []
+    utts = corpus.load()
+    assert [(u.id, u.label, u.attributes) for u in utts] == [
+        ("a", NO_LABEL, {"arousal": 3.0, "valence": 4.0}), ("c", NO_LABEL, {"arousal": 2.0})]
+    skipped = [p for p in corpus.problems if "neither a label nor any attribute" in p.message]
+    assert len(skipped) == 1 and skipped[0].lines == (3,)
+    # the missing cells of the skipped row are not counted; only the kept row's
+    assert {(p.kind, p.key): p.lines for p in corpus.problems if p.kind} == {(MISSING_ATTRIBUTE, "valence"): (4,)}
+    with pytest.raises(ValueError, match="'label'.*label may be left out when attributes"):
+        ManifestCorpus(str(path))
+    # with a label column: an empty label is NO_LABEL; keep_unlabelled keeps labels outside `labels`
+    mixed = _manifest(tmp_path, "path,label,speaker,arousal\na.wav,neu,s1,3\nb.wav,,s1,2\nsub/c.wav,fru,s2,4\n"
+                                "d.wav,ang,s2,5\n")
+    m = ManifestCorpus(str(mixed), labels=["neu", "ang"], attributes=["arousal"])
+    assert [(u.id, u.label) for u in m.load()] == [("a", "neu"), ("b", NO_LABEL), ("d", "ang")]
+    assert m.dropped == {"fru": 1} and m.unlabelled == {}
+    k = ManifestCorpus(str(mixed), labels=["neu", "ang"], attributes=["arousal"], keep_unlabelled=True)
+    assert [(u.id, u.label) for u in k.load()] == [("a", "neu"), ("b", NO_LABEL), ("c", NO_LABEL), ("d", "ang")]
+    assert k.dropped == {} and k.unlabelled == {"fru": 1} and not [p for p in k.problems if p.kind == DROPPED_LABEL]
+    # without attributes an empty label cell still skips its row (as before)
+    assert [u.id for u in ManifestCorpus(str(mixed), labels=["neu", "ang"]).load()] == ["a", "d"]
