@@ -225,3 +225,45 @@ def test_class_weights_follow_the_label_set(tiny_demo_root):
     assert w.shape == (6,) and torch.all((w > 0) == torch.tensor(counts > 0))
     assert float(w[int(np.argmax(counts))]) == float(w.min())  # the most frequent class weighs least
     assert copy.deepcopy(six).task.type == "classification"
+
+
+# --- MSP-Podcast's partitions (the generated miniature) ---------------------------------------------------
+@pytest.fixture(scope="module")
+def msp_root(tmp_path_factory):
+    from ser_plugins.plugins import registry
+
+    root = tmp_path_factory.mktemp("msp") / "MSP-Podcast"
+    registry.load("corpus", "msp_podcast").generate(str(root), seed=0)
+    return root
+
+
+def _msp_recipe(root, **sections):
+    base = {
+        "name": "msp", "corpus": {"name": "msp_podcast", "root": str(root)},
+        "protocol": {"name": "split", "dev": "split"},
+        "upstream": {"name": "fbank", "n_mels": 24}, "aggregator": "stats",
+        "classifier": {"name": "mlp", "hidden_sizes": [16], "norm": "layer"},
+        "training": {"max_steps": 40, "batch_size": 16, "lr": 0.01}, "output": {"tensorboard": False},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_recipe(base)
+
+
+def test_msp_podcast_partitions_as_one_fold_for_both_tracks(msp_root, tmp_path):
+    dim = _msp_recipe(msp_root, task={"type": "regression", "standardize": True}, training={"select": "dev_ccc"})
+    summary = Runner(dim, tmp_path / "dim", progress=False).run()
+    assert list(summary.folds) == ["split"] and summary.targets == TARGETS
+    run = json.loads((tmp_path / "dim" / "run.json").read_text())
+    sizes = run["folds"][0]
+    assert sizes["dev"] > 0 and sizes["test"] > 0  # Development selects, Test1 tests
+    values = np.array([float(r["true_arousal"]) for r in
+                       csv.DictReader(open(tmp_path / "dim" / "folds" / "split" / "predictions.csv"))])
+    assert values.min() >= 1 and values.max() <= 7  # MSP-Podcast's 1-7 scale
+    cat = _msp_recipe(msp_root, training={"select": "dev_macro_f1", "class_weights": True})
+    cls = Runner(cat, tmp_path / "cat", progress=False).run()
+    assert cls.labels == ["ang", "hap", "sad", "fea", "sur", "con", "dis", "neu"]
+    assert len(cls.pooled["confusion"]) == 8 and 0.0 <= cls.mean_std["macro_f1"]["mean"] <= 1.0
+    # O (other) and X (no agreement) rows train the regression, not the classes
+    assert run["skipped"].get("no_class_label", 0) == 0
+    assert json.loads((tmp_path / "cat" / "run.json").read_text())["skipped"].get("no_class_label", 0) > 0

@@ -155,9 +155,12 @@ class Aggregator(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Maps utterance vectors ``[B, D]`` to emotion logits ``[B, C]``.
+    """Maps utterance vectors ``[B, D]`` to the head's outputs ``[B, num_classes]``: emotion logits, target values.
 
-    Constructor: ``__init__(input_dim, num_classes, **config)``. Margin-based classifiers
+    Constructor: ``__init__(input_dim, num_classes, **config)``. ``num_classes`` is the output size
+    the run's task declares (``ser_plugins.task.TaskSpec``): the class logits, then one value per
+    continuous target (``task: regression``: values only; ``multitask``: ``C`` logits then ``K``
+    values). A classifier needs to know nothing of the split: any classifier serves every task. Margin-based classifiers
     (AM-/AAM-softmax) override ``training_logits``: the trainer passes the logits through it,
     with the targets, before the training loss; evaluation and prediction use ``forward`` alone.
     ``training_defaults``: as for aggregators (an aggregator's win on a key both declare).
