@@ -56,7 +56,7 @@ def safe_load(text: str) -> Any:
 
 
 # --- the enumerations: one source of truth each --------------------------------------------------
-ProtocolName = Literal["session", "speaker", "folds", "split"]
+ProtocolName = Literal["session", "speaker", "folds", "split", "cross_corpus"]
 DevStrategy = Literal["auto", "none", "speaker", "random", "split"]
 LayerUse = Literal["last", "weighted_sum"]  # or an integer layer index
 Normalization = Literal["global", "speaker"]  # or null / "none"
@@ -154,6 +154,29 @@ class ProtocolConfig(Section):
     dev: DevStrategy = "auto"
     dev_fraction: float = _finite(default=0.1, gt=0, lt=1)
     num_folds: Optional[int] = Field(default=None, ge=2, le=10_000)
+    # cross_corpus: train (and dev) on these corpora of a multi-corpus recipe, test on those
+    train: Optional[List[str]] = None
+    test: Optional[List[str]] = None
+
+    @field_validator("train", "test", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _cross_corpus(self) -> "ProtocolConfig":
+        if self.name == "cross_corpus":
+            if not self.train or not self.test:
+                raise ValueError("protocol cross_corpus needs protocol.train and protocol.test (corpus names)")
+            both = sorted(set(self.train) & set(self.test))
+            if both and set(self.train) != set(self.test):
+                raise ValueError(
+                    f"protocol cross_corpus: {both} in both protocol.train and protocol.test; the same corpora "
+                    "on both sides (the matrix's diagonal: within-corpus, speaker-independent folds) or none"
+                )
+        elif self.train or self.test:
+            raise ValueError("protocol.train / protocol.test need protocol.name: cross_corpus")
+        return self
 
 
 class FeaturesConfig(Section):

@@ -3,7 +3,10 @@
 * ``session`` -- leave one session out (IEMOCAP: 5 folds, SUPERB and most papers),
 * ``speaker`` -- leave one speaker out (IEMOCAP: 10 folds),
 * ``folds``   -- the corpus's own ``fold`` column (test on one fold value at a time),
-* ``split``   -- the corpus's own ``split`` column (train/dev/test; one fold).
+* ``split``   -- the corpus's own ``split`` column (train/dev/test; one fold),
+* ``cross_corpus`` -- train (and dev) on some corpora of a multi-corpus run, test on others
+  (``Utterance.corpus``; one fold named ``A->B``); the same corpora on both sides give their
+  within-corpus figure (speaker-independent k-fold: ``num_folds``, default 5).
 
 Dev sets: ``none`` holds nothing out (every training speaker trains; the recipe's default when
 nothing reads a dev set); ``speaker`` holds out whole training speakers, so dev is speaker-disjoint
@@ -109,9 +112,14 @@ def make_folds(
     dev_fraction: float = 0.1,
     seed: int = 0,
     num_folds: Optional[int] = None,
+    train_corpora: Optional[Sequence[str]] = None,
+    test_corpora: Optional[Sequence[str]] = None,
 ) -> List[Fold]:
     """Split ``utterances`` into folds under ``protocol`` with the given dev strategy.
 
+    ``cross_corpus`` trains on the utterances of ``train_corpora`` (all of them; the dev set, if
+    any, comes from them too: a held-out speaker, or a random share) and tests on every utterance
+    of ``test_corpora``.
     With ``num_folds``, the ``speaker`` protocol puts the speakers into that many groups
     (speaker-independent k-fold, e.g. 5 folds over the 24 actors of RAVDESS) instead of one
     fold per speaker.
@@ -120,6 +128,18 @@ def make_folds(
         raise ProtocolError("the corpus has no utterances")
     if protocol == "split":
         return [_split_fold(utterances, dev, dev_fraction, seed)]
+    if protocol == "cross_corpus":
+        train_c, test_c = list(train_corpora or []), list(test_corpora or [])
+        if set(train_c) == set(test_c):  # the matrix's diagonal: within-corpus, speaker-independent k-fold
+            own = [u for u in utterances if u.corpus in train_c]
+            if not own:
+                raise ProtocolError(f"protocol cross_corpus: no utterances of corpus {train_c[0]!r}")
+            speakers = len({u.speaker for u in own})
+            k = num_folds or min(5, speakers)
+            inner = make_folds(own, "speaker", dev, dev_fraction, seed, k if k < speakers else None)
+            tag = "+".join(train_c)
+            return [Fold(f"{tag}->{tag}:{f.name}", f.train, f.dev, f.test) for f in inner]
+        return [_cross_corpus_fold(utterances, train_c, test_c, dev, dev_fraction, seed)]
     if protocol == "session":
         group_of = lambda u: u.session or u.speaker  # noqa: E731
     elif protocol == "speaker" and num_folds:
@@ -138,7 +158,7 @@ def make_folds(
             )
         group_of = lambda u: str(u.fold)  # noqa: E731
     else:
-        raise ProtocolError(f"unknown protocol {protocol!r}; protocols: session, speaker, folds, split")
+        raise ProtocolError(f"unknown protocol {protocol!r}; protocols: session, speaker, folds, split, cross_corpus")
     groups = _group(utterances, group_of)
     if len(groups) < 2:
         raise ProtocolError(f"protocol {protocol!r} needs at least two groups, found {list(groups)}")
@@ -185,6 +205,39 @@ def _split_fold(utterances: Sequence[Utterance], dev: str, dev_fraction: float, 
                 train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker, test, "split"
             )
     return Fold("split", [u.id for u in train], [u.id for u in dev_set], [u.id for u in test])
+
+
+def _cross_corpus_fold(
+    utterances: Sequence[Utterance],
+    train_corpora: List[str],
+    test_corpora: List[str],
+    dev: str,
+    fraction: float,
+    seed: int,
+) -> Fold:
+    """Train (and dev) on ``train_corpora``, test on ``test_corpora``: one fold named ``A+B->C``."""
+    found = sorted({u.corpus for u in utterances if u.corpus})
+    unknown = [c for c in train_corpora + test_corpora if c not in found]
+    if unknown:
+        raise ProtocolError(
+            f"protocol cross_corpus: no utterances of corpus {unknown[0]!r}; "
+            f"the run's corpora: {', '.join(found) or 'none'} "
+            "(cross_corpus needs a multi-corpus recipe: corpus: {name: multi, corpora: ...})"
+        )
+    train = [u for u in utterances if u.corpus in train_corpora]
+    test = [u for u in utterances if u.corpus in test_corpora]
+    if dev == "none":
+        dev_set: List[Utterance] = []
+    elif dev == "speaker":
+        train, dev_set = _speaker_dev(
+            train, 0, "", sorted({u.speaker for u in train}), lambda u: u.speaker, test, "cross_corpus"
+        )
+    elif dev == "random":
+        train, dev_set = _random_dev(train, fraction, seed)
+    else:
+        raise ProtocolError(f"protocol cross_corpus: dev {dev!r} is not none, speaker or random")
+    name = "+".join(train_corpora) + "->" + "+".join(test_corpora)
+    return Fold(name, [u.id for u in train], [u.id for u in dev_set], [u.id for u in test])
 
 
 def check_folds(

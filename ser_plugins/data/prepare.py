@@ -299,7 +299,7 @@ def plan(recipe: Recipe) -> Plan:
     kept, sees_only_means = check_composition(recipe, upstream, task.num_outputs, task)
     p = recipe.protocol
     protocol = p.name or corpus.default_protocol
-    folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
+    folds = make_folds(utterances, protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds, p.train, p.test)
     check_folds(
         folds, {u.id: u.label for u in utterances}, labels, needs_dev=p.dev != "none"
     )  # empty sets raise now; warnings come later
@@ -372,7 +372,7 @@ def prepare(
     lost = sorted({u.session or u.speaker for u in utterances} - {u.session or u.speaker for u in usable})
     lost_warnings = [f"session {g!r} has no usable utterance left (all skipped): its fold is not run" for g in lost]
     p = recipe.protocol
-    folds = make_folds(usable, pl.protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds)
+    folds = make_folds(usable, pl.protocol, p.dev, p.dev_fraction, recipe.seed, p.num_folds, p.train, p.test)
     task = pl.task
     targets = {
         u.id: task.target_row(task.labels.index(u.label) if task.has_classes else -1, dict(u.attributes))

@@ -186,7 +186,8 @@ class Utterance:
     utterance's continuous targets by name (dimensional emotion: ``{"arousal": 3.5, "valence":
     2.0, "dominance": 3.0}`` on the corpus's scale, see ``Corpus.attribute_scales``). ``label`` is
     ``NO_LABEL`` (``""``) for an utterance that has attributes but no consensus class (usable for
-    regression only).
+    regression only). ``corpus`` names the corpus of an utterance of a multi-corpus run (cross-corpus
+    protocols and per-corpus results read it).
     """
 
     id: str
@@ -199,6 +200,7 @@ class Utterance:
     fold: Optional[str] = None
     split: Optional[str] = None
     attributes: Mapping[str, float] = field(default_factory=dict, hash=False)
+    corpus: str = ""  # the corpus it comes from, when a run reads several (the ``multi`` corpus)
 
 
 NO_LABEL = ""  # Utterance.label of an utterance without a class (attributes only)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -153,3 +153,30 @@ def summary_metric_keys(has_classes: bool, targets: Sequence[str]) -> List[str]:
     """The metrics averaged over folds (mean ± std) for a task: WA, UA, macro-F1 and/or CCC, r, MAE."""
     keys = list(CLASSIFICATION_SUMMARY_KEYS) if has_classes else []
     return keys + (regression_keys(targets) if targets else [])
+
+
+def metrics_by_group(
+    result: Mapping[str, Any], groups: Sequence[str], labels: Sequence[str], targets: Sequence[str]
+) -> Dict[str, Dict[str, Any]]:
+    """An evaluation's metrics per group of its utterances (``groups[i]`` for the ``i``-th; e.g. per corpus).
+
+    ``result`` holds ``targets``/``predictions`` (class indices) when ``labels`` is not empty and
+    ``true_values``/``values`` (``[N, K]``) when ``targets`` is not: each group gets WA, UA and
+    macro-F1 and/or CCC, Pearson r and MAE, and its ``n``.
+    """
+    out: Dict[str, Dict[str, Any]] = {}
+    for group in sorted(set(groups)):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        part: Dict[str, Any] = {"n": len(rows)}
+        if labels:
+            cm = confusion_matrix(
+                [result["targets"][i] for i in rows], [result["predictions"][i] for i in rows], len(labels)
+            )
+            part.update({k: v for k, v in metrics_from_confusion(cm).items() if k != "n"})
+        if targets:
+            reg = regression_metrics(
+                np.asarray(result["true_values"])[rows], np.asarray(result["values"])[rows], targets
+            )
+            part.update({k: v for k, v in reg.items() if k not in ("n", "target_names")})
+        out[group] = part
+    return out

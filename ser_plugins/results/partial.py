@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ser_plugins.results.metrics import summary_metric_keys
 from ser_plugins.results.run_dir import RunDir
-from ser_plugins.results.summary import Summary, fold_results
+from ser_plugins.results.summary import Summary, fold_results, per_corpus_summary
 
 
 def finished_folds(run_dir: Path) -> Dict[str, Dict[str, Any]]:
@@ -36,6 +37,7 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
     values = [files.fold(n).read_target_values(targets) for n in results] if targets else None
     parts = fold_results(results, task["kind"] != "regression", targets, values)
     evaluation = run.get("evaluation", {})
+    protocol = recipe.get("protocol", {}) or {}
     return Summary(
         name=recipe.get("name", run_dir.name),
         upstream=recipe["upstream"]["name"],
@@ -56,7 +58,9 @@ def summary_from_folds(run_dir: Path) -> Optional[Summary]:
         normalize=evaluation.get("normalize"),
         transductive=bool(evaluation.get("transductive", False)),
         task=task["kind"],
-        targets=list(task.get("targets", [])),
+        targets=targets,
+        per_corpus=per_corpus_summary(results, summary_metric_keys(task["kind"] != "regression", targets)),
+        cross_corpus={"train": protocol["train"], "test": protocol["test"]} if protocol.get("train") else {},
     )
 
 

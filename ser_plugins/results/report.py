@@ -81,6 +81,8 @@ def collect(run_dirs: Sequence[Path]) -> List[Dict[str, Any]]:
                 "folds": len(s.folds) if s.complete else f"{len(s.folds)} (partial)",  # incomplete runs are marked
                 "task": s.task,
                 "targets": list(s.targets),
+                "cross_train": "+".join(s.cross_corpus.get("train") or []),
+                "cross_test": "+".join(s.cross_corpus.get("test") or []),
                 **{f"{k}_mean": ms[k]["mean"] for k in metric_keys},
                 **{f"{k}_std": ms[k]["std"] for k in metric_keys},
             }
@@ -132,6 +134,36 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_matrix(rows: List[Dict[str, Any]]) -> str:
+    """The cross-corpus matrix of ``protocol: cross_corpus`` runs: one row per training corpus, one column per
+    test corpus, UA (CCC for runs without classes) as mean ± std in each cell; ``–`` for a pair no run covers."""
+    cross = [r for r in rows if r.get("cross_train")]
+    if not cross:
+        return ""
+    trains = list(dict.fromkeys(r["cross_train"] for r in cross))
+    tests = list(dict.fromkeys(r["cross_test"] for r in cross))
+    lines = []
+    for key, name in (("ua", "UA"), ("macro_f1", "macro-F1"), ("ccc", "CCC")):
+        cells = {(r["cross_train"], r["cross_test"]): r for r in cross if r.get(f"{key}_mean") is not None}
+        if not cells:
+            continue
+        scale, digits = (100, 2) if key in _CLASS_KEYS else (1, 4)
+        lines += [f"{name}: train on the row's corpus, test on the column's", ""]
+        lines += ["| train ↓ test → | " + " | ".join(tests) + " |", "|" + "---|" * (len(tests) + 1)]
+        for t in trains:
+            row = []
+            for c in tests:
+                r = cells.get((t, c))
+                if r is None:
+                    row.append(MISSING)
+                    continue
+                std = r.get(f"{key}_std")
+                row.append(f"{scale * r[f'{key}_mean']:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std else ""))
+            lines.append(f"| {t} | " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def to_csv(rows: List[Dict[str, Any]]) -> str:
     """CSV with separate mean and std columns (fractions, not percent)."""
     buf = io.StringIO()
@@ -149,6 +181,9 @@ def write_report(run_dirs: Sequence[Path], out: Optional[str] = None) -> str:
     """Build the table; with ``out`` also write ``<out>.md`` and ``<out>.csv``. Returns the markdown."""
     rows = collect(run_dirs)
     md = to_markdown(rows)
+    matrix = to_matrix(rows)
+    if matrix:  # cross-corpus runs: their matrix below the table
+        md += "\n## Cross-corpus\n\n" + matrix
     if out:
         atomic_write_text(Path(f"{out}.md"), md)
         atomic_write_text(Path(f"{out}.csv"), to_csv(rows))

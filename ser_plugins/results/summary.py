@@ -84,6 +84,18 @@ def fold_results(
     }
 
 
+def per_corpus_summary(results: Dict[str, Dict[str, Any]], keys: List[str]) -> Dict[str, Any]:
+    """Mean ± std over folds of each corpus's test metrics (multi-corpus runs: ``per_corpus`` of the folds)."""
+    corpora: Dict[str, List[Dict[str, Any]]] = {}
+    for m in results.values():
+        for name, part in m.get("per_corpus", {}).items():
+            corpora.setdefault(name, []).append(part)
+    return {
+        name: {"mean_std": mean_std(parts, [k for k in keys if k in parts[0]]), "n": sum(p["n"] for p in parts)}
+        for name, parts in corpora.items()
+    }
+
+
 _COLUMN_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "ccc": "CCC"}
 
 
@@ -114,6 +126,8 @@ class Summary:
     fold_spread: str = FOLD_SPREAD
     task: str = "classification"  # classification, regression or multitask (ser_plugins.task)
     targets: List[str] = field(default_factory=list)  # the continuous targets (regression, multitask)
+    per_corpus: Dict[str, Any] = field(default_factory=dict)  # multi-corpus runs: each corpus's test results
+    cross_corpus: Dict[str, Any] = field(default_factory=dict)  # protocol cross_corpus: {train: [...], test: [...]}
 
     @property
     def has_classes(self) -> bool:
@@ -178,6 +192,15 @@ class Summary:
                 f"Pooled over the test folds: CCC {self.pooled['ccc']:.4f} ({pooled}); "
                 f"Pearson r {self.pooled['pearson']:.4f}; MAE {self.pooled['mae']:.4f}.",
             ]
+        if self.per_corpus:
+            lines += ["", "Per corpus (test utterances of each corpus, mean ± std over folds):", ""]
+            lines += [
+                "| corpus | " + " | ".join(_COLUMN_NAMES.get(c, c.replace("ccc_", "CCC ")) for c in columns) + " | n |",
+                "|---|" + "---|" * len(columns) + "---|",
+            ]
+            for name, part in self.per_corpus.items():
+                cells = [_pm(part["mean_std"][c]) if c in part["mean_std"] else "–" for c in columns]
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {part['n']} |")
         if self.skipped_utterances:
             lines += [
                 "",

@@ -29,10 +29,10 @@ from ser_plugins.recipe import (
     recipe_differences,  # noqa: F401 - moved to recipe.py; still importable here
     resume_differences,
 )
-from ser_plugins.results.metrics import fold_metric_keys
+from ser_plugins.results.metrics import fold_metric_keys, metrics_by_group, summary_metric_keys
 from ser_plugins.results.plots import plot_confusion, plot_curves, plot_layer_weights, plot_targets
 from ser_plugins.results.run_dir import REFIT_STATE_FILE, STATE_FILE, FoldDir, RunDir, run_info
-from ser_plugins.results.summary import Summary, fold_results
+from ser_plugins.results.summary import Summary, fold_results, per_corpus_summary
 from ser_plugins.runtime.locking import BRIEF_PHASES, RunLock, held_elsewhere
 from ser_plugins.runtime.seeding import set_seed
 from ser_plugins.training import distributed as ddp_tools
@@ -477,6 +477,9 @@ class Runner:
         if fit.history:
             plot_curves(fit.history, fold_dir.curves, f"fold {fold.name}", loss_label(r.task))
         metrics = {k: test[k] for k in fold_metric_keys(task.has_classes, task.targets) if k in test}
+        corpora = [prep.utterances[u].corpus for u in test["ids"]]
+        if len(set(corpora)) > 1:  # a multi-corpus run: the test results of each corpus too
+            metrics["per_corpus"] = metrics_by_group(test, corpora, task.labels, task.targets)
         metrics.update(
             fold=fold.name,
             seed=seed,
@@ -574,6 +577,8 @@ class Runner:
             transductive=r.features.transductive,
             task=task.kind,
             targets=list(task.targets),
+            per_corpus=per_corpus_summary(results, summary_metric_keys(task.has_classes, task.targets)),
+            cross_corpus={"train": r.protocol.train, "test": r.protocol.test} if r.protocol.train else {},
         )
         weights = {n: results[n]["layer_weights"]["weights"] for n in results if "layer_weights" in results[n]}
         if weights:
