@@ -59,7 +59,7 @@ def safe_load(text: str) -> Any:
 ProtocolName = Literal["session", "speaker", "folds", "split", "cross_corpus"]
 DevStrategy = Literal["auto", "none", "speaker", "random", "split"]
 LayerUse = Literal["last", "weighted_sum"]  # or an integer layer index
-Normalization = Literal["global", "speaker"]  # or null / "none"
+Normalization = Literal["global", "speaker", "corpus"]  # or null / "none"
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["none", "linear", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -74,7 +74,8 @@ PROTOCOLS: Tuple[str, ...] = get_args(ProtocolName)
 DEV_STRATEGIES: Tuple[str, ...] = get_args(DevStrategy)
 LAYER_USES: Tuple[str, ...] = get_args(LayerUse)
 NORMALIZATIONS: Tuple[str, ...] = get_args(Normalization)
-TRANSDUCTIVE_NORMALIZATIONS: Tuple[str, ...] = ("speaker",)
+# corpus: an unseen (cross-corpus test) corpus is standardised with its own statistics
+TRANSDUCTIVE_NORMALIZATIONS: Tuple[str, ...] = ("speaker", "corpus")
 OPTIMIZERS: Tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: Tuple[str, ...] = get_args(Scheduler)
 PRECISIONS: Tuple[str, ...] = get_args(Precision)

@@ -122,3 +122,29 @@ def test_multi_corpus_training_reports_each_corpus_and_the_grid_matrix(tiny_demo
     assert lines[2] == "| train ↓ test → | b | a |"
     assert lines[4].startswith("| a | ") and lines[4].split(" | ")[2].strip(" |") == "–"  # a->a not run
     assert "## Cross-corpus" in write_report(runs) and "## Cross-corpus" not in write_report([tmp_path / "union"])
+
+
+def test_corpus_normalisation_uses_training_utterances_of_seen_corpora_only():
+    import torch
+
+    from ser_plugins.data.normalize import Moments, Normalizer
+
+    def frames(value):
+        return Moments.of([torch.full((4, 2), float(value))] if value != "spread" else [torch.tensor([[0.0], [2.0]])])
+
+    moments = {"a1": frames(1), "a2": frames(3), "a_test": frames(100), "b1": frames(10), "b2": frames(20)}
+    groups = {"a1": "a", "a2": "a", "a_test": "a", "b1": "b", "b2": "b"}
+    norm = Normalizer("corpus").fit(moments, groups, ["a1", "a2"])
+    mean_a, _ = norm.statistics("a")
+    mean_b, _ = norm.statistics("b")
+    assert float(mean_a[0][0]) == pytest.approx(2.0)  # a's test utterance never shapes a's statistics
+    assert float(mean_b[0][0]) == pytest.approx(15.0)  # b has no training utterance: its own (transductive)
+    assert norm.transductive
+
+
+def test_corpus_normalisation_runs_cross_corpus(tiny_demo_root, second_demo, tmp_path):
+    r = _recipe(tiny_demo_root, second_demo, {"name": "cross_corpus", "train": "a", "test": "b"},
+                features={"normalize": "corpus"})
+    summary = Runner(r, tmp_path / "norm", progress=False).run()
+    assert summary.normalize == "corpus" and summary.transductive
+    assert (tmp_path / "norm" / "folds" / "a->b" / "normalizer.safetensors").exists()

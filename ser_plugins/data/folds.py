@@ -134,9 +134,9 @@ def make_folds(
             own = [u for u in utterances if u.corpus in train_c]
             if not own:
                 raise ProtocolError(f"protocol cross_corpus: no utterances of corpus {train_c[0]!r}")
-            speakers = len({u.speaker for u in own})
-            k = num_folds or min(5, speakers)
-            inner = make_folds(own, "speaker", dev, dev_fraction, seed, k if k < speakers else None)
+            n_speakers = len({u.speaker for u in own})
+            k = num_folds or min(5, n_speakers)
+            inner = make_folds(own, "speaker", dev, dev_fraction, seed, k if k < n_speakers else None)
             tag = "+".join(train_c)
             return [Fold(f"{tag}->{tag}:{f.name}", f.train, f.dev, f.test) for f in inner]
         return [_cross_corpus_fold(utterances, train_c, test_c, dev, dev_fraction, seed)]

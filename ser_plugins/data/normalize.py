@@ -8,6 +8,9 @@ Two kinds (``features.normalize``):
   speaker they come from that speaker's unlabelled test audio: transductive (say so when you
   report it). Speakers never seen (``ser predict`` with few files) get the *typical* statistics:
   the mean over the training speakers of their means and standard deviations.
+* ``corpus`` -- every utterance standardised with its corpus's statistics (multi-corpus runs:
+  ``Utterance.corpus``), from the corpus's training utterances; a corpus with none in the fold's
+  training set (the test corpus of a cross-corpus run) gets its own statistics: transductive.
 
 Statistics are pooled from per-utterance moments (frame count, sum, sum of squares per layer, in
 float64), so they are exact whether the run keeps frames or only utterance means. The same object
@@ -58,7 +61,9 @@ class Moments:
 
 
 class Normalizer:
-    """Standardises frozen features per layer: ``kind`` is ``"global"`` or ``"speaker"``.
+    """Standardises frozen features per layer: ``kind`` is ``"global"``, ``"speaker"`` or ``"corpus"``.
+
+    For ``corpus`` the "speaker" arguments below hold each utterance's corpus.
 
     ``fit(moments, speakers, train_ids)`` learns the statistics; ``transform(layers, speaker)``
     applies them to one utterance (``[T, D]`` frames or ``[1, D]`` means: the map is affine, so the
@@ -66,8 +71,8 @@ class Normalizer:
     """
 
     def __init__(self, kind: str, eps: float = 1e-5) -> None:
-        if kind not in ("global", "speaker"):
-            raise ValueError(f"normalisation {kind!r} is not 'global' or 'speaker'")
+        if kind not in ("global", "speaker", "corpus"):
+            raise ValueError(f"normalisation {kind!r} is not 'global', 'speaker' or 'corpus'")
         self.kind = kind
         self.eps = eps
         self.mean_: Optional[Layers] = None  # global: training statistics; speaker: typical statistics
@@ -77,7 +82,7 @@ class Normalizer:
     @property
     def transductive(self) -> bool:
         """True when test statistics come from the test data itself."""
-        return self.kind == "speaker"
+        return self.kind in ("speaker", "corpus")
 
     def fit(
         self,
@@ -96,9 +101,14 @@ class Normalizer:
             self.mean_, self.std_ = Moments.pooled((moments[u] for u in train), self.eps)
             return self
         if speakers is None:
-            raise ValueError("speaker normalisation needs the speaker of every utterance")
+            raise ValueError(f"{self.kind} normalisation needs the {self.kind} of every utterance")
         by_speaker: Dict[str, List[Moments]] = {}
+        train_set = set(train)
+        trained = {speakers[u] for u in train}
         for uid, m in moments.items():
+            # corpus: a corpus seen in training keeps to its training utterances (only an unseen one uses its own)
+            if self.kind == "corpus" and speakers[uid] in trained and uid not in train_set:
+                continue
             by_speaker.setdefault(speakers[uid], []).append(m)
         self.speakers_ = {spk: Moments.pooled(items, self.eps) for spk, items in sorted(by_speaker.items())}
         train_speakers = sorted({speakers[u] for u in train})
@@ -119,7 +129,7 @@ class Normalizer:
         """``(means, stds)`` applied to an utterance of ``speaker`` (typical ones for an unknown speaker)."""
         if self.mean_ is None or self.std_ is None:
             raise RuntimeError("Normalizer.transform called before fit")
-        if self.kind == "speaker" and speaker in self.speakers_:
+        if self.kind in ("speaker", "corpus") and speaker in self.speakers_:
             return self.speakers_[speaker]
         return self.mean_, self.std_
 

@@ -379,6 +379,8 @@ class Runner:
         if kind is None:
             return prep.source
         speakers = prep.speakers
+        if kind == "corpus":  # statistics per corpus (a multi-corpus run); one group for a single corpus
+            speakers = {uid: u.corpus or "corpus" for uid, u in prep.utterances.items()}
         assert prep.moments is not None  # prepared with the moments when features.normalize is set
         normalizer = Normalizer(kind).fit(prep.moments, speakers, fold.train)
         if self.ctx.main:
