@@ -27,7 +27,8 @@ def add_export_parser(sub: Any) -> None:
         "--atol",
         type=float,
         default=None,
-        help="largest absolute probability difference allowed between onnxruntime and PyTorch (default 1e-4)",
+        help="largest absolute difference of a probability (or a target value) allowed between onnxruntime and "
+        "PyTorch (default 1e-4)",
     )
     ex.add_argument(
         "--exporter",
@@ -86,9 +87,15 @@ def export_command(args: argparse.Namespace) -> int:
     )
     for res in results:
         lengths = f"{min(res.check_lengths)}..{max(res.check_lengths)}"
+        parts = res.max_abs_diff_by_output
+        diff = (
+            f"{res.max_abs_diff:.1e}"
+            if list(parts) in ([], ["probabilities"])
+            else ", ".join(f"{name} {d:.1e}" for name, d in parts.items())
+        )
         print(
             f"fold {res.fold}: {res.folder / 'model.onnx'} ({res.exporter} exporter); onnxruntime matches PyTorch "
-            f"within {atol:g} (max |diff| {res.max_abs_diff:.1e} on {len(res.check_lengths)} utterances "
+            f"within {atol:g} (max |diff| {diff} on {len(res.check_lengths)} utterances "
             f"of {lengths} samples)"
         )
     return 0
@@ -126,9 +133,9 @@ def _export_folder(run_dir: Path, fold: Optional[str]) -> Path:
 
 def predict_files(scorer: "Scorer", files: Sequence[str], fmt: str = "text") -> int:
     """Score whole files and write them as ``fmt`` (text, json, csv); the exit status of ``ser predict``."""
-    from ser_plugins.deploy.scoring import score_files, write_results
+    from ser_plugins.deploy.scoring import score_files, scorer_targets, write_results
 
-    return write_results(score_files(scorer, files), scorer.labels, fmt)
+    return write_results(score_files(scorer, files), scorer.labels, fmt, targets=scorer_targets(scorer))
 
 
 def predict_timelines(
@@ -161,10 +168,15 @@ def predict_timelines(
             print(not_scored_line(path, bad[-1][1]))
             continue
         skipped = "".join(f"; {v} {k}" for k, v in res.skipped.items())
-        share = " ".join(f"{k}={v:.2f}" for k, v in res.label_share.items())
+        fields = [" ".join(f"{k}={v:.2f}" for k, v in res.label_share.items())] if res.label_share else []
+        if res.target_means:  # a run with targets: their means over the scored windows
+            fields.append("mean " + " ".join(f"{k}={v:.2f}" for k, v in res.target_means.items()))
+        if not fields:
+            fields = [""]
         print(
-            f"{path}\t{res.seconds:.1f} s\t{res.windows} windows ({res.scored} scored{skipped})\t{share}\t"
-            f"{res.csv}\t{res.png}"
+            f"{path}\t{res.seconds:.1f} s\t{res.windows} windows ({res.scored} scored{skipped})\t"
+            + "\t".join(fields)
+            + f"\t{res.csv}\t{res.png}"
         )
     return warn_not_scored(bad, len(files))
 

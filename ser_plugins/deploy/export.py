@@ -7,6 +7,10 @@ synthetic utterances of several lengths (and any ``check_files``) and compare it
 with ``ser predict``'s (``Predictor``) within ``atol``. Only then are ``model.onnx`` and its
 sidecar ``model.json`` moved into the output folder; a mismatch or a failed export writes nothing.
 
+A regression or multitask fold exports its target values as a second output, ``values`` (alone for
+regression), compared with ``ser predict``'s values within the same ``atol``; its sidecar (format
+version 2) records the task and names the values' targets.
+
 Needs the optional extra: ``pip install 'ser-plugins[onnx]'`` (onnx, onnxruntime, onnxscript).
 """
 
@@ -24,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ser_plugins.deploy.inference_graph import FoldGraph, fold_names, load_fold_graphs
+from ser_plugins.deploy.inference_graph import FoldGraph, NamedOutputs, fold_names, load_fold_graphs, output_names
 from ser_plugins.errors import UserError
 from ser_plugins.plugins.boundary import describe
 from ser_plugins.results.run_dir import BEST_FILE, FOLDS_DIR, NORMALIZER_FILE, RECIPE_FILE, RunDir
@@ -32,13 +36,20 @@ from ser_plugins.runtime.atomic import atomic_write_json
 
 log = logging.getLogger("ser_plugins")
 
-#: the largest absolute difference of any class probability allowed between onnxruntime and PyTorch
+#: the largest absolute difference of any class probability (or target value) allowed between onnxruntime
+#: and PyTorch
 DEFAULT_ATOL = 1e-4
 #: lengths (seconds) of the synthetic check utterances, beside one of exactly ``min_samples`` samples;
 #: two of 1.5 s also run together as a batch of 2
 CHECK_SECONDS = (0.61, 1.5, 3.2)
 EXPORTERS = ("auto", "dynamo", "torchscript")
-from ser_plugins.deploy.onnx_engine import FORMAT, FORMAT_VERSION, ONNX_FILE, SIDECAR  # noqa: E402 - defined once, there
+from ser_plugins.deploy.onnx_engine import (  # noqa: E402 - defined once, there
+    FORMAT,
+    FORMAT_VERSION,
+    ONNX_FILE,
+    SIDECAR,
+    TARGETS_FORMAT_VERSION,
+)
 
 
 class ExportError(UserError, RuntimeError):
@@ -54,6 +65,8 @@ class ExportResult:
     exporter: str
     max_abs_diff: float
     check_lengths: List[int] = field(default_factory=list)
+    #: the largest difference of each output (``probabilities``, ``values``)
+    max_abs_diff_by_output: Dict[str, float] = field(default_factory=dict)
 
 
 def require_onnx() -> Tuple[Any, Any]:
@@ -132,7 +145,9 @@ def _dynamo_export(
     return program
 
 
-def _torchscript_export(graph: FoldGraph, example: torch.Tensor, path: Path) -> None:
+def _torchscript_export(
+    graph: torch.nn.Module, example: torch.Tensor, path: Path, outputs: Sequence[str] = ("probabilities",)
+) -> None:
     """The TorchScript-based exporter (a trace). A trace records one path through the Python code, so any
     ``TracerWarning`` (a tensor value turned into a Python number or branch) refuses the export: the
     graph would be right only for inputs like the example, which a few check utterances cannot rule out."""
@@ -146,8 +161,8 @@ def _torchscript_export(graph: FoldGraph, example: torch.Tensor, path: Path) -> 
             str(path),
             dynamo=False,
             input_names=["waveform"],
-            output_names=["probabilities"],
-            dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "probabilities": {0: "batch"}},
+            output_names=list(outputs),
+            dynamic_axes={"waveform": {0: "batch", 1: "samples"}, **{name: {0: "batch"} for name in outputs}},
         )
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     if tracer:
@@ -235,16 +250,18 @@ def export_graph(graph: FoldGraph, path: Path, exporter: str = "auto") -> Tuple[
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     failures: List[str] = []
+    outputs = output_names(graph.task)
+    module: torch.nn.Module = graph if len(outputs) == 1 else NamedOutputs(graph).eval()
     if exporter in ("auto", "dynamo"):
         try:
-            _dynamo_export(graph, (_example(graph),), _graph_dims(graph), path, ["waveform"], ["probabilities"])
+            _dynamo_export(module, (_example(graph),), _graph_dims(graph), path, ["waveform"], outputs)
             return "dynamo", failures
         except Exception as exc:  # noqa: BLE001
             log.info("dynamo exporter failed: %s", _one_line(exc))
             failures.append(f"dynamo exporter: {diagnose(graph)}")
     if exporter in ("auto", "torchscript"):
         try:
-            _torchscript_export(graph, _example(graph), path)
+            _torchscript_export(module, _example(graph), path, outputs)
             return "torchscript", failures
         except Exception as exc:  # noqa: BLE001
             failures.append(f"TorchScript exporter: {_one_line(exc)}")
@@ -278,7 +295,8 @@ def check_waves(
 
 
 def _reference(predictor, waves: Sequence[np.ndarray], sample_rate: int, folder: Path) -> np.ndarray:
-    """``ser predict``'s probabilities for ``waves`` (written as float WAV files and read back)."""
+    """``ser predict``'s scores for ``waves`` (written as float WAV files and read back): ``[N, C + K]``, the
+    class probabilities, then the target values."""
     import soundfile as sf
 
     paths = []
@@ -287,37 +305,78 @@ def _reference(predictor, waves: Sequence[np.ndarray], sample_rate: int, folder:
         sf.write(str(path), wave, sample_rate, subtype="FLOAT")
         paths.append(str(path))
     results = predictor.predict_files(paths)
-    return np.array([[r["probabilities"][lab] for lab in predictor.labels] for r in results], dtype=np.float64)
+    targets = list(getattr(predictor, "targets", ()))
+    rows = []
+    for r in results:
+        row = [r["probabilities"][lab] for lab in predictor.labels] if predictor.labels else []
+        rows.append(row + ([r["values"][t] for t in targets] if targets else []))
+    return np.array(rows, dtype=np.float64).reshape(len(results), -1)
 
 
-def verify(onnx_path: Path, waves: Sequence[np.ndarray], reference: np.ndarray, atol: float, threads: int = 0) -> float:
+def verify(
+    onnx_path: Path,
+    waves: Sequence[np.ndarray],
+    reference: np.ndarray,
+    atol: float,
+    threads: int = 0,
+    outputs: Sequence[str] = ("probabilities",),
+) -> float:
     """Run ``onnx_path`` with onnxruntime on every wave (and the equal-length ones as one batch);
-    return the largest absolute probability difference, or raise ``ExportError`` above ``atol``."""
+    return the largest absolute probability difference, or raise ``ExportError`` above ``atol``.
+
+    ``outputs``: the graph's outputs whose columns, side by side, are ``reference``'s (``verify_outputs``).
+    """
+    return max(verify_outputs(onnx_path, waves, reference, atol, threads, outputs).values())
+
+
+def verify_outputs(
+    onnx_path: Path,
+    waves: Sequence[np.ndarray],
+    reference: np.ndarray,
+    atol: float,
+    threads: int = 0,
+    outputs: Sequence[str] = ("probabilities",),
+) -> Dict[str, float]:
+    """``verify``, output by output: the largest absolute difference of each of ``outputs`` (``probabilities``:
+    ``reference``'s first columns; ``values``: the target values after them); ``ExportError`` when any
+    is above ``atol`` (or not finite)."""
     _, ort = require_onnx()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    worst, where = 0.0, ""
+    worst = {name: (0.0, "") for name in outputs}
+
+    def compare(batch: np.ndarray, want: np.ndarray, where: str) -> None:
+        got = session.run(list(outputs), {"waveform": batch})
+        if sum(g.shape[1] for g in got) != want.shape[1]:
+            raise ExportError(
+                f"onnxruntime gives {sum(g.shape[1] for g in got)} scores per utterance, PyTorch "
+                f"{want.shape[1]}; nothing was written"
+            )
+        col = 0
+        for name, part in zip(outputs, got):
+            width = part.shape[1]
+            diff = float(np.max(np.abs(part.astype(np.float64) - want[:, col : col + width]))) if width else 0.0
+            col += width
+            if not np.isfinite(diff) or diff > worst[name][0]:
+                worst[name] = (diff, where)
+
     for i, wave in enumerate(waves):
-        got = session.run(["probabilities"], {"waveform": wave[None, :]})[0][0]
-        diff = float(np.max(np.abs(got.astype(np.float64) - reference[i])))
-        if not np.isfinite(diff) or diff > worst:
-            worst, where = diff, f"utterance of {len(wave)} samples"
+        compare(wave[None, :], reference[i : i + 1], f"utterance of {len(wave)} samples")
     by_length: Dict[int, List[int]] = {}
     for i, wave in enumerate(waves):
         by_length.setdefault(len(wave), []).append(i)
     for n, idx in by_length.items():
         if len(idx) > 1:
-            got = session.run(["probabilities"], {"waveform": np.stack([waves[i] for i in idx])})[0]
-            diff = float(np.max(np.abs(got.astype(np.float64) - reference[idx])))
-            if not np.isfinite(diff) or diff > worst:
-                worst, where = diff, f"batch of {len(idx)} utterances of {n} samples"
-    if not np.isfinite(worst) or worst > atol:
-        raise ExportError(
-            f"onnxruntime does not reproduce PyTorch: probabilities differ by up to {worst:.3g} "
-            f"(tolerance {atol:g}) on a {where}; nothing was written"
-        )
-    return worst
+            compare(np.stack([waves[i] for i in idx]), reference[idx], f"batch of {len(idx)} utterances of {n} samples")
+    for name, (diff, where) in worst.items():
+        if not np.isfinite(diff) or diff > atol:
+            what = "probabilities" if name == "probabilities" else "target values"
+            raise ExportError(
+                f"onnxruntime does not reproduce PyTorch: {what} differ by up to {diff:.3g} "
+                f"(tolerance {atol:g}) on a {where}; nothing was written"
+            )
+    return {name: diff for name, (diff, _) in worst.items()}
 
 
 # --- one fold, a whole run --------------------------------------------------------------------------
@@ -331,13 +390,23 @@ def _sidecar(
     worst: float,
     lengths: List[int],
     opset: Optional[int],
+    by_output: Optional[Dict[str, float]] = None,
 ) -> Dict[str, Any]:
+    """``model.json``. An export with targets (regression, multitask) adds ``task`` after ``labels`` and the
+    ``values`` output after ``output`` (a regression export has no ``output``: no probabilities), and
+    the largest difference of each output to ``verification``."""
     recipe = predictor.recipe
+    task = graph.task
+    targets = task.has_targets
+    verification = {"engine": "onnxruntime", "atol": atol, "max_abs_diff": worst, "lengths_samples": lengths}
+    if targets:
+        verification["max_abs_diff_by_output"] = dict(by_output or {})
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": TARGETS_FORMAT_VERSION if targets else FORMAT_VERSION,
         "onnx": ONNX_FILE,
         "labels": list(predictor.labels),
+        **({"task": task.to_dict()} if targets else {}),
         "sample_rate": graph.sample_rate,
         "input": {
             "name": "waveform",
@@ -347,12 +416,31 @@ def _sidecar(
             "description": "mono waveform at sample_rate, floats in [-1, 1]; each row is one whole utterance "
             "(rows of one batch have equal length, never padding)",
         },
-        "output": {
-            "name": "probabilities",
-            "dtype": "float32",
-            "shape": ["batch", len(predictor.labels)],
-            "description": "softmax over labels",
-        },
+        **(
+            {
+                "output": {
+                    "name": "probabilities",
+                    "dtype": "float32",
+                    "shape": ["batch", len(predictor.labels)],
+                    "description": "softmax over labels",
+                }
+            }
+            if task.has_classes
+            else {}
+        ),
+        **(
+            {
+                "values": {
+                    "name": "values",
+                    "dtype": "float32",
+                    "shape": ["batch", len(task.targets)],
+                    "targets": list(task.targets),
+                    "description": "the continuous targets' values, in the order of targets, on the corpus's scale",
+                }
+            }
+            if targets
+            else {}
+        ),
         "normalisation": _normalisation(graph, fold),
         "upstream": {
             "name": recipe.upstream.name,
@@ -364,7 +452,7 @@ def _sidecar(
         "fold": fold,
         "recipe": _plain(recipe.to_dict()),
         "exporter": {"name": exporter, "torch": torch.__version__, "opset": opset},
-        "verification": {"engine": "onnxruntime", "atol": atol, "max_abs_diff": worst, "lengths_samples": lengths},
+        "verification": verification,
     }
 
 
@@ -423,12 +511,14 @@ def export_fold(
         onnx_tmp = tmp_dir / ONNX_FILE
         used, failures = export_graph(graph, onnx_tmp, exporter)
         try:
-            worst = verify(onnx_tmp, waves, reference, atol, threads)
+            by_output = verify_outputs(onnx_tmp, waves, reference, atol, threads, output_names(graph.task))
         except ExportError as exc:
             raise ExportError(f"fold {fold}: {exc}" + (f" ({'; '.join(failures)})" if failures else "")) from None
+        worst = max(by_output.values())
         model = onnx.load(str(onnx_tmp), load_external_data=False)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-        meta = _sidecar(graph, predictor, run_dir, fold, used, atol, worst, [len(w) for w in waves], opset)
+        lengths = [len(w) for w in waves]
+        meta = _sidecar(graph, predictor, run_dir, fold, used, atol, worst, lengths, opset, by_output)
         if failures:
             meta["exporter"]["fallback_because"] = failures
         out.mkdir(parents=True, exist_ok=True)
@@ -436,7 +526,7 @@ def export_fold(
         atomic_write_json(out / SIDECAR, meta)
         _readable(out / SIDECAR)
     log.debug("fold %s exported to %s (%s exporter, max |diff| %.2e)", fold, out, used, worst)
-    return ExportResult(fold, out, used, worst, [len(w) for w in waves])
+    return ExportResult(fold, out, used, worst, lengths, by_output)
 
 
 def _readable(path: Path) -> None:

@@ -5,6 +5,10 @@ directory's file names (``ser_plugins.results.run_dir``, standard library only).
 ``model.onnx`` + ``model.json``, or one subfolder per fold (``ser export --all-folds``), whose
 probabilities are averaged like ``ser predict`` averages a run's folds. Files are decoded, checked and
 reported by the same code as the PyTorch engine's (``ser_plugins.deploy.scoring.score_files``).
+
+A regression or multitask export (format version 2) records its ``task`` (kind, labels, targets) and
+has a ``values`` output (the target values, on the corpus's scale) beside or instead of
+``probabilities``; the engine names the values after the task's targets and averages them over folds too.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ SIDECAR = "model.json"
 ONNX_FILE = "model.onnx"
 FORMAT = "ser-plugins-onnx"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (FORMAT_VERSION,)
+#: the format of an export with continuous targets (a ``task`` and a ``values`` output): an engine that reads
+#: only version 1 refuses it rather than mistaking the values for probabilities
+TARGETS_FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (FORMAT_VERSION, TARGETS_FORMAT_VERSION)
 
 
 class EngineError(UserError, ValueError):
@@ -63,6 +70,22 @@ def read_sidecar(path: Path) -> Dict[str, Any]:
     return meta
 
 
+def sidecar_task(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``{"kind", "labels", "targets"}`` of a sidecar (a version 1 export: classification over its ``labels``)."""
+    task = meta.get("task") or {}
+    labels = list(task.get("labels", meta.get("labels", [])))
+    return {"kind": task.get("kind", "classification"), "labels": labels, "targets": list(task.get("targets", []))}
+
+
+def sidecar_outputs(meta: Dict[str, Any]) -> List[str]:
+    """The graph outputs to run, in the order of a score row: ``probabilities`` (classes), then ``values``."""
+    task = sidecar_task(meta)
+    names = [meta["output"]["name"]] if task["kind"] != "regression" else []
+    if task["kind"] != "classification":
+        names.append(meta["values"]["name"])
+    return names
+
+
 def _onnxruntime():
     try:
         import onnxruntime
@@ -72,7 +95,8 @@ def _onnxruntime():
 
 
 class OnnxPredictor(OneByOne):
-    """Class probabilities from one or several exported folds (averaged), with onnxruntime on CPU (a ``Scorer``).
+    """Class probabilities (and target values) from one or several exported folds (averaged), with onnxruntime
+    on CPU (a ``Scorer``).
 
     ``threads``: onnxruntime intra-op threads (0: its default). ``min_speaker_files``: as for
     ``ser_plugins.deploy.predict.Predictor``; an exported speaker-normalised model applies its fold's typical
@@ -87,9 +111,19 @@ class OnnxPredictor(OneByOne):
         self.metas = [read_sidecar(p) for p in find_exports(self.folder)]
         first = self.metas[0]
         for meta in self.metas[1:]:
-            if meta["labels"] != first["labels"] or meta["sample_rate"] != first["sample_rate"]:
-                raise EngineError(f"{self.folder}: the exported folds disagree on labels or sample rate")
-        self.labels: List[str] = list(first["labels"])
+            if (
+                meta["labels"] != first["labels"]
+                or meta["sample_rate"] != first["sample_rate"]
+                or sidecar_task(meta) != sidecar_task(first)
+            ):
+                raise EngineError(f"{self.folder}: the exported folds disagree on labels, targets or sample rate")
+        task = sidecar_task(first)
+        self.labels: List[str] = list(task["labels"])
+        self.targets: List[str] = list(task["targets"])
+        try:
+            self.outputs = [sidecar_outputs(m) for m in self.metas]
+        except (KeyError, TypeError) as exc:
+            raise EngineError(f"{self.folder}: an export description without its output names ({exc})") from None
         self.sample_rate = int(first["sample_rate"])
         self.min_samples = max(int(m["input"].get("min_samples", 1)) for m in self.metas)
         options = ort.SessionOptions()
@@ -102,15 +136,17 @@ class OnnxPredictor(OneByOne):
             self.sessions.append(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        """``[B, C]`` probabilities for ``windows`` ``[B, S]``: ``B`` whole utterances of equal length."""
+        """``[B, C + K]`` probabilities (then target values) for ``windows`` ``[B, S]``: ``B`` whole utterances
+        of equal length."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] < self.min_samples:
             raise EngineError(
                 f"the model takes [batch, samples] with at least {self.min_samples} samples, got shape {x.shape}"
             )
         total: Optional[np.ndarray] = None
-        for session, meta in zip(self.sessions, self.metas):
-            out = session.run([meta["output"]["name"]], {meta["input"]["name"]: x})[0]
+        for session, meta, names in zip(self.sessions, self.metas, self.outputs):
+            parts = session.run(names, {meta["input"]["name"]: x})
+            out = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             total = out if total is None else total + out
         assert total is not None  # one session per fold, at least one fold (checked on loading)
         return (total / len(self.sessions)).astype(np.float32)

@@ -4,6 +4,9 @@ Every readable file is scored; a file that cannot be read, or that training woul
 (silent, constant, non-finite samples, too short, non-finite features), is reported with its
 reason instead of a score (``ser_plugins.deploy.scoring``, shared with the ONNX engine). ``format_results``
 writes the results as text, JSON or CSV.
+
+A regression or multitask run (run.json's ``task``) predicts continuous targets too: its heads are built
+with the run's ``TaskSpec``, the folds' class probabilities and target values are averaged.
 """
 
 from __future__ import annotations
@@ -24,10 +27,26 @@ from ser_plugins.plugins.boundary import check_upstream_output
 from ser_plugins.recipe import RecipeError, resolve
 from ser_plugins.results.run_dir import BEST_FILE, FOLDS_DIR, RECIPE_FILE, RUN_FILE, FoldDir, RunDir
 from ser_plugins.runtime.checkpoint import load_weights
+from ser_plugins.task import TaskSpec
 
 
 class PredictError(UserError, RuntimeError):
     """The run directory cannot be used for prediction."""
+
+
+def head_scores(task: Optional[TaskSpec], outputs: torch.Tensor) -> torch.Tensor:
+    """``[B, C + K]``: the softmax of a head's ``C`` class logits, then its ``K`` target values as they are.
+
+    ``task`` None or a classification task: the softmax of the whole output (``[B, C]``), as always.
+    """
+    outputs = outputs.float()
+    if task is None or not task.has_targets:
+        return torch.softmax(outputs, dim=-1)
+    logits, values = task.split_outputs(outputs)
+    assert values is not None  # has_targets
+    if logits is None:
+        return values
+    return torch.cat([torch.softmax(logits, dim=-1), values], dim=1)
 
 
 def _fold_checkpoints(run_dir: Path, fold: Optional[str]) -> List[Path]:
@@ -55,21 +74,53 @@ def load_run_recipe(run_dir: Path):
         raise PredictError(f"{path}: {exc}") from None
 
 
-def read_labels(run_dir: Path) -> List[str]:
-    """The class labels saved in a run's run.json (a damaged or foreign file is named in the error)."""
+def read_task(run_dir: Path) -> TaskSpec:
+    """The task saved in a run's run.json: its ``task`` (kind, labels, targets), or, in a run written before
+    tasks existed, classification over its ``labels`` (a damaged or foreign file is named in the error).
+
+    ``labels`` may be empty for a regression run only.
+    """
     files = RunDir(run_dir)
     path = files.run_file
     if not path.exists():
         raise PredictError(f"{run_dir} is not a finished run directory (no {RUN_FILE})")
     data = files.read_run_info()
     labels = data.get("labels") if isinstance(data, dict) else None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+    spec = _task_of(labels, data.get("task") if isinstance(data, dict) else None)
+    if spec is None or (spec.has_classes and not spec.labels):
         raise CorruptFileError(f'{path}: has no list of class labels ("labels"); not a {RUN_FILE} that ser wrote')
-    return labels
+    if spec.has_targets and not spec.targets:
+        raise CorruptFileError(f'{path}: a {spec.kind} run without targets ("task"); not a {RUN_FILE} that ser wrote')
+    return spec
+
+
+def _task_of(labels: Any, task: Any) -> Optional[TaskSpec]:
+    """The ``TaskSpec`` of run.json's ``labels`` and ``task``, or None when they are not what ser writes."""
+    if not _strings(labels) or (task is not None and not isinstance(task, dict)):
+        return None
+    if task and not (_strings(task.get("labels", labels)) and _strings(task.get("targets", []))):
+        return None
+    try:
+        return TaskSpec.from_dict(task, labels)
+    except (ValueError, TypeError):  # an unknown kind
+        return None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def read_labels(run_dir: Path) -> List[str]:
+    """The class labels saved in a run's run.json (empty for a regression run; see ``read_task``)."""
+    return list(read_task(run_dir).labels)
 
 
 class Predictor:
     """Loads a run's recipe and fold checkpoints; averages the folds' probabilities (an ensemble).
+
+    ``task`` is the run's ``TaskSpec`` (``read_task``); ``labels`` its classes (empty for regression)
+    and ``targets`` its continuous targets (empty for classification), whose values are averaged over
+    the folds like the probabilities.
 
     With normalisation in the recipe each fold's saved normaliser is applied: ``global`` uses the
     fold's training statistics; ``speaker`` treats the given files as one unknown speaker: with at
@@ -84,9 +135,14 @@ class Predictor:
         self.min_speaker_files = min_speaker_files
         self.run_dir = Path(run_dir)
         self.recipe = load_run_recipe(self.run_dir)
-        self.labels = read_labels(self.run_dir)
+        self.task = read_task(self.run_dir)
+        self.labels: List[str] = list(self.task.labels)
+        self.targets: List[str] = list(self.task.targets)
         self.device = device
         r = self.recipe
+        self._check_task()
+        task = self.task if self.task.has_targets else None  # a classification head: built as it always was
+        standardize = bool(task is not None and r.task.standardize)
         self.upstream = build_upstream(r.upstream, r.finetune).to(device).eval()
         self.finetuned = r.finetune.mode != "frozen"
         self.models: List[SERModel] = []
@@ -94,7 +150,9 @@ class Predictor:
         for ckpt in _fold_checkpoints(self.run_dir, fold):
             # a fine-tuned fold carries its own upstream weights; a frozen one shares the upstream
             upstream = copy.deepcopy(self.upstream) if self.finetuned else self.upstream
-            head, kept = build_head(r.features, r.aggregator, r.classifier, upstream, len(self.labels))
+            head, kept = build_head(
+                r.features, r.aggregator, r.classifier, upstream, len(self.labels), task, standardize
+            )
             model = SERModel(upstream, head, kept)
             try:
                 missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
@@ -108,6 +166,18 @@ class Predictor:
                 )
             self.models.append(model.to(device).eval())
             self.normalizers.append(self._normalizer(ckpt.parent, [upstream.hidden_sizes[k] for k in kept]))
+
+    def _check_task(self) -> None:
+        """run.json's task and the recipe's must agree (a run assembled from two runs is refused)."""
+        want = self.recipe.task
+        targets = tuple(want.targets or ()) if want.has_targets else ()
+        if want.type != self.task.kind or targets != self.task.targets:
+            raise PredictError(
+                f"{self.run_dir}: {RUN_FILE} holds a {self.task.kind} run"
+                + (f" of targets {', '.join(self.task.targets)}" if self.task.targets else "")
+                + f", but its {RECIPE_FILE} says task {want.type}"
+                + (f" of targets {', '.join(targets)}" if targets else "")
+            )
 
     def _normalizer(self, fold_dir: Path, sizes: List[int]) -> Optional[Normalizer]:
         """The fold's saved normaliser, checked against the feature sizes of the layers it standardises."""
@@ -157,9 +227,11 @@ class Predictor:
 
     @torch.no_grad()
     def score(self, waves: Sequence[np.ndarray]) -> List[Outcome]:
-        """The folds' mean probabilities of each waveform, or ``non_finite_features`` (the ``Scorer`` protocol)."""
+        """The folds' mean probabilities (then target values) of each waveform, or ``non_finite_features``
+        (the ``Scorer`` protocol)."""
         problems: Dict[int, Problem] = {}
-        probs = [torch.zeros(len(self.labels)) for _ in waves]
+        probs = [torch.zeros(len(self.labels) + len(self.targets)) for _ in waves]
+        task = self.task if self.task.has_targets else None
         shared = self._states(self.upstream, waves, problems) if not self.finetuned else None
         for model, normalizer in zip(self.models, self.normalizers):
             outs = shared if shared is not None else self._states(model.upstream, waves, problems)
@@ -169,7 +241,7 @@ class Predictor:
                 states = self._normalise(normalizer, states)
             for i, st in states.items():
                 logits = model.forward_features([layer.unsqueeze(0) for layer in st], outs[i][1])
-                probs[i] += torch.softmax(logits.float(), -1)[0].cpu()
+                probs[i] += head_scores(task, logits)[0].cpu()
         return [problems.get(i, (pr / len(self.models)).numpy()) for i, pr in enumerate(probs)]
 
     def _states(self, upstream, waves: Sequence[np.ndarray], problems: Dict[int, Problem]) -> Dict[int, tuple]:

@@ -6,6 +6,11 @@ through ``score_files`` (decode, check, score) and ``write_results`` (text, JSON
 status). A file that cannot be read, or that training would have skipped, gets its reason instead of a
 score; the other files are still scored.
 
+A scorer predicts classes (``labels``), continuous targets (``targets``: dimensional emotion such as
+arousal, valence, dominance) or both (a multitask run): one outcome per waveform is one row of
+``len(labels)`` class probabilities followed by ``len(targets)`` target values, the layout of
+``ser_plugins.task``. A scorer without ``targets`` (written before targets existed) predicts classes only.
+
 Imports only numpy and ``ser_plugins.data.audio``: the ONNX engine uses it without torch.
 """
 
@@ -31,19 +36,25 @@ class Problem(NamedTuple):
     detail: str
 
 
-#: what a scorer gives for one waveform: its class probabilities ``[C]``, or why it could not score it
+#: what a scorer gives for one waveform: ``[C + K]``, its ``C`` class probabilities then its ``K`` target
+#: values (``[C]`` for a classification scorer), or why it could not score it
 Outcome = Union[np.ndarray, Problem]
 
 
 class Scorer(Protocol):
-    """Waveforms -> class probabilities: the PyTorch run predictor, the exported graph and the ONNX engine.
+    """Waveforms -> class probabilities and target values: the PyTorch run predictor, the exported graph and
+    the ONNX engine.
 
-    ``labels``: the class order; ``sample_rate``: the rate waveforms must have; ``min_samples``: the
-    shortest waveform the model takes.
+    ``labels``: the class order (empty for a regression model); ``targets``: the names of the continuous
+    targets, in the order of their values (empty for a classification model); ``sample_rate``: the rate
+    waveforms must have; ``min_samples``: the shortest waveform the model takes.
     """
 
     @property
     def labels(self) -> Sequence[str]: ...
+
+    @property
+    def targets(self) -> Sequence[str]: ...
 
     @property
     def sample_rate(self) -> int: ...
@@ -59,13 +70,20 @@ class WindowScorer(Scorer, Protocol):
     """A ``Scorer`` that also takes a batch of equal-length waveforms at once (``ser predict --window``)."""
 
     def probabilities(self, windows: np.ndarray) -> np.ndarray:
-        """``[B, C]`` float32 probabilities for ``windows`` ``[B, S]``: ``B`` whole utterances of equal length."""
+        """``[B, C + K]`` float32 for ``windows`` ``[B, S]``: ``B`` whole utterances of equal length; each row
+        the class probabilities, then the target values (``[B, C]`` for a classification scorer)."""
+
+
+def scorer_targets(scorer: object) -> List[str]:
+    """The target names of a scorer; ``[]`` for one without ``targets`` (classes only, written before targets)."""
+    return [str(t) for t in (getattr(scorer, "targets", None) or ())]
 
 
 class OneByOne:
     """``score`` and ``predict_files`` for a ``WindowScorer``: each file alone, as a batch of one (never padded)."""
 
     labels: Sequence[str]
+    targets: Sequence[str] = ()
     sample_rate: int
     min_samples: int
 
@@ -103,16 +121,23 @@ def audio_problem(exc: AudioError) -> Problem:
 
 
 def score_files(scorer: Scorer, paths: Sequence[str]) -> List[Dict[str, Any]]:
-    """One result per file, in order: ``{"path", "emotion", "probabilities", "problem", "detail"}``.
+    """One result per file, in order: ``{"path", "emotion", "probabilities", "problem", "detail"}``, and
+    ``"values"`` (``{target: value}``) when the scorer has targets.
 
     A scored file has ``problem`` None. A file that cannot be read or that training would skip has
-    ``emotion`` and ``probabilities`` None and ``problem`` set to the reason (those of ``check_audio``,
-    or the scorer's: ``non_finite_features``, ``non_finite_output``) with a one-line ``detail``. The
-    usable files go to the scorer together (a speaker-normalised run pools their statistics).
+    ``emotion``, ``probabilities`` (and ``values``) None and ``problem`` set to the reason (those of
+    ``check_audio``, or the scorer's: ``non_finite_features``, ``non_finite_output``) with a one-line
+    ``detail``. The usable files go to the scorer together (a speaker-normalised run pools their
+    statistics). A regression scorer (no labels) leaves ``emotion`` and ``probabilities`` None.
     """
+    labels, targets = list(scorer.labels), scorer_targets(scorer)
     results: List[Dict[str, Any]] = [
         {"path": str(p), "emotion": None, "probabilities": None, "problem": None, "detail": ""} for p in paths
     ]
+    if targets:
+        for r in results:
+            r["values"] = None
+    nan = "probabilities" if not targets else "values" if not labels else "probabilities or values"
     waves: Dict[int, np.ndarray] = {}
     for i, path in enumerate(paths):
         checked = check_audio(path, scorer.sample_rate, scorer.min_samples)
@@ -124,10 +149,14 @@ def score_files(scorer: Scorer, paths: Sequence[str]) -> List[Dict[str, Any]]:
         if isinstance(outcome, Problem):
             _flag(results[i], outcome)
         elif not np.all(np.isfinite(outcome)):
-            _flag(results[i], Problem("non_finite_output", "the model gives non-finite probabilities"))
+            _flag(results[i], Problem("non_finite_output", f"the model gives non-finite {nan}"))
         else:
-            results[i]["emotion"] = scorer.labels[int(np.argmax(outcome))]
-            results[i]["probabilities"] = {lab: float(p) for lab, p in zip(scorer.labels, outcome)}
+            c = len(labels)
+            if labels:
+                results[i]["emotion"] = labels[int(np.argmax(outcome[:c]))]
+                results[i]["probabilities"] = {lab: float(p) for lab, p in zip(labels, outcome[:c])}
+            if targets:
+                results[i]["values"] = {t: float(v) for t, v in zip(targets, outcome[c : c + len(targets)])}
     return results
 
 
@@ -135,37 +164,46 @@ def _flag(result: Dict[str, Any], problem: Problem) -> None:
     result["problem"], result["detail"] = problem.reason, problem.detail
 
 
-def format_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt: str = "text") -> str:
+def format_results(
+    results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt: str = "text", targets: Sequence[str] = ()
+) -> str:
     """The results of ``score_files`` as ``text`` (one tab-separated line per file), ``json`` or ``csv``.
 
     text: ``path<TAB>emotion<TAB>label=p ...`` for a scored file, ``path<TAB>-<TAB>not scored: reason
     (detail)`` for the others. json: a list of objects with ``path``, ``status`` (``ok`` or
     ``error``), ``emotion``, ``probabilities``, ``problem``, ``detail``. csv: a header line
     ``path,status,emotion,problem,detail,p_<label>...``.
+
+    With ``targets`` (a regression or multitask model): text appends ``<TAB>target=value ...``
+    (a regression line is ``path<TAB>target=value ...``); json objects get ``values``
+    (``{target: value}``) after ``probabilities``; csv gets one column per target, named after it,
+    after the class columns. A regression model (no ``labels``) has no ``emotion`` and
+    ``probabilities`` in json and no ``emotion`` and ``p_`` columns in csv.
     """
+    targets = list(targets)
+    classes = bool(labels) or not targets
     if fmt == "json":
-        rows = [
-            {
-                "path": r["path"],
-                "status": "ok" if r["problem"] is None else "error",
-                "emotion": r["emotion"],
-                "probabilities": r["probabilities"],
-                "problem": r["problem"],
-                "detail": r["detail"],
-            }
-            for r in results
-        ]
+        rows = []
+        for r in results:
+            row: Dict[str, Any] = {"path": r["path"], "status": "ok" if r["problem"] is None else "error"}
+            if classes:
+                row["emotion"], row["probabilities"] = r["emotion"], r["probabilities"]
+            if targets:
+                row["values"] = r.get("values")
+            row["problem"], row["detail"] = r["problem"], r["detail"]
+            rows.append(row)
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "status", "emotion", "problem", "detail"] + [f"p_{lab}" for lab in labels])
+        head = ["path", "status"] + (["emotion"] if classes else []) + ["problem", "detail"]
+        w.writerow(head + [f"p_{lab}" for lab in labels] + targets)
         for r in results:
             ok = r["problem"] is None
             probs = [f"{r['probabilities'][lab]:.5f}" for lab in labels] if ok else [""] * len(labels)
-            w.writerow(
-                [r["path"], "ok" if ok else "error", r["emotion"] or "", r["problem"] or "", r["detail"]] + probs
-            )
+            values = [f"{r['values'][t]:.5f}" for t in targets] if ok else [""] * len(targets)
+            cells = [r["path"], "ok" if ok else "error"] + ([r["emotion"] or ""] if classes else [])
+            w.writerow(cells + [r["problem"] or "", r["detail"]] + probs + values)
         return buf.getvalue()
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -175,8 +213,12 @@ def format_results(results: Sequence[Dict[str, Any]], labels: Sequence[str], fmt
 def _text_line(result: Dict[str, Any]) -> str:
     if result["problem"] is not None:
         return not_scored_line(result["path"], Problem(result["problem"], result["detail"]))
-    probs = " ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items())
-    return f"{result['path']}\t{result['emotion']}\t{probs}"
+    fields = [result["path"]]
+    if result["probabilities"] is not None:
+        fields += [result["emotion"], " ".join(f"{k}={v:.3f}" for k, v in result["probabilities"].items())]
+    if result.get("values") is not None:
+        fields.append(" ".join(f"{k}={v:.3f}" for k, v in result["values"].items()))
+    return "\t".join(fields)
 
 
 def not_scored_line(path: str, problem: Problem) -> str:
@@ -190,12 +232,14 @@ def write_results(
     fmt: str = "text",
     out: Optional[TextIO] = None,
     err: Optional[TextIO] = None,
+    targets: Sequence[str] = (),
 ) -> int:
     """Write the results to ``out`` (stdout) and a warning per file not scored to ``err`` (stderr).
 
-    Returns the exit status of ``ser predict``: 0 when every file was scored, 1 when some was not.
+    ``targets``: the scorer's target names (``format_results``). Returns the exit status of ``ser
+    predict``: 0 when every file was scored, 1 when some was not.
     """
-    (out or sys.stdout).write(format_results(results, labels, fmt))
+    (out or sys.stdout).write(format_results(results, labels, fmt, targets))
     return warn_not_scored(
         [(r["path"], Problem(r["problem"], r["detail"])) for r in results if r["problem"] is not None],
         len(results),

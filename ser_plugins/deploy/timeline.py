@@ -3,7 +3,7 @@
 The file is read in blocks (soundfile), mixed down to mono and resampled block by block (soxr's
 streaming resampler); windows of ``window`` seconds every ``hop`` seconds are cut from a buffer
 that never holds more than one window plus one block, scored in small batches of equal-length
-windows by any ``ser_plugins.deploy.scoring.WindowScorer`` (``probabilities([B, S]) -> [B, C]``, ``labels``,
+windows by any ``ser_plugins.deploy.scoring.WindowScorer`` (``probabilities([B, S]) -> [B, C(+K)]``, ``labels``,
 ``sample_rate``, ``min_samples``: the ONNX engine or the PyTorch graph), and written to the CSV as they come.
 Memory is bounded by the block, the window batch and one row of probabilities per window.
 
@@ -13,6 +13,11 @@ is not a whole number of hops); a recording shorter than one window is one windo
 Optional energy voice-activity detection (``vad_db``): a window is scored only when at least
 ``min_speech`` of its 20 ms frames are louder than ``vad_db`` dBFS; the others are written with
 empty probabilities and counted.
+
+A scorer with continuous targets (a regression or multitask run: ``targets``, e.g. arousal, valence,
+dominance) gives each window's target values after its class probabilities; the CSV has one column
+per target (after the class columns) and the PNG a panel of the targets' curves (under the
+probabilities' for multitask).
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ser_plugins.data.audio import AudioError
-from ser_plugins.deploy.scoring import WindowScorer
+from ser_plugins.deploy.scoring import WindowScorer, scorer_targets
 from ser_plugins.errors import UserError
 from ser_plugins.runtime.atomic import atomic_path
 
@@ -51,6 +56,8 @@ class TimelineResult:
     scored: int
     skipped: Dict[str, int] = field(default_factory=dict)
     label_share: Dict[str, float] = field(default_factory=dict)
+    #: each target's mean value over the scored windows (runs with continuous targets)
+    target_means: Dict[str, float] = field(default_factory=dict)
 
 
 def _mono_blocks(path: Path, sample_rate: int, block_seconds: float) -> Iterator[np.ndarray]:
@@ -158,7 +165,7 @@ def analyse_recording(
         raise TimelineError(
             f"--window {window_s:g} s is {window} samples, shorter than the model's {scorer.min_samples}-sample minimum"
         )
-    labels = list(scorer.labels)
+    labels, targets = list(scorer.labels), scorer_targets(scorer)
     path, out_dir = Path(path), Path(out_dir)
     csv_path, png_path = out_dir / f"{path.stem}.timeline.csv", out_dir / f"{path.stem}.timeline.png"
     starts: List[int] = []
@@ -168,7 +175,9 @@ def analyse_recording(
     bar = tqdm(total=_expected_windows(path, rate, window, hop), desc=path.name, unit="window", disable=not progress)
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["start", "end", "speech"] + [f"p_{lab}" for lab in labels] + ["label"])
+        writer.writerow(
+            ["start", "end", "speech"] + [f"p_{lab}" for lab in labels] + (["label"] if labels else []) + targets
+        )
         pending: List[Tuple[int, np.ndarray, Optional[float]]] = []
 
         def flush() -> None:
@@ -176,7 +185,7 @@ def analyse_recording(
                 return
             scored = scorer.probabilities(np.stack([w for _, w, _ in pending]))
             for row, (start, wave, speech) in enumerate(pending):
-                _write(writer, start, len(wave), speech, scored[row], labels, rate)
+                _write(writer, start, len(wave), speech, scored[row], labels, rate, targets)
                 starts.append(start)
                 ends.append(start + len(wave))
                 probs.append(scored[row])
@@ -194,7 +203,7 @@ def analyse_recording(
             if reason is not None:
                 flush()  # keep rows in time order
                 skipped[reason] = skipped.get(reason, 0) + 1
-                _write(writer, start, len(wave), speech, None, labels, rate)
+                _write(writer, start, len(wave), speech, None, labels, rate, targets)
                 starts.append(start)
                 ends.append(start + len(wave))
                 probs.append(None)
@@ -208,8 +217,13 @@ def analyse_recording(
     bar.close()
     scored_probs = [p for p in probs if p is not None]
     share = {lab: 0.0 for lab in labels}
-    for p in scored_probs:
-        share[labels[int(np.argmax(p))]] += 1.0 / len(scored_probs)
+    for p in scored_probs if labels else []:
+        share[labels[int(np.argmax(p[: len(labels)]))]] += 1.0 / len(scored_probs)
+    c = len(labels)
+    means = {
+        t: float(np.mean([p[c + k] for p in scored_probs], dtype=np.float64)) if scored_probs else math.nan
+        for k, t in enumerate(targets)
+    }
     if skipped:
         log.info(
             "%s: %s of %d windows not scored (%s)",
@@ -219,7 +233,14 @@ def analyse_recording(
             ", ".join(f"{k}: {v}" for k, v in skipped.items()),
         )
     plot_timeline(
-        starts, ends, probs, labels, rate, png_path, title=f"{path.name}: {window_s:g} s windows every {hop_s:g} s"
+        starts,
+        ends,
+        probs,
+        labels,
+        rate,
+        png_path,
+        title=f"{path.name}: {window_s:g} s windows every {hop_s:g} s",
+        targets=targets,
     )
     return TimelineResult(
         csv_path,
@@ -229,17 +250,29 @@ def analyse_recording(
         len(scored_probs),
         skipped,
         {k: round(v, 4) for k, v in share.items()},
+        {k: round(v, 4) for k, v in means.items()},
     )
 
 
 def _write(
-    writer, start: int, length: int, speech: Optional[float], probs: Optional[np.ndarray], labels: List[str], rate: int
+    writer,
+    start: int,
+    length: int,
+    speech: Optional[float],
+    probs: Optional[np.ndarray],
+    labels: List[str],
+    rate: int,
+    targets: Sequence[str] = (),
 ) -> None:
+    """One CSV row: times, speech share, the class probabilities and label, then the target values."""
     cells = [f"{start / rate:.3f}", f"{(start + length) / rate:.3f}", "" if speech is None else f"{speech:.3f}"]
+    c = len(labels)
     if probs is None:
-        cells += [""] * len(labels) + [""]
+        cells += [""] * c + ([""] if labels else []) + [""] * len(targets)
     else:
-        cells += [f"{p:.5f}" for p in probs] + [labels[int(np.argmax(probs))]]
+        if labels:
+            cells += [f"{p:.5f}" for p in probs[:c]] + [labels[int(np.argmax(probs[:c]))]]
+        cells += [f"{v:.5f}" for v in probs[c : c + len(targets)]]
     writer.writerow(cells)
 
 
@@ -251,8 +284,13 @@ def plot_timeline(
     rate: int,
     path: Path,
     title: str = "",
+    targets: Sequence[str] = (),
 ) -> None:
-    """Class probabilities at each window's centre over time; windows not scored are shaded grey around their centre."""
+    """Class probabilities at each window's centre over time; windows not scored are shaded grey around their centre.
+
+    With ``targets`` (each row: the class probabilities, then the target values) the targets' curves
+    are drawn in a panel of their own: under the probabilities' (multitask), or alone (regression).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -261,25 +299,35 @@ def plot_timeline(
     centres = (np.asarray(starts) + np.asarray(ends)) / 2.0 / rate
     total = (max(ends) if ends else 0) / rate
     scale, unit = (60.0, "min") if total > 600 else (1.0, "s")
-    matrix = np.full((len(probs), len(labels)), np.nan)
+    targets = list(targets)
+    matrix = np.full((len(probs), len(labels) + len(targets)), np.nan)
     for i, p in enumerate(probs):
         if p is not None:
-            matrix[i] = p
-    fig, ax = plt.subplots(figsize=(12, 3.5))
-    for k, label in enumerate(labels):
-        ax.plot(centres / scale, matrix[:, k], label=label, linewidth=1.0)
+            matrix[i] = p[: matrix.shape[1]]
+    panels = ([("probability", labels, 0)] if labels or not targets else []) + (
+        [("value", targets, len(labels))] if targets else []
+    )
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 3.5 * len(panels)), sharex=True, squeeze=False)
     step = float(np.median(np.diff(centres))) if len(centres) > 1 else (ends[0] - starts[0]) / rate if ends else 0.0
-    for i, p in enumerate(probs):  # each window's own slot around its centre, so overlapping windows don't smear
-        if p is None:
-            ax.axvspan(
-                (centres[i] - step / 2) / scale, (centres[i] + step / 2) / scale, color="0.85", linewidth=0, zorder=0
-            )
-    ax.set_ylim(0, 1)
-    ax.set_xlim(0, max(total / scale, 1e-9))
-    ax.set_xlabel(f"time ({unit})")
-    ax.set_ylabel("probability")
-    ax.set_title(title)
-    ax.legend(loc="upper right", ncol=len(labels), fontsize="small")
+    for ax, (ylabel, names, first) in zip(axes[:, 0], panels):
+        for k, name in enumerate(names):
+            ax.plot(centres / scale, matrix[:, first + k], label=name, linewidth=1.0)
+        for i, p in enumerate(probs):  # each window's own slot around its centre, so overlapping windows don't smear
+            if p is None:
+                ax.axvspan(
+                    (centres[i] - step / 2) / scale,
+                    (centres[i] + step / 2) / scale,
+                    color="0.85",
+                    linewidth=0,
+                    zorder=0,
+                )
+        if ylabel == "probability":
+            ax.set_ylim(0, 1)
+        ax.set_xlim(0, max(total / scale, 1e-9))
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="upper right", ncol=max(len(names), 1), fontsize="small")
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel(f"time ({unit})")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
