@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,6 +23,8 @@ from ser_plugins.plugins.boundary import (
 from ser_plugins.plugins.contracts import Upstream
 from ser_plugins.recipe import FeaturesConfig, FinetuneConfig, PluginSection, Recipe
 from ser_plugins.task import TaskSpec
+
+_log = logging.getLogger("ser_plugins")
 
 
 class CompositionError(UserError, ValueError):
@@ -382,7 +385,24 @@ def build_upstream(spec: PluginSection, finetune: FinetuneConfig) -> Upstream:
         raise CompositionError(
             f"upstream {spec.name!r} does not support finetune mode {finetune.mode!r}; it supports: {', '.join(modes)}"
         )
-    upstream.set_finetune(finetune.mode, top_n=finetune.top_n)
+    if finetune.mode in ("lora", "adapter"):
+        upstream.peft_options = finetune.peft_options()  # read by the upstream's set_finetune
+    try:
+        upstream.set_finetune(finetune.mode, top_n=finetune.top_n)
+    except ImportError as exc:  # lora without peft installed
+        raise CompositionError(str(exc)) from None
+    except ValueError as exc:  # e.g. lora_targets matching no layer
+        raise CompositionError(f"finetune: {exc}") from None
+    if finetune.mode in ("lora", "adapter"):
+        trainable = sum(p.numel() for p in upstream.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in upstream.parameters())
+        _log.info(
+            "finetune %s: %d of %d upstream parameters train (%.2f %%)",
+            finetune.mode,
+            trainable,
+            total,
+            100.0 * trainable / max(1, total),
+        )
     if finetune.mode != "frozen" and finetune.gradient_checkpointing:
         upstream.enable_gradient_checkpointing()
     return upstream

@@ -208,6 +208,37 @@ class FinetuneConfig(Section):
     frozen_warmup_steps: int = Field(default=0, ge=0, le=_MAX_STEPS)
     layer_decay: Optional[float] = _finite(default=None, gt=0, le=1)
     gradient_checkpointing: bool = False
+    # mode lora / adapter (parameter-efficient; docs/self_supervised.md): null keys take the preset's
+    # value, else the defaults (rank 16, alpha 32, dropout 0.05, the attention projections, adapters of 64)
+    lora_rank: Optional[int] = Field(default=None, ge=1, le=4096)
+    lora_alpha: Optional[float] = _finite(default=None, gt=0, le=1e6)
+    lora_dropout: Optional[float] = _finite(default=None, ge=0, lt=1)
+    lora_targets: Optional[Union[Literal["attention", "feed_forward"], List[str]]] = None
+    adapter_dim: Optional[int] = Field(default=None, ge=1, le=65536)
+    peft_preset: Optional[Literal["peft_ser"]] = None
+
+    @model_validator(mode="after")
+    def _peft_keys(self) -> "FinetuneConfig":
+        peft_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "adapter_dim", "peft_preset")
+        given = [k for k in peft_keys if getattr(self, k) is not None]
+        if given and self.mode not in ("lora", "adapter"):
+            raise ValueError(f"finetune.{given[0]} needs finetune.mode: lora or adapter")
+        return self
+
+    def peft_options(self) -> Dict[str, Any]:
+        """The settings a ``lora`` / ``adapter`` upstream reads (``Upstream.peft_options``): the keys set."""
+        names = {
+            "lora_rank": "rank",
+            "lora_alpha": "alpha",
+            "lora_dropout": "dropout",
+            "lora_targets": "targets",
+            "adapter_dim": "adapter_dim",
+            "peft_preset": "preset",
+        }
+        options = {new: getattr(self, old) for old, new in names.items() if getattr(self, old) is not None}
+        if options.get("targets") == "attention":
+            options.pop("targets")
+        return options
 
 
 class TrainingConfig(Section):

@@ -74,6 +74,14 @@ def layer_groups(split: ParameterSplit) -> List[List[nn.Parameter]]:
     return [[p for p in g if p.requires_grad] for g in groups]
 
 
+def _is_peft_parameter(name: str) -> bool:
+    """True for the weights LoRA or an adapter adds (``lora_A``/``lora_B``, an adapter's ``down``/``up``)."""
+    parts = name.split(".")
+    return "lora_A" in parts or "lora_B" in parts or any(
+        parts[i] in ("down", "up") and i > 0 and parts[i - 1] != "base_layer" for i in range(len(parts))
+    )
+
+
 class FinetuneState:
     """Mixin for an encoder upstream: the fine-tuning mode last set, and a frozen encoder kept in eval mode.
 
@@ -83,16 +91,47 @@ class FinetuneState:
 
     _finetune_mode: str = "frozen"
     _top_n: Optional[int] = None
+    # which layer names LoRA and adapters target (upstreams/peft_tuning.py); None: told by the class name
+    peft_family: Optional[str] = None
 
     def frozen_module(self) -> nn.Module:  # pragma: no cover - defined by each encoder
         """The encoder module held in eval mode while frozen."""
         raise NotImplementedError
 
     def record_finetune(self, mode: str, top_n: Optional[int]) -> None:
-        """Remember ``mode`` (after its ``requires_grad`` were set) and reapply train/eval."""
+        """Remember ``mode`` (after its ``requires_grad`` were set) and reapply train/eval.
+
+        ``lora`` / ``adapter``: the parameter-efficient layers are injected into ``frozen_module()``
+        once (``upstreams/peft_tuning.py``), with the settings in ``self.peft_options``; only they train.
+        """
+        if mode in ("lora", "adapter"):
+            if getattr(self, "_peft_mode", None) not in (None, mode):
+                raise ValueError(f"finetune mode {mode!r}: this upstream already has {self._peft_mode} layers")
+            if getattr(self, "_peft_mode", None) is None:
+                from upstreams.peft_tuning import PeftSettings, apply_peft
+
+                options = dict(getattr(self, "peft_options", None) or {})
+                settings = PeftSettings(**options, given={k: v for k, v in options.items() if k != "preset"})
+                family = self.peft_family or ("emotion2vec" if "emotion2vec" in type(self).__name__.lower() else "hf")
+                self.peft_counts = apply_peft(self.frozen_module(), mode, family, settings)
+                self._peft_mode = mode
+            else:  # set again: the injected layers train, the rest stays frozen
+                for name, p in self.frozen_module().named_parameters():
+                    p.requires_grad_(_is_peft_parameter(name))
         self._finetune_mode = mode
         self._top_n = int(top_n) if mode == "top_n" and top_n is not None else None
         self.train(self.training)  # type: ignore[attr-defined]  # nn.Module's
+
+    def merge_adapters(self) -> int:
+        """Fold trained LoRA weights into their base layers (exact), for export; returns how many were merged.
+
+        Bottleneck adapters (``adapter``) are a branch of their own and stay.
+        """
+        if getattr(self, "_peft_mode", None) != "lora":
+            return 0
+        from upstreams.peft_tuning import merge_peft
+
+        return merge_peft(self.frozen_module())
 
     @property
     def finetune_mode(self) -> str:

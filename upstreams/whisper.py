@@ -219,6 +219,8 @@ class WhisperUpstream(FinetuneState, Upstream):
     embeddings never train (transformers freezes them too).
     """
 
+    peft_family = "whisper"  # LoRA / adapter layer names (upstreams/peft_tuning.py)
+
     def __init__(
         self,
         model: str,

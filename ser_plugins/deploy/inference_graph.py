@@ -17,6 +17,7 @@ only); a standardised run's head already maps the values back to the corpus's sc
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -144,10 +145,25 @@ def load_fold_graphs(run_dir: Path, fold: Optional[str] = None) -> Tuple[List[Fo
     run_dir = Path(run_dir)
     predictor = Predictor(run_dir, fold, min_speaker_files=sys.maxsize)  # always the saved statistics
     graphs = [
-        FoldGraph(model, predictor.labels, normalizer, predictor.task).eval()
+        FoldGraph(merged(model), predictor.labels, normalizer, predictor.task).eval()
         for model, normalizer in zip(predictor.models, predictor.normalizers)
     ]
     return graphs, predictor
+
+
+def merged(model: SERModel) -> SERModel:
+    """``model`` with LoRA weights folded into the upstream's layers (a copy; ``model`` keeps its adapters).
+
+    The exported graph is the merged one, and export's verification compares it with the unmerged
+    model that ``ser predict`` runs, so the merge is proven equal too. Models without LoRA are returned as
+    they are.
+    """
+    merge = getattr(model.upstream, "merge_adapters", None)
+    if merge is None or getattr(model.upstream, "finetune_mode", None) != "lora":
+        return model
+    copied = copy.deepcopy(model)
+    copied.upstream.merge_adapters()  # type: ignore[operator]  # the encoders' method (upstreams/encoder_layers.py)
+    return copied
 
 
 class TorchScorer(OneByOne):

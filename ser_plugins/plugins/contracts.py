@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Sequen
 import torch
 from torch import nn
 
-FinetuneMode = Literal["frozen", "finetune", "full", "top_n"]
+FinetuneMode = Literal["frozen", "finetune", "full", "top_n", "lora", "adapter"]
 FINETUNE_MODES: Tuple[str, ...] = get_args(FinetuneMode)
 
 
@@ -86,8 +86,10 @@ class Upstream(nn.Module):
     def set_finetune(self, mode: str, top_n: Optional[int] = None) -> None:
         """Set ``requires_grad`` for ``mode``: ``frozen`` (nothing trains) or ``full`` (everything).
 
-        Self-supervised upstreams add ``finetune`` (transformer trains, CNN encoder frozen) and
-        ``top_n`` (only the top ``top_n`` layers train).
+        Self-supervised upstreams add ``finetune`` (transformer trains, CNN encoder frozen),
+        ``top_n`` (only the top ``top_n`` layers train), ``lora`` (LoRA weights through ``peft``, the
+        rest frozen) and ``adapter`` (bottleneck adapters, the rest frozen); the last two read the
+        recipe's settings from ``self.peft_options`` (set before ``set_finetune`` is called).
         """
         if mode not in self.supported_finetune_modes():
             raise ValueError(

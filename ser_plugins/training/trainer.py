@@ -35,11 +35,18 @@ class TrainingDiverged(UserError, RuntimeError):
 
 
 def trainable_state(model: SERModel) -> Dict[str, torch.Tensor]:
-    """The part of the state that training changes: the head, plus the upstream when it trains."""
+    """The part of the state that training changes: the head, plus the upstream when it trains.
+
+    With ``lora`` / ``adapter`` fine-tuning only the injected weights of the upstream change: only
+    they are kept (a checkpoint of a few MB instead of the whole model).
+    """
     frozen_upstream = not any(p.requires_grad for p in model.upstream.parameters())
     state = model.state_dict()
     if frozen_upstream:
         state = {k: v for k, v in state.items() if not k.startswith("upstream.")}
+    elif getattr(model.upstream, "finetune_mode", None) in ("lora", "adapter"):  # only the injected weights train
+        trained = {f"upstream.{n}" for n, p in model.upstream.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if not k.startswith("upstream.") or k in trained}
     return {k: v.detach().clone() for k, v in state.items()}
 
 
