@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser(
         "predict",
-        help="print the emotion and class probabilities of audio files",
+        help="print the emotion and class probabilities (and any continuous targets) of audio files",
         description="Score audio files with a finished run (the folds' checkpoints averaged). Every readable "
         "file is scored; a file that cannot be read or that training would have skipped (silent, "
         "constant, non-finite, too short, non-finite features) gets its own line saying why it "
@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("text", "json", "csv"),
         default="text",
         help="output: text (tab-separated lines, default), json (a list of objects with path, status, "
-        "emotion, probabilities, problem, detail) or csv (path,status,emotion,problem,detail,p_<label>...)",
+        "emotion, probabilities, problem, detail; values for runs with targets) or csv "
+        "(path,status,emotion,problem,detail,p_<label>..., then one column per target)",
     )
     pr.add_argument("--fold", help="use one fold's checkpoint (default: average all folds)")
     pr.add_argument(
