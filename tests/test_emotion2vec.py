@@ -297,7 +297,7 @@ def test_layers_dtype_and_normalize(tiny, one_torch_thread):
 
 def test_finetune_modes_and_layer_groups(tiny, one_torch_thread):
     up = ser_plugins.create_upstream("emotion2vec", model=tiny["released"][1])
-    assert up.supported_finetune_modes() == ("frozen", "finetune", "full", "top_n")
+    assert up.supported_finetune_modes() == ("frozen", "finetune", "full", "top_n", "lora", "adapter")
     assert not any(p.requires_grad for p in up.parameters())
     up.train()
     assert not up.encoder.training  # frozen: always eval (no dropout)

@@ -257,7 +257,7 @@ def test_top_n_trains_only_the_top_layers(tiny_dirs, arch):
 
 def test_finetune_mode_validation(tiny_dirs):
     up = build(tiny_dirs["w2v2_base"])
-    assert up.supported_finetune_modes() == ("frozen", "finetune", "full", "top_n")
+    assert up.supported_finetune_modes() == ("frozen", "finetune", "full", "top_n", "lora", "adapter")
     for bad in [dict(mode="top_n"), dict(mode="top_n", top_n=0), dict(mode="top_n", top_n=LAYERS + 1), dict(mode="partial")]:
         with pytest.raises(ValueError):
             up.set_finetune(**bad)

@@ -93,4 +93,4 @@ def test_schema_command_prints_a_json_schema_with_ranges(capsys):
     assert set(schema["required"]) == {"corpus", "upstream", "aggregator", "classifier"}
     assert schema == recipe_json_schema()
     modes = schema["$defs"]["FinetuneConfig"]["properties"]["mode"]
-    assert set(modes["enum"]) == {"frozen", "finetune", "full", "top_n"}
+    assert set(modes["enum"]) == {"frozen", "finetune", "full", "top_n", "lora", "adapter"}

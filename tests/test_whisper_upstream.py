@@ -430,7 +430,7 @@ def test_frozen_then_finetune_trains_one_step_with_the_conv_front_frozen(dirs):
 
 def test_top_n_and_layer_groups(dirs):
     up = build(dirs["v3_short"])
-    assert up.supported_finetune_modes() == ("frozen", "finetune", "full", "top_n")
+    assert up.supported_finetune_modes() == ("frozen", "finetune", "full", "top_n", "lora", "adapter")
     assert [len(g) for g in up.layer_parameter_groups()] == [0] * (LAYERS + 1)
     up.set_finetune("full")
     groups = up.layer_parameter_groups()
