@@ -29,6 +29,7 @@ def test_metrics_equal_scikit_learn_on_random_cases(seed):
         warnings.simplefilter("ignore")  # scikit-learn warns about predicted classes absent from the targets
         assert m["ua"] == pytest.approx(sk.balanced_accuracy_score(y, p))
     assert m["macro_f1"] == pytest.approx(sk.f1_score(y, p, average="macro", zero_division=0))
+    assert m["micro_f1"] == pytest.approx(sk.f1_score(y, p, average="micro", zero_division=0))  # EmoBox's
 
 
 def test_a_predicted_but_absent_class_counts_in_macro_f1():

@@ -19,7 +19,8 @@ def metrics_from_confusion(cm: np.ndarray) -> Dict[str, float]:
 
     WA is ``accuracy_score``; UA is ``balanced_accuracy_score`` (the mean recall of the classes
     present in the targets); macro-F1 is ``f1_score(average="macro", zero_division=0)``, which
-    averages over the classes present in the targets or the predictions.
+    averages over the classes present in the targets or the predictions; micro-F1 (EmoBox reports
+    it) is ``f1_score(average="micro")``, which equals WA for single-label classification.
     """
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
@@ -32,10 +33,13 @@ def metrics_from_confusion(cm: np.ndarray) -> Dict[str, float]:
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    accuracy = float(tp.sum() / total) if total else 0.0
     return {
-        "wa": float(tp.sum() / total) if total else 0.0,
+        "wa": accuracy,
         "ua": float(recall[in_targets].mean()) if in_targets.any() else 0.0,
         "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+        # f1_score(average="micro"): one label per utterance, so micro precision = micro recall = accuracy
+        "micro_f1": accuracy,
         "n": int(total),
     }
 
@@ -137,8 +141,8 @@ def regression_metrics(targets: Any, predictions: Any, names: Sequence[str]) -> 
     return out
 
 
-CLASSIFICATION_FOLD_KEYS = ("wa", "ua", "macro_f1", "n", "per_class_recall", "confusion", "labels")
-CLASSIFICATION_SUMMARY_KEYS = ("wa", "ua", "macro_f1")
+CLASSIFICATION_FOLD_KEYS = ("wa", "ua", "macro_f1", "micro_f1", "n", "per_class_recall", "confusion", "labels")
+CLASSIFICATION_SUMMARY_KEYS = ("wa", "ua", "macro_f1", "micro_f1")
 
 
 def fold_metric_keys(has_classes: bool, targets: Sequence[str]) -> List[str]:
