@@ -148,10 +148,15 @@ def test_padded_batch_matches_fairseq_padding_mask(tmp_path, variant):
     wavs[1, 2100:] = 0
     padding_mask = torch.arange(3000).unsqueeze(0) >= lengths.unsqueeze(1)
     out = up(wavs, lengths)
-    expected = reference_states(model, wavs, padding_mask)
+    if variant == "w2v2_base":
+        # fairseq's padded batch lets the first conv layer's GroupNorm see the padding; this upstream gives a
+        # padded utterance its states alone (exact batching), i.e. fairseq's on the unpadded utterance
+        expected = reference_states(model, wavs[1:, :2100])
+    else:
+        expected = [h[1:] for h in reference_states(model, wavs, padding_mask)]
     valid = int(out.lengths[1])
     assert out.lengths.tolist() == model._get_feat_extract_output_lengths(lengths).tolist()
-    assert_states_close([h[1:] for h in out.hidden_states], [h[1:] for h in expected], frames=valid)
+    assert_states_close([h[1:] for h in out.hidden_states], expected, frames=valid)
 
 
 @pytest.mark.parametrize("fmt", ["args", "finetuned"])

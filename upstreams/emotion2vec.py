@@ -33,9 +33,6 @@ from upstreams.emotion2vec_model import (
     Emotion2vecEncoder,
     map_reference_state_dict,
 )
-from upstreams.hf import DTypeLike, resolve_dtype
-from upstreams.hf_hub import WeightsNotFoundError, _hub_cache_dir, _one_line, offline_mode
-from upstreams.safe_checkpoint import STUB_PREFIXES, load_checkpoint, to_plain
 from upstreams.encoder_layers import (
     FinetuneState,
     apply_finetune_mode,
@@ -43,6 +40,9 @@ from upstreams.encoder_layers import (
     layer_groups,
     resolve_layer_indices,
 )
+from upstreams.hf import DTypeLike, resolve_dtype
+from upstreams.hf_hub import WeightsNotFoundError, _hub_cache_dir, _one_line, offline_mode
+from upstreams.safe_checkpoint import STUB_PREFIXES, load_checkpoint, to_plain
 
 __all__ = ["Emotion2vecUpstream", "Emotion2vecSource", "locate_emotion2vec", "load_emotion2vec",
            "Emotion2vecCheckpointError", "HF_MIRRORS"]
@@ -194,13 +194,15 @@ def load_emotion2vec(source: Emotion2vecSource) -> Tuple[Emotion2vecEncoder, Dic
     raw = load_checkpoint(source.checkpoint, stub_prefixes=EMOTION2VEC_STUB_PREFIXES)
     cfg = to_plain(raw.get("cfg")) if isinstance(raw, Mapping) else None
     if isinstance(cfg, Mapping) and isinstance(cfg.get("model"), Mapping):
-        config = Emotion2vecConfig.from_model_conf(cfg["model"], cfg.get("task") if isinstance(cfg.get("task"), Mapping) else None)
+        task = cfg.get("task") if isinstance(cfg.get("task"), Mapping) else None
+        config = Emotion2vecConfig.from_model_conf(cfg["model"], task)
         fmt = "fairseq"
     elif source.config is not None:
         conf = _read_yaml(source.config)
         model_conf = conf.get("model_conf")
         if not isinstance(model_conf, Mapping):
-            raise Emotion2vecCheckpointError(f"{source.config}: no model_conf section (not a FunASR emotion2vec config)")
+            raise Emotion2vecCheckpointError(
+                f"{source.config}: no model_conf section (not a FunASR emotion2vec config)")
         if conf.get("model") not in (None, "Emotion2vec"):
             raise Emotion2vecCheckpointError(f"{source.config}: model {conf.get('model')!r} is not Emotion2vec")
         config = Emotion2vecConfig.from_model_conf(model_conf)
@@ -226,7 +228,8 @@ def file_fingerprint(*paths: Optional[str]) -> str:
 
 # --- the upstream ---------------------------------------------------------------------------------
 def normalize_waveforms(wavs: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Each utterance standardised over its valid samples (FunASR's ``F.layer_norm(source, source.shape)``); padding 0."""
+    """Each utterance standardised over its valid samples (FunASR's ``F.layer_norm(source, source.shape)``);
+    padding 0."""
     x = wavs.float()
     valid = (torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).to(x.dtype)
     count = lengths.clamp(min=1).to(x.dtype).unsqueeze(1)
@@ -247,7 +250,7 @@ class Emotion2vecUpstream(FinetuneState, Upstream):
     from the top); blocks above the highest are dropped. ``dtype`` runs the encoder in that dtype.
 
     Fine-tuning modes: ``frozen``, ``finetune`` (all but the conv feature encoder), ``full``, ``top_n``.
-    Batch-invariant with the ``layer_norm`` feature encoder of every released model.
+    Batch-invariant: a padded batch gives each utterance its features alone, with either conv encoder.
     """
 
     def __init__(
@@ -281,8 +284,8 @@ class Emotion2vecUpstream(FinetuneState, Upstream):
             encoder.blocks = nn.ModuleList(list(encoder.blocks)[: self._num_blocks])
             encoder.final_norm = None
         self.hidden_sizes = [cfg.embed_dim] * len(self._layer_indices)
-        # a GroupNorm over time in the first conv layer (extractor_mode=default) sees the padding
-        self.batch_invariant = cfg.extractor_mode == "layer_norm"
+        # padded batches are exact: frames masked, a GroupNorm over time (extractor_mode=default) per utterance
+        self.batch_invariant = True
         if self._dtype is not None:
             self.encoder.to(self._dtype)
         self._finetune_mode = "frozen"

@@ -15,8 +15,9 @@ encoder, as released in fairseq ``.pt`` and FunASR ``model.pt`` checkpoints:
 
 :class:`Emotion2vecEncoder` exposes the hidden state of every block and, unlike the reference
 implementation, is batch-invariant: padded frames are zeroed before each positional convolution
-(the reference lets them leak into the last valid frames) and masked as attention keys, so a padded
-batch gives each utterance its features alone. :func:`map_reference_state_dict` renames the weights of
+(the reference lets them leak into the last valid frames) and masked as attention keys, and the
+GroupNorm of a ``default``-mode conv encoder takes each utterance's statistics over its own frames,
+so a padded batch gives each utterance its features alone. :func:`map_reference_state_dict` renames the weights of
 a fairseq / FunASR checkpoint into this module's names.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ser_plugins.errors import UserError
+from upstreams.hf import is_tracing, masked_group_norm
 from upstreams.safe_checkpoint import int_literal
 
 log = logging.getLogger("ser_plugins")
@@ -145,7 +147,8 @@ class Emotion2vecConfig:
         if name and name not in ("data2vec_multi", "emotion2vec", "Emotion2vec"):
             raise Emotion2vecCheckpointError(f"model {name!r} is not an emotion2vec / data2vec_multi model")
         if _flag(audio.get("learned_alibi", False)):
-            raise Emotion2vecCheckpointError("learned ALiBi biases (modalities.audio.learned_alibi=true) are not supported")
+            raise Emotion2vecCheckpointError(
+                "learned ALiBi biases (modalities.audio.learned_alibi=true) are not supported")
         mode = str(audio.get("extractor_mode", model.get("extractor_mode", "layer_norm")))
         if mode not in ("layer_norm", "default"):
             raise Emotion2vecCheckpointError(f"extractor_mode {mode!r} is not supported (layer_norm or default)")
@@ -206,11 +209,15 @@ class ConvLayer(nn.Module):
         else:
             self.norm = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``frames`` (``[B]``, this layer's valid output frames per row): the GroupNorm's statistics
+        cover only those, as for each row alone (a padded batch); None: every frame."""
         x = self.conv(x)
         if self.norm_kind == "layer":  # over channels, per frame, in float32 (fairseq's Fp32LayerNorm)
             x = F.layer_norm(x.transpose(1, 2).float(), self.norm.normalized_shape, self.norm.weight.float(),
                              self.norm.bias.float(), self.norm.eps).type_as(x).transpose(1, 2)
+        elif self.norm_kind == "group" and frames is not None:  # each row's own frames, in float32
+            x = masked_group_norm(self.norm, x, frames)
         elif self.norm_kind == "group":  # over time, per channel, in float32 (Fp32GroupNorm)
             x = F.group_norm(x.float(), self.norm.num_groups, self.norm.weight.float(), self.norm.bias.float(),
                              self.norm.eps).type_as(x)
@@ -230,10 +237,20 @@ class ConvFeatureEncoder(nn.Module):
             n_in = dim
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, wavs: torch.Tensor) -> torch.Tensor:
+    @property
+    def time_wide(self) -> bool:
+        """True when a layer normalises over time (``default`` mode's GroupNorm): padding would reach it."""
+        return any(layer.norm_kind == "group" for layer in self.layers)
+
+    def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``lengths`` (``[B]`` samples, at least the receptive field): a padded batch, each row's valid
+        frames as the row alone gives them (a GroupNorm over time sees only the row's own frames)."""
         x = wavs.unsqueeze(1)
+        frames = lengths
         for layer in self.layers:
-            x = layer(x)
+            if frames is not None:
+                frames = torch.div(frames - layer.conv.kernel_size[0], layer.conv.stride[0], rounding_mode="floor") + 1
+            x = layer(x, frames)
         return x
 
 
@@ -363,7 +380,8 @@ class Emotion2vecEncoder(nn.Module):
         dim = cfg.embed_dim
         self.feature_encoder = ConvFeatureEncoder(cfg.conv_layers, cfg.extractor_mode)
         self.feature_projection = FeatureProjection(cfg.conv_layers[-1][0], dim)
-        self.pos_conv = PositionalConv(dim, cfg.pos_kernel, cfg.conv_pos_groups, cfg.conv_pos_depth, cfg.conv_pos_pre_ln)
+        self.pos_conv = PositionalConv(dim, cfg.pos_kernel, cfg.conv_pos_groups, cfg.conv_pos_depth,
+                                       cfg.conv_pos_pre_ln)
         self.extra_tokens = nn.Parameter(torch.zeros(1, cfg.num_extra_tokens, dim)) if cfg.num_extra_tokens else None
         if cfg.use_alibi:
             scales = (cfg.num_blocks if cfg.alibi_scale_per_layer else 1, 1,
@@ -417,7 +435,8 @@ class Emotion2vecEncoder(nn.Module):
             bias = F.pad(bias, (extra, 0, extra, 0, 0, missing))
         return bias.unsqueeze(0)
 
-    def _mask(self, base: Optional[torch.Tensor], block: int, padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _mask(self, base: Optional[torch.Tensor], block: int,
+              padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Block ``block``'s additive attention mask: the ALiBi bias times its scale (clamped at 0) plus ``padding``."""
         if base is None:
             return padding
@@ -432,7 +451,9 @@ class Emotion2vecEncoder(nn.Module):
     def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor] = None,
                 num_blocks: Optional[int] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Hidden states (``[B, T, D]`` each) of the first ``num_blocks`` blocks (default all) and frame counts."""
-        x = self.feature_encoder(wavs).transpose(1, 2)
+        padded = (lengths is not None and self.feature_encoder.time_wide and not is_tracing()
+                  and bool((lengths < wavs.shape[1]).any()))
+        x = self.feature_encoder(wavs, lengths.to(wavs.device) if padded else None).transpose(1, 2)
         x = self.feature_projection(x)
         batch, frames = x.shape[0], x.shape[1]
         if lengths is None:
