@@ -27,7 +27,6 @@ sentences: six emotions each), 1274 per emotion and 1092 neutral for 91 actors (
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shutil
 from pathlib import Path
@@ -35,27 +34,30 @@ from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import soundfile as sf
 
 from corpora.demo_synth import SAMPLE_RATE
-from corpora.ravdess import (
+from corpora.ravdess import _synth, expressive_params, resolve_labels
+from corpora.release import (
+    APPLEDOUBLE_STUB,
     BAD_CODE,
     BAD_NAME,
+    DS_STORE_STUB,
     EMPTY_AUDIO,
-    EMPTY_LABEL,
-    EXTRA_FILE,
-    EXTRA_FOLDER,
     HIDDEN_FILE,
-    NO_UTTERANCES,
     ProblemTally,
-    _name_of,
-    _synth,
-    expressive_params,
     is_hidden,
-    resolve_labels,
+    kept_label,
+    name_of,
+    prepare_root,
+    report_dropped,
+    report_empty,
+    report_lines,
+    sort_out,
     wav_problem,
+    write_summary,
+    write_wav,
 )
-from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, Utterance
+from ser_plugins.plugins.contracts import DUPLICATE_AUDIO, Corpus, Utterance
 
 SENTENCES: Mapping[str, str] = MappingProxyType(
     {
@@ -250,7 +252,7 @@ class CremaDCorpus(Corpus):
         self.num_folds = num_folds
         self.skip_known_odd = bool(skip_known_odd)
         self.check_audio = bool(check_audio)
-        self.merge: Dict[str, str] = {_name_of(str(k), EMOTIONS): str(v) for k, v in dict(merge or {}).items()}
+        self.merge: Dict[str, str] = {name_of(str(k), EMOTIONS): str(v) for k, v in dict(merge or {}).items()}
         self.labels: List[str] = resolve_labels("CremaDCorpus", DEFAULT_LABELS, labels, self.merge, DEFAULT_LABELS)
         self.counts: Dict[str, int] = {}
         self.label_counts: Dict[str, int] = {}
@@ -314,15 +316,8 @@ class CremaDCorpus(Corpus):
             self.problem(str(path), f"cannot read {DEMOGRAPHICS_FILE}: {exc}", kind=DEMOGRAPHICS, key="unreadable")
             return {}
         if bad:
-            self.problem(
-                str(path),
-                f"{len(bad)} row(s) without a 4-digit ActorID (lines {bad[:10]}); skipped",
-                bad[0],
-                kind=DEMOGRAPHICS,
-                key="row",
-                count=len(bad),
-                lines=bad,
-            )
+            what = f"{len(bad)} row(s) without a 4-digit ActorID (lines {bad[:10]}); skipped"
+            report_lines(self, str(path), what, bad, DEMOGRAPHICS, "row")
         return info
 
     def _votes(self) -> Optional[Dict[str, Tuple[str, int]]]:
@@ -372,15 +367,8 @@ class CremaDCorpus(Corpus):
             self.problem(str(path), f"not a readable CSV file ({exc})", fatal=True, kind=BAD_TABLE, key="unreadable")
             return None
         if dupes:
-            self.problem(
-                str(path),
-                f"{len(dupes)} row(s) repeat a FileName (lines {dupes[:10]}); later rows ignored",
-                dupes[0],
-                kind=BAD_TABLE,
-                key="duplicate",
-                count=len(dupes),
-                lines=dupes,
-            )
+            what = f"{len(dupes)} row(s) repeat a FileName (lines {dupes[:10]}); later rows ignored"
+            report_lines(self, str(path), what, dupes, BAD_TABLE, "duplicate")
         return votes
 
     # ------------------------------------------------------------------ reading
@@ -400,14 +388,14 @@ class CremaDCorpus(Corpus):
         bad_votes: List[Tuple[int, str]] = []
         out: List[Utterance] = []
         for path in sorted(audio.iterdir()):
-            if is_hidden(path.name):
-                tally.add(HIDDEN_FILE, path, "hidden file(s) or folder(s) (._*, .DS_Store); not read")
-                continue
-            if path.is_dir():
-                tally.add(EXTRA_FOLDER, path, f"folder(s) inside {AUDIO_DIR}/; not read")
-                continue
-            if path.suffix.lower() != ".wav":
-                tally.add(EXTRA_FILE, path, f"file(s) in {AUDIO_DIR}/ that are not .wav; not read")
+            if sort_out(
+                tally,
+                path,
+                "hidden file(s) or folder(s) (._*, .DS_Store); not read",
+                f"folder(s) inside {AUDIO_DIR}/; not read",
+                f"file(s) in {AUDIO_DIR}/ that are not .wav; not read",
+                hidden_test=is_hidden,
+            ):
                 continue
             codes, kind, why = parse_name(path.stem)
             if codes is None:
@@ -456,10 +444,8 @@ class CremaDCorpus(Corpus):
                     self.no_class["tie"] = self.no_class.get("tie", 0) + 1
                     continue
                 name = EMOTIONS[VOTE_LETTERS[vote.upper()]]
-            self.counts[name] = self.counts.get(name, 0) + 1
-            label = self.merge.get(name, name)
-            if label not in self.labels:
-                self.dropped[name] = self.dropped.get(name, 0) + 1
+            label = kept_label(self, name)
+            if label is None:
                 continue
             self.label_counts[label] = self.label_counts.get(label, 0) + 1
             self.speaker_counts[actor] = self.speaker_counts.get(actor, 0) + 1
@@ -489,36 +475,21 @@ class CremaDCorpus(Corpus):
         table = str(self.root / SUMMARY_TABLE)
         if bad_votes:
             lines = [n for n, _ in bad_votes]
-            self.problem(
-                table,
+            what = (
                 f"{len(bad_votes)} {VOTE_COLUMNS[self.vote]} cell(s) that are not vote letters "
-                f"{'/'.join(VOTE_LETTERS)} (first {bad_votes[0][1]!r}; lines {lines[:10]}); clips skipped",
-                lines[0],
-                kind=BAD_VOTE,
-                count=len(lines),
-                lines=lines,
+                f"{'/'.join(VOTE_LETTERS)} (first {bad_votes[0][1]!r}; lines {lines[:10]}); clips skipped"
             )
+            report_lines(self, table, what, lines, BAD_VOTE)
         if votes is not None:
             absent = sorted(uid for uid in votes if uid not in listed)
             if absent:
                 lines = sorted(votes[uid][1] for uid in absent)
-                self.problem(
-                    table,
+                what = (
                     f"{len(absent)} row(s) name clips {AUDIO_DIR}/ lacks ({', '.join(absent[:5])}"
-                    f"{', ...' if len(absent) > 5 else ''})",
-                    lines[0],
-                    kind=MISSING_AUDIO,
-                    count=len(absent),
-                    lines=lines,
+                    f"{', ...' if len(absent) > 5 else ''})"
                 )
-        for name, n in self.dropped.items():
-            self.problem(
-                src,
-                f"{n} clip(s) of class {name} ({EMOTION_NAMES[name]}), outside labels {self.labels}; left out",
-                kind=DROPPED_LABEL,
-                key=name,
-                count=n,
-            )
+                report_lines(self, table, what, lines, MISSING_AUDIO)
+        report_dropped(self, src, self.dropped, EMOTION_NAMES.__getitem__, unit="clip(s)")
         speakers = sorted({u.speaker for u in out})
         if demographics:
             self.speaker_info = {s: dict(demographics[s]) for s in speakers if s in demographics}
@@ -533,17 +504,7 @@ class CremaDCorpus(Corpus):
                 )
         else:
             self.speaker_info = {s: {} for s in speakers}
-        if not out:
-            self.problem(
-                src,
-                "no usable CREMA-D clips (check the folder, labels, levels and label_source)",
-                fatal=True,
-                kind=NO_UTTERANCES,
-            )
-            return
-        for lab in self.labels:
-            if not self.label_counts.get(lab):
-                self.problem(src, f"label {lab!r} has no usable utterance", kind=EMPTY_LABEL, key=lab)
+        report_empty(self, src, out, "no usable CREMA-D clips (check the folder, labels, levels and label_source)")
 
     # ------------------------------------------------------------------ the miniature
     @classmethod
@@ -619,24 +580,6 @@ def _vote(name: str, strength: float, urng: np.random.Generator) -> Tuple[str, s
     return f"{a[0]}:{b[0]}", ":".join(f"{x:.2f}".rstrip("0").rstrip(".") for x in (a[1], b[1]))
 
 
-def _prepare_root(root: Path, overwrite: bool) -> None:
-    existing = [p for p in (root / AUDIO_DIR, root / "processedResults") if p.exists()]
-    if not existing:
-        root.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{root} already holds {AUDIO_DIR}/; pass overwrite=True (ser demo-corpus --overwrite) to regenerate it"
-        )
-    readme = root / "README.txt"
-    if not (readme.is_file() and README_MARKER in readme.read_text(errors="replace")):
-        raise FileExistsError(
-            f"refusing to overwrite {root}: it has {AUDIO_DIR}/ but no README.txt marking it as a generated miniature"
-        )
-    for p in existing:
-        shutil.rmtree(p)
-
-
 def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 18, overwrite: bool = False) -> dict:
     """Write a synthetic CREMA-D miniature under ``root`` in the release layout; return a summary.
 
@@ -655,7 +598,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
     if not 1 <= utterances_per_speaker <= 82:
         raise ValueError("utterances_per_speaker must be between 1 and 82 (the release design has 82 clips per actor)")
     root_p = Path(root)
-    _prepare_root(root_p, overwrite)
+    prepare_root(root_p, (AUDIO_DIR, "processedResults"), README_MARKER, overwrite, f"{AUDIO_DIR}/")
     synth = _synth()
     audio = root_p / AUDIO_DIR
     audio.mkdir(parents=True)
@@ -687,8 +630,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
                 (audio / fname).write_bytes(b"")
                 quirks.setdefault(EMPTY_AUDIO, []).append(f"{AUDIO_DIR}/{fname}")
             else:
-                sf.write(str(audio / fname), wav, SAMPLE_RATE, subtype="PCM_16")
-                seconds += len(wav) / SAMPLE_RATE
+                seconds += write_wav(audio / fname, wav, SAMPLE_RATE)
                 intended[name] = intended.get(name, 0) + 1
             odd_done = odd_done or odd
             first.setdefault(actor, audio / fname)
@@ -701,9 +643,9 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
                     ties += 1
                 else:
                     voted[EMOTIONS[VOTE_LETTERS[vote]]] = voted.get(EMOTIONS[VOTE_LETTERS[vote]], 0) + 1
-    (audio / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 24)
+    (audio / ".DS_Store").write_bytes(DS_STORE_STUB)
     apple = first["1001"]
-    (audio / f"._{apple.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 16)
+    (audio / f"._{apple.name}").write_bytes(APPLEDOUBLE_STUB)
     copy = first["1003"]
     shutil.copyfile(copy, audio / f"{copy.stem} (1).wav")
     quirks[HIDDEN_FILE] = [f"{AUDIO_DIR}/.DS_Store", f"{AUDIO_DIR}/._{apple.name}"]
@@ -736,8 +678,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
         f"\nNumbers measured on it say nothing about real speech emotion recognition.\n",
         encoding="utf-8",
     )
-    (root_p / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return summary
+    return write_summary(root_p, summary)
 
 
 __all__ = [

@@ -26,8 +26,6 @@ happy, sad, angry and fearful (1012).
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -36,11 +34,42 @@ from types import MappingProxyType
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import soundfile as sf
 from scipy import signal
 
-from corpora.demo_synth import EMOTION_PARAMS, SAMPLE_RATE
-from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, Utterance
+from corpora.demo_synth import SAMPLE_RATE
+from corpora.release import (
+    ACTOR_MISMATCH,
+    APPLEDOUBLE_STUB,
+    BAD_CODE,
+    BAD_NAME,
+    DS_STORE_STUB,
+    EXPRESSIVE_PARAMS,
+    EXTRA_FILE,
+    EXTRA_FOLDER,
+    HIDDEN_FILE,
+    ProblemTally,
+    blend,
+    check_labels,
+    check_merge_target,
+    check_reachable,
+    is_hidden,
+    kept_label,
+    label_list,
+    prepare_root,
+    report_dropped,
+    report_empty,
+    vary,
+    wav_problem,
+    write_summary,
+    write_wav,
+)
+from corpora.release import EMPTY_AUDIO as EMPTY_AUDIO  # the names this module had before corpora.release
+from corpora.release import EMPTY_LABEL as EMPTY_LABEL
+from corpora.release import NO_UTTERANCES as NO_UTTERANCES
+from corpora.release import NOT_WAV as NOT_WAV
+from corpora.release import PARAM_FIELDS as PARAM_FIELDS
+from corpora.release import name_of as _name_of
+from ser_plugins.plugins.contracts import DUPLICATE_AUDIO, Corpus, Utterance
 
 MODALITIES: Mapping[str, str] = MappingProxyType({"01": "full-AV", "02": "video-only", "03": "audio-only"})
 VOCAL_CHANNELS: Mapping[str, str] = MappingProxyType({"01": "speech", "02": "song"})
@@ -94,90 +123,16 @@ FOLD_OF_ACTOR: Mapping[str, str] = MappingProxyType(
 CHANNEL_CHOICES: Tuple[str, ...] = ("speech", "song", "both")
 INTENSITY_CHOICES: Tuple[str, ...] = ("all", "normal", "strong")
 
-# CorpusProblem kinds of this reader (besides the core's dropped_label and duplicate_audio)
-HIDDEN_FILE = "hidden_file"
-EXTRA_FOLDER = "extra_folder"
-EXTRA_FILE = "extra_file"
-BAD_NAME = "bad_name"
-BAD_CODE = "bad_code"
-ACTOR_MISMATCH = "actor_mismatch"
+# CorpusProblem kinds of this reader (besides the core's dropped_label and duplicate_audio, and corpora.release's
+# hidden_file, extra_folder, extra_file, bad_name, bad_code, actor_mismatch, empty_audio, not_wav, no_utterances
+# and empty_label)
 NOT_AUDIO_ONLY = "not_audio_only"
-EMPTY_AUDIO = "empty_audio"
-NOT_WAV = "not_wav"
 MISSING_CHANNEL = "missing_channel"
-NO_UTTERANCES = "no_utterances"
-EMPTY_LABEL = "empty_label"
 
 _NAME_RE = re.compile(r"^(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})$")
 _ACTOR_DIR_RE = re.compile(r"^Actor_(\d+)$", re.IGNORECASE)
 _FIELDS = ("modality", "vocal channel", "emotion", "intensity", "statement", "repetition", "actor")
-
-
-def is_hidden(name: str) -> bool:
-    """macOS/Windows metadata and other hidden entries: ``._*``, ``.DS_Store``, any dot name, ``Thumbs.db``."""
-    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
-
-
-def wav_problem(path: Path) -> Optional[Tuple[str, str]]:
-    """``(kind, why)`` when the file at ``path`` cannot hold WAV audio, else None.
-
-    Reads at most the first 64 bytes; never decodes audio. Empty files and header-only files
-    (44 bytes or fewer) are ``empty_audio``; git-lfs pointer stubs (a repository downloaded
-    without git-lfs) and anything without a RIFF/RF64 ... WAVE header are ``not_wav``.
-    """
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return EMPTY_AUDIO, "empty file (0 bytes)"
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError as exc:
-        return NOT_WAV, f"cannot be read ({exc.strerror or exc})"
-    if head.startswith(b"version https://git-lfs"):
-        return NOT_WAV, "git-lfs pointer, not audio (fetch the audio with git lfs)"
-    if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-        return NOT_WAV, "no RIFF/WAVE header"
-    if size <= 44:
-        return EMPTY_AUDIO, "header only, no samples"
-    return None
-
-
-class ProblemTally:
-    """A load's problems gathered per ``(kind, key)``; ``report`` records one counted problem each.
-
-    Shared by the file-name readers (RAVDESS, CREMA-D): a release copy can hold hundreds of the
-    same quirk, which is one problem with a count and the first few names, not hundreds of lines.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.groups: Dict[Tuple[str, str], Tuple[str, List[Path], bool]] = {}
-
-    def add(self, kind: str, path: Path, what: str, key: str = "", fatal: bool = False) -> None:
-        """Count ``path`` under ``(kind, key)``; the group's first ``what`` says what it is (``"hidden file(s)"``)."""
-        entry = self.groups.setdefault((kind, key), (what, [], fatal))
-        entry[1].append(path)
-
-    def count(self, kind: str) -> int:
-        return sum(len(paths) for (k, _), (_, paths, _f) in self.groups.items() if k == kind)
-
-    def _rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
-
-    def report(self, corpus: Corpus) -> None:
-        for (kind, key), (what, paths, fatal) in self.groups.items():
-            names = ", ".join(self._rel(p) for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
-            if len(paths) == 1:
-                where = str(paths[0])
-            else:
-                try:
-                    where = os.path.commonpath([str(p) for p in paths])
-                except ValueError:
-                    where = str(self.root)
-            corpus.problem(where, f"{len(paths)} {what} ({names})", fatal=fatal, kind=kind, key=key, count=len(paths))
+_HIDDEN = "hidden file(s) or folder(s) (._*, .DS_Store, __MACOSX); not read"
 
 
 @dataclass(frozen=True)
@@ -244,11 +199,6 @@ def parse_name(stem: str) -> Tuple[Optional[RavdessName], str, str]:
     return codes, "", ""
 
 
-def _name_of(key: str, codes: Mapping[str, str]) -> str:
-    """A class given as a short name or as its code (``"02"`` -> ``"cal"``)."""
-    return codes.get(key, codes.get(key.upper(), key))
-
-
 def resolve_labels(
     corpus: str,
     names: Sequence[str],
@@ -268,25 +218,11 @@ def resolve_labels(
             if target not in out:
                 out.append(target)
         return out
-    if isinstance(labels, str):
-        labels = [labels]
-    out = [str(lab) for lab in labels]
-    if not out:
-        raise ValueError(f"{corpus}: labels must name at least one class")
-    dupes = sorted({lab for lab in out if out.count(lab) > 1})
-    if dupes:
-        raise ValueError(f"{corpus}: duplicate labels {dupes}")
-    targets = set(merge.values())
+    out = label_list(labels)
+    check_labels(corpus, out)
     for src, dst in merge.items():
-        if dst not in out:
-            raise ValueError(f"{corpus}: merge target {dst!r} (of {src!r}) is not one of labels {out}")
-        if src in out and src != dst:
-            raise ValueError(f"{corpus}: {src!r} is both a label and merged into {dst!r}")
-    for lab in out:
-        if lab not in names and lab not in targets:
-            raise ValueError(
-                f"{corpus}: label {lab!r} is neither a class ({known}) nor a merge target: no utterance could have it"
-            )
+        check_merge_target(corpus, src, dst, out)
+    check_reachable(corpus, out, names, merge, f"a class ({known})", so=":")
     return out
 
 
@@ -399,26 +335,22 @@ class RavdessCorpus(Corpus):
             else:
                 tally.add(EXTRA_FOLDER, p, "actor folder(s) outside Actor_01-Actor_24; not read", key="actor_range")
 
-        for entry in sorted(root.iterdir()):
-            if not entry.is_dir():
-                continue
-            if is_hidden(entry.name) or entry.name == "__MACOSX":
-                tally.add(HIDDEN_FILE, entry, "hidden file(s) or folder(s) (._*, .DS_Store, __MACOSX); not read")
-            elif actor_code(entry) is not None:
-                take_actor(entry)
-            elif any(p.is_dir() and actor_code(p) is not None for p in entry.iterdir()):
-                loose.append(entry)
-                for sub in sorted(entry.iterdir()):
-                    if not sub.is_dir():
-                        continue
-                    if is_hidden(sub.name) or sub.name == "__MACOSX":
-                        tally.add(HIDDEN_FILE, sub, "hidden file(s) or folder(s) (._*, .DS_Store, __MACOSX); not read")
-                    elif actor_code(sub) is not None:
-                        take_actor(sub)
-                    else:
-                        tally.add(EXTRA_FOLDER, sub, "extra folder(s), not actor folders; not read")
-            else:
-                tally.add(EXTRA_FOLDER, entry, "extra folder(s), not actor folders; not read")
+        def scan(folder: Path, nested: bool) -> None:
+            """The folders in ``folder``: actor folders, or (at the top) folders holding them, one per zip."""
+            for entry in sorted(folder.iterdir()):
+                if not entry.is_dir():
+                    continue
+                if is_hidden(entry.name) or entry.name == "__MACOSX":
+                    tally.add(HIDDEN_FILE, entry, _HIDDEN)
+                elif actor_code(entry) is not None:
+                    take_actor(entry)
+                elif not nested and any(p.is_dir() and actor_code(p) is not None for p in entry.iterdir()):
+                    loose.append(entry)
+                    scan(entry, True)
+                else:
+                    tally.add(EXTRA_FOLDER, entry, "extra folder(s), not actor folders; not read")
+
+        scan(root, False)
         if not actor_dirs and not any(p.suffix.lower() == ".wav" for p in root.iterdir()):
             hint = ""
             if any(p.suffix.lower() == ".zip" for p in root.iterdir()):
@@ -435,13 +367,13 @@ class RavdessCorpus(Corpus):
         for folder in loose:  # .wav files lying next to the actor folders: their names say the actor
             for entry in sorted(folder.iterdir()):
                 if entry.is_file() and is_hidden(entry.name):
-                    tally.add(HIDDEN_FILE, entry, "hidden file(s) or folder(s) (._*, .DS_Store, __MACOSX); not read")
+                    tally.add(HIDDEN_FILE, entry, _HIDDEN)
                 elif entry.is_file() and entry.suffix.lower() == ".wav":
                     yield entry, None
         for folder, actor in actor_dirs:
             for entry in sorted(folder.iterdir()):
                 if is_hidden(entry.name):
-                    tally.add(HIDDEN_FILE, entry, "hidden file(s) or folder(s) (._*, .DS_Store, __MACOSX); not read")
+                    tally.add(HIDDEN_FILE, entry, _HIDDEN)
                 elif entry.is_dir():
                     tally.add(EXTRA_FOLDER, entry, "extra folder(s) inside actor folders; not read", key="nested")
                 else:
@@ -504,11 +436,8 @@ class RavdessCorpus(Corpus):
                 if bad is not None:
                     tally.add(bad[0], path, f"file(s) without audio: {bad[1]}; skipped", key=bad[1])
                     continue
-            name = codes.label
-            self.counts[name] = self.counts.get(name, 0) + 1
-            label = self.merge.get(name, name)
-            if label not in self.labels:
-                self.dropped[name] = self.dropped.get(name, 0) + 1
+            label = kept_label(self, codes.label)
+            if label is None:
                 continue
             speaker = f"Actor_{codes.actor}"
             self.speaker_info.setdefault(speaker, {"gender": codes.gender})
@@ -530,14 +459,7 @@ class RavdessCorpus(Corpus):
 
     def _report(self, out: List[Utterance], found_channel: Dict[str, int]) -> None:
         src = str(self.root)
-        for name, n in self.dropped.items():
-            self.problem(
-                src,
-                f"{n} file(s) of class {name} ({EMOTION_NAMES[name]}), outside labels {self.labels}; left out",
-                kind=DROPPED_LABEL,
-                key=name,
-                count=n,
-            )
+        report_dropped(self, src, self.dropped, EMOTION_NAMES.__getitem__)
         for channel in self.channels():
             if not found_channel.get(channel):
                 zip_name = "Audio_Speech_Actors_01-24.zip" if channel == "speech" else "Audio_Song_Actors_01-24.zip"
@@ -548,17 +470,9 @@ class RavdessCorpus(Corpus):
                     kind=MISSING_CHANNEL,
                     key=channel,
                 )
-        if not out:
-            self.problem(
-                src,
-                "no usable RAVDESS utterances (check the folder, vocal_channel, intensity and labels)",
-                fatal=True,
-                kind=NO_UTTERANCES,
-            )
-            return
-        for lab in self.labels:
-            if not self.label_counts.get(lab):
-                self.problem(src, f"label {lab!r} has no usable utterance", kind=EMPTY_LABEL, key=lab)
+        report_empty(
+            self, src, out, "no usable RAVDESS utterances (check the folder, vocal_channel, intensity and labels)"
+        )
 
     # ------------------------------------------------------------------ the miniature
     @classmethod
@@ -585,32 +499,11 @@ SPEECH_DIR = "Audio_Speech_Actors_01-24"
 SONG_DIR = "Audio_Song_Actors_01-24"
 #: one actor from each EmoBox fold, three male and three female; 18 has no song, as in the release
 MINI_ACTORS: Tuple[str, ...] = ("01", "03", "04", "06", "09", "18")
-PARAM_FIELDS: Tuple[str, ...] = (
-    "f0",
-    "range",
-    "rate",
-    "gain",
-    "tilt",
-    "oq",
-    "close",
-    "jitter",
-    "shimmer",
-    "rough",
-    "breath",
-    "formant",
-    "cons",
-)
 # Expressive parameters (demo_synth's fields, see PARAM_FIELDS) at full intensity: demo_synth's own for
-# the emotions it has; fear high, fast, tremulous and breathy; disgust low, slow, rough, with strong
-# consonants (both as the MSP-Podcast miniature has them); calm a little low, slow, soft, dark and
-# breathy, with a narrow range (a milder sadness).
+# the emotions it has, fear and disgust as the other miniatures have them (corpora.release's
+# EXPRESSIVE_PARAMS); calm a little low, slow, soft, dark and breathy, with a narrow range (a milder sadness).
 EXPRESSIVE: Mapping[str, Tuple[float, ...]] = MappingProxyType(
-    {
-        **{k: EMOTION_PARAMS[k] for k in ("neu", "hap", "ang", "sad", "sur")},
-        "fea": (5.0, 6.0, 1.30, 0.0, 0.55, 0.62, 0.40, 0.030, 0.10, 0.02, 0.20, 1.03, 0.0),
-        "dis": (-1.5, 2.5, 0.85, 1.5, 0.40, 0.50, 0.30, 0.015, 0.07, 0.10, 0.06, 0.97, 3.0),
-        "cal": (-1.0, 2.0, 0.86, -3.0, 0.72, 0.66, 0.45, 0.008, 0.035, 0.0, 0.12, 0.99, -2.0),
-    }
+    {**EXPRESSIVE_PARAMS, "cal": (-1.0, 2.0, 0.86, -3.0, 0.72, 0.66, 0.45, 0.008, 0.035, 0.0, 0.12, 0.99, -2.0)}
 )
 #: the intensity ranges the blend from neutral is drawn from
 INTENSITY_RANGES: Mapping[str, Tuple[float, float]] = MappingProxyType({"normal": (0.55, 0.8), "strong": (0.95, 1.25)})
@@ -622,17 +515,8 @@ def expressive_params(name: str, intensity: float, rng: np.random.Generator, son
     As demo_synth does it (the same noise on every field); ``song`` sings it: slower, wider
     pitch range, steadier voice.
     """
-    neutral = np.array(EXPRESSIVE["neu"])
-    p = {k: float(v) for k, v in zip(PARAM_FIELDS, neutral + intensity * (np.array(EXPRESSIVE[name]) - neutral))}
-    p["f0"] += rng.normal(0, 1.0)
-    p["range"] = max(0.5, p["range"] * 2 ** rng.normal(0, 0.3))
-    p["rate"] *= 2 ** rng.normal(0, 0.12)
-    p["gain"] += rng.normal(0, 2.0)
-    p["tilt"] = float(np.clip(p["tilt"] + rng.normal(0, 0.08), 0.05, 0.95))
-    p["oq"] = float(np.clip(p["oq"] + rng.normal(0, 0.04), 0.35, 0.85))
-    p["breath"] = max(0.0, p["breath"] * 2 ** rng.normal(0, 0.4))
-    p["formant"] *= 2 ** rng.normal(0, 0.02)
-    p["cons"] += rng.normal(0, 2.0)
+    p = blend(EXPRESSIVE["neu"], EXPRESSIVE[name], intensity)
+    vary(p, rng)
     if song:
         p["rate"] *= 0.7
         p["range"] *= 1.6
@@ -667,23 +551,9 @@ def design(channel: str) -> List[Tuple[str, str, str, str]]:
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    existing = [p for p in (root / SPEECH_DIR, root / SONG_DIR) if p.exists()]
-    if root.is_dir():
-        existing += [p for p in root.iterdir() if p.is_dir() and _ACTOR_DIR_RE.match(p.name)]
-    if not existing:
-        root.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{root} already holds RAVDESS folders; pass overwrite=True (ser demo-corpus --overwrite) to regenerate it"
-        )
-    readme = root / "README.txt"
-    if not (readme.is_file() and README_MARKER in readme.read_text(errors="replace")):
-        raise FileExistsError(
-            f"refusing to overwrite {root}: it has RAVDESS folders but no README.txt marking it a generated miniature"
-        )
-    for p in existing:
-        shutil.rmtree(p)
+    actor_dirs = [p for p in root.iterdir() if p.is_dir() and _ACTOR_DIR_RE.match(p.name)] if root.is_dir() else []
+    what = "RAVDESS folders"
+    prepare_root(root, (SPEECH_DIR, SONG_DIR), README_MARKER, overwrite, what, extra=actor_dirs, as_a="a")
 
 
 def generate_miniature(
@@ -735,15 +605,14 @@ def generate_miniature(
                     wav = signal.resample_poly(wav, int(sample_rate) // g, SAMPLE_RATE // g)
                 wav = np.clip(wav, -1.0, 1.0)
                 path = out_dir / f"03-{vc}-{e}-{i}-{s}-{r}-{actor}.wav"
-                sf.write(str(path), wav, int(sample_rate), subtype="PCM_16")
+                seconds += write_wav(path, wav, sample_rate)
                 first_wav.setdefault(actor, path)
-                seconds += len(wav) / sample_rate
                 files += 1
                 counts[channel][name] = counts[channel].get(name, 0) + 1
     # quirks found in copies of the release: macOS metadata and a Finder duplicate
-    (root_p / SPEECH_DIR / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 24)
+    (root_p / SPEECH_DIR / ".DS_Store").write_bytes(DS_STORE_STUB)
     apple = first_wav[MINI_ACTORS[0]]
-    (apple.parent / f"._{apple.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 16)
+    (apple.parent / f"._{apple.name}").write_bytes(APPLEDOUBLE_STUB)
     dup = first_wav[MINI_ACTORS[2]]
     shutil.copyfile(dup, dup.parent / f"{dup.stem} copy.wav")
     quirks = {
@@ -770,8 +639,7 @@ def generate_miniature(
         f"speech emotion recognition.\n",
         encoding="utf-8",
     )
-    (root_p / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return summary
+    return write_summary(root_p, summary)
 
 
 __all__ = [
