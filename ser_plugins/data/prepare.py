@@ -10,11 +10,12 @@ the two, before anything is trained or written.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -391,6 +392,9 @@ def prepare(
         log.warning("%s", w)
     notes["dropped_labels"] = dict(pl.dropped)
     notes["duplicate_audio"] = same_audio
+    corpus_notes = getattr(pl.corpus, "notes", None)  # optional: what the corpus chose while loading (run.json)
+    if isinstance(corpus_notes, Mapping) and corpus_notes:
+        notes["corpus_notes"] = json.loads(json.dumps(dict(corpus_notes), default=str))
     if frozen:
         source: BatchSource = pre.source(targets, upstream.sample_rate / upstream.hop_length)
     elif streamed is not None:

@@ -242,6 +242,8 @@ class Corpus:
     A corpus plugin's constructor takes ``root`` (a folder or file) plus its own options and sets:
       * ``labels`` -- the class names, in the order used for logits and confusion matrices,
       * ``default_protocol`` -- the fold protocol used when a recipe names none,
+      * optionally ``notes`` -- after ``load()``, a JSON-ready dict of what the corpus chose while reading
+        (a dev rule, a view), written to run.json as ``corpus_notes``,
       * optionally ``attributes`` -- the names of the continuous targets its utterances can carry
         (``Utterance.attributes``) and ``attribute_scales`` -- each one's documented ``(low, high)``
         range (values outside it are warned about, counted),
