@@ -6,6 +6,8 @@
     python recipes/iemocap/make_grid.py --check      # exit 1 if the files here differ from the output
     python recipes/iemocap/make_grid.py --frame-heads --out recipes/iemocap_frame_heads
                                                      # also the trainable frame-level heads (+60)
+    python recipes/iemocap/make_grid.py --lora --out recipes/iemocap_lora
+                                                     # also LoRA variants of the fine-tuning cells (+30)
 
 Grid: UPSTREAMS x MODES x AGGREGATORS x CLASSIFIERS (5 x 2 x 3 x 2 = 60 recipes), named
 ``<upstream>_<mode>_<aggregator>_<classifier>``, plus ``superb_<upstream>`` for each upstream.
@@ -15,6 +17,12 @@ folder (``--check`` on this folder would report them as not generated). A frame-
 far more than pooling per training step; docs/heads.md gives the measured cost per utterance of
 each (ECAPA-TDNN at the size below is by far the most expensive head; with a fine-tuned upstream
 the upstream still dominates).
+``--lora`` adds ``<upstream>_lora_<aggregator>_<classifier>``: each fine-tuning cell with
+``finetune.mode: lora`` (LORA_MODES: the ``peft_ser`` preset, LoRA rank 16 on the feed-forward layers,
+upstream_lr 5e-4) instead of fine-tuning the whole transformer; 5 x 3 x 2 = 30 more recipes (with
+``--frame-heads`` too, 30 more for the frame-level heads). Like the frame heads they are not committed:
+write them to another folder. What LoRA costs and saves: docs/self_supervised.md, "Choosing a
+fine-tuning mode".
 Edit the tables below and re-run; never hand-edit the generated YAML. The output is
 deterministic (no dates, fixed order), so a test compares it with the committed files.
 See docs/iemocap.md.
@@ -68,10 +76,21 @@ MODES: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
 }
 
+#: modes added with --lora: the finetune cells' training, the upstream tuned through LoRA (peft-ser's
+#: setting, upstreams/peft_tuning.py PRESETS; usc-sail/peft-ser trains LoRA at 5e-4 for every model)
+LORA_MODES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "lora": {
+        **MODES["finetune"],
+        "finetune": {"mode": "lora", "peft_preset": "peft_ser", "upstream_lr": 5.0e-4, "frozen_warmup_steps": 120,
+                     "gradient_checkpointing": False},
+    },
+}
+
 #: (mode, size) -> settings merged over MODES[mode]
 SIZE_SETTINGS: Dict[Tuple[str, str], Dict[str, Dict[str, Any]]] = {
     ("finetune", "base"): {"finetune": {"upstream_lr": 5.0e-5}},
     ("finetune", "large"): {"finetune": {"upstream_lr": 2.0e-5, "gradient_checkpointing": True}},
+    ("lora", "large"): {"finetune": {"gradient_checkpointing": True}},
 }
 
 AGGREGATORS: Dict[str, Dict[str, Any]] = {
@@ -165,6 +184,23 @@ al. 2020; Wang et al. 2021) and Morais et al.'s fine-tuned condition.
     fine-tuned SER models peak after a few epochs and then overfit the ~3.9k training utterances.
   The checkpoint's own dropout and time-masking settings (its config.json) stay on while
   training; the hf upstream sets layerdrop to 0.""",
+    "lora": """\
+LoRA variant of the fine-tuning cell (make_grid.py --lora): the pre-trained weights stay frozen and
+LoRA layers train instead (Hu et al. 2022), everything else as in the finetune cell.
+  finetune.mode lora, peft_preset peft_ser: usc-sail/peft-ser's setting (Feng & Narayanan 2023):
+    rank 16 on the two feed-forward projections of every transformer layer, alpha 1, no LoRA
+    dropout; 1.5 M (base) / 3.9 M (large) trainable encoder parameters instead of ~90 M /
+    ~300 M. LoRA starts as the identity: the pre-trained model's outputs are unchanged at step 0.
+  finetune.upstream_lr 5e-4 for every size: peft-ser's rate (LoRA's few weights need a larger
+    rate than full fine-tuning); the head keeps training.lr 1e-3.
+  finetune.frozen_warmup_steps 120, linear schedule with 240 warm-up steps, batch 8 x 4, 15 s
+    crops, bf16, grad_clip 1.0, 20 epochs, select dev_ua, patience 5: the finetune cell's, so
+    the pair differs only in what trains.
+  Gradient checkpointing for large models, as in the finetune cell: the backward pass still runs
+    through every layer, so activations cost what they cost in fine-tuning; the saving is the
+    gradients and optimiser state of the frozen weights.
+  The checkpoint keeps only the LoRA weights and the head (a few MB); ser export merges LoRA into
+  the weights (exact).""",
 }
 
 SUPERB_HEADER = """\
@@ -230,7 +266,7 @@ def grid_recipe(upstream: str, mode: str, aggregator: str, classifier: str) -> T
     size = UPSTREAMS[upstream]
     name = f"{upstream}_{mode}_{aggregator}_{classifier}"
     frame_head = aggregator in FRAME_AGGREGATORS
-    settings = merge(MODES[mode], SIZE_SETTINGS.get((mode, size), {}))
+    settings = merge({**MODES, **LORA_MODES}[mode], SIZE_SETTINGS.get((mode, size), {}))
     recipe = {
         "name": name,
         "description": f"Morais et al. 2022 grid: {upstream}, {mode}, {aggregator}, {classifier}",
@@ -269,12 +305,14 @@ def superb_recipe(upstream: str) -> Tuple[str, Dict[str, Any], str]:
     return name, recipe, header
 
 
-def generate(frame_heads: bool = False) -> List[Tuple[str, str]]:
-    """``[(file name, YAML text)]`` for every recipe, in a fixed order (``frame_heads``: add FRAME_AGGREGATORS)."""
+def generate(frame_heads: bool = False, lora: bool = False) -> List[Tuple[str, str]]:
+    """``[(file name, YAML text)]`` for every recipe, in a fixed order (``frame_heads``: add FRAME_AGGREGATORS;
+    ``lora``: add LORA_MODES)."""
     files = []
     aggregators = list(AGGREGATORS) + (list(FRAME_AGGREGATORS) if frame_heads else [])
+    modes = list(MODES) + (list(LORA_MODES) if lora else [])
     for upstream in UPSTREAMS:
-        for mode in MODES:
+        for mode in modes:
             for aggregator in aggregators:
                 for classifier in CLASSIFIERS:
                     name, recipe, header = grid_recipe(upstream, mode, aggregator, classifier)
@@ -294,8 +332,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out differs from the output")
     parser.add_argument("--frame-heads", action="store_true",
                         help="also the trainable frame-level heads (ecapa_tdnn, cnn_self_attention, bilstm_attention)")
+    parser.add_argument("--lora", action="store_true",
+                        help="also LoRA variants of the fine-tuning cells (<upstream>_lora_<aggregator>_<classifier>)")
     args = parser.parse_args(argv)
-    files = generate(frame_heads=args.frame_heads)
+    files = generate(frame_heads=args.frame_heads, lora=args.lora)
     expected = {name for name, _ in files}
     present = sorted(args.out.glob("*.yaml")) if args.out.is_dir() else []
     stale = [p.name for p in present if p.name not in expected]
