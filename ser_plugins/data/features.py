@@ -1,10 +1,12 @@
 """Frozen upstreams: features computed once per utterance, held in RAM or streamed from the on-disk cache.
 
 ``compute_frozen_features`` is the one way in. It decides once, from the audio headers and the RAM
-budget (``should_stream``), whether the features are held in RAM or left in their cache entries;
-then one pass takes the cache hits, extracts the misses (``extract.extract_features``: audio decoded
-in RAM, or streamed, decoded per batch by DataLoader workers), skips utterances whose features are
-not finite, writes the cache and keeps what the head needs. Both cases give one ``FrozenFeatures``,
+budget (``should_stream``), whether the features are held in RAM or left in their cache entries:
+``hold_features`` gives the ``FeatureHolding`` for the pass, ``InRam`` or ``Streamed``, and the pass
+asks only it how to take a cache hit, keep fresh frames, prepare the misses' audio (decoded in RAM,
+or decoded per batch by DataLoader workers) and serve the result. One pass takes the cache hits,
+extracts the misses (``extract.extract_features``), skips utterances whose features are not finite,
+writes the cache and keeps what the head needs. Both cases give one ``FrozenFeatures``,
 and its ``source(targets, frames_per_second)`` is the batch source: ``FeatureSource`` over the
 features in RAM, or ``feature_stream.StreamedFeatureSource`` reading the entries batch by batch.
 """
@@ -12,9 +14,10 @@ features in RAM, or ``feature_stream.StreamedFeatureSource`` reading the entries
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +41,7 @@ log = logging.getLogger("ser_plugins")
 __all__ = ["FrozenFeatures", "compute_frozen_features", "extract_features", "feature_bytes", "should_stream"]
 
 Layers = List[torch.Tensor]
+BatchLoader = Callable[..., Iterator[Tuple[torch.Tensor, torch.Tensor]]]  # extract_features' batch_loader
 
 
 @dataclass
@@ -142,10 +146,190 @@ def finite_or_skipped(uid: str, feats: Sequence[torch.Tensor], strict: bool, ski
     return False
 
 
+class FramesHit(NamedTuple):
+    """A frames entry found in the cache: its layers (read whole) or its path (left in place), and its frame count."""
+
+    layers: Optional[Layers]
+    frame_count: int
+    path: Optional[Path]
+
+
+@dataclass
+class MissAudio:
+    """The misses' audio as ``extract_features`` takes it, the misses skipped, and the notes its preparation adds.
+
+    In RAM: ``waves``, every usable miss decoded. Streamed: ``lengths`` of the usable misses and a
+    ``loader`` that decodes them per extraction batch.
+    """
+
+    skipped: Dict[str, str]
+    waves: Optional[Dict[str, np.ndarray]] = None
+    lengths: Optional[Dict[str, int]] = None
+    loader: Optional[BatchLoader] = None
+    notes: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> int:
+        """How many misses go through the upstream."""
+        return len(self.lengths if self.lengths is not None else self.waves or {})
+
+
+class FeatureHolding(ABC):
+    """Where one frozen pass holds its frames, chosen once (``hold_features``): ``InRam`` or ``Streamed``.
+
+    ``cache_root`` is the cache folder of the pass (None: no cache); ``shares_extraction`` says
+    whether torchrun ranks may each extract a share of the misses into the shared cache.
+    """
+
+    cache_root: Optional[str]
+    shares_extraction: bool
+
+    @abstractmethod
+    def find_frames(self, cache: FeatureCache, utt: Utterance) -> Optional[FramesHit]:
+        """``utt``'s frames entry in ``cache``, or None."""
+
+    @abstractmethod
+    def fresh_path(self, cache: Optional[FeatureCache], utt: Utterance) -> Optional[Path]:
+        """Where fresh frames of ``utt`` stay (its entry in ``cache``), or None: held in RAM."""
+
+    @abstractmethod
+    def prepare_audio(
+        self, misses: Sequence[Utterance], upstream: Upstream, data: DataConfig, device: str, progress: bool
+    ) -> MissAudio:
+        """The audio of ``misses`` for extraction (validated: the unusable ones are skipped)."""
+
+    @abstractmethod
+    def tick(self) -> None:
+        """One fresh utterance came from the upstream."""
+
+    @abstractmethod
+    def notes(self, data: DataConfig, means_only: bool) -> Dict[str, Any]:
+        """What ``run.json`` says of this holding."""
+
+    @abstractmethod
+    def features(self, kept: _Kept, means_only: bool) -> Mapping[str, Layers]:
+        """The ``features`` mapping over what ``kept`` holds (the temporary cache handed on or released)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give up the temporary cache folder, if any (the pass failed)."""
+
+
+class InRam(FeatureHolding):
+    """Every utterance's layers held in RAM: entries read whole, misses decoded first (``decode_corpus``)."""
+
+    shares_extraction = True
+
+    def __init__(self, data: DataConfig) -> None:
+        self.cache_root = data.cache_dir or None
+
+    def find_frames(self, cache: FeatureCache, utt: Utterance) -> Optional[FramesHit]:
+        """``utt``'s entry loaded whole, or None."""
+        hit = cache.get(utt)
+        return None if hit is None else FramesHit(hit[0], hit[1], None)
+
+    def fresh_path(self, cache: Optional[FeatureCache], utt: Utterance) -> Optional[Path]:
+        """None: fresh frames are held in RAM."""
+        return None
+
+    def prepare_audio(
+        self, misses: Sequence[Utterance], upstream: Upstream, data: DataConfig, device: str, progress: bool
+    ) -> MissAudio:
+        """Every miss decoded once (``decode_corpus``)."""
+        audio = decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress)
+        return MissAudio(audio.skipped, waves=audio.waves)
+
+    def tick(self) -> None:
+        """Nothing to count in RAM."""
+
+    def notes(self, data: DataConfig, means_only: bool) -> Dict[str, Any]:
+        """Nothing: in RAM is the default."""
+        return {}
+
+    def features(self, kept: _Kept, means_only: bool) -> Mapping[str, Layers]:
+        """The layers ``kept`` holds."""
+        return kept.features
+
+    def release(self) -> None:
+        """No temporary folder in RAM."""
+
+
+class Streamed(FeatureHolding):
+    """Frames left in their cache entries (``data.cache_dir``, or a temporary folder made here) and read per batch.
+
+    Entries are located, not loaded; misses are validated (``scan_corpus``) and decoded again per
+    extraction batch by DataLoader workers; a heap trimmer keeps the pass's RSS flat.
+    """
+
+    shares_extraction = False
+
+    def __init__(self, data: DataConfig) -> None:
+        self.tmp_dir = temp_cache.make() if not data.cache_dir else None
+        self.cache_root = data.cache_dir or self.tmp_dir
+        self.trimmer = HeapTrimmer(TRIM_EVERY_UTTERANCES, shared=STREAMED_LEVEL)
+
+    def find_frames(self, cache: FeatureCache, utt: Utterance) -> Optional[FramesHit]:
+        """``utt``'s entry located (its layers stay on disk), or None."""
+        loc = cache.locate(utt)
+        return None if loc is None else FramesHit(None, loc[1], loc[0])
+
+    def fresh_path(self, cache: Optional[FeatureCache], utt: Utterance) -> Optional[Path]:
+        """``utt``'s entry in ``cache``, just written."""
+        assert cache is not None  # streamed: data.cache_dir or a temporary folder
+        return cache.entry_path(utt)
+
+    def prepare_audio(
+        self, misses: Sequence[Utterance], upstream: Upstream, data: DataConfig, device: str, progress: bool
+    ) -> MissAudio:
+        """The misses' lengths (``scan_corpus``) and a loader decoding them per batch; notes the workers."""
+        workers = resolve_workers(data.num_workers, len(misses))
+        lengths, skipped = scan_corpus(
+            misses, upstream.sample_rate, upstream.min_samples, data.strict, progress, workers
+        )
+        by_id = {u.id: u for u in misses}
+        loader = stream_batches(
+            [by_id[uid] for uid in lengths],
+            upstream.sample_rate,
+            upstream.min_samples,
+            workers,
+            pin_memory=device.startswith("cuda"),
+        )
+        return MissAudio(skipped, lengths=lengths, loader=loader, notes={"workers": workers})
+
+    def tick(self) -> None:
+        """Count the utterance for the heap trimmer."""
+        self.trimmer.tick()
+
+    def notes(self, data: DataConfig, means_only: bool) -> Dict[str, Any]:
+        """The budget that was exceeded, and whether frames are served from disk."""
+        return {"streamed": {"max_ram_gb": data.max_ram_gb, "frames_on_disk": not means_only}}
+
+    def features(self, kept: _Kept, means_only: bool) -> Mapping[str, Layers]:
+        """``LazyFeatures`` over the entries (owning the temporary folder); only means: ``kept``'s, folder released."""
+        if means_only:  # only means are held: the temporary entries are no longer needed
+            self.release()
+            return kept.features
+        return LazyFeatures(kept.paths, kept.frame_counts, kept.num_layers, self.tmp_dir)
+
+    def release(self) -> None:
+        """Remove the temporary cache folder, if this holding made one."""
+        if self.tmp_dir is not None:
+            temp_cache.release(self.tmp_dir)
+
+
+def hold_features(
+    upstream: Upstream, utterances: Sequence[Utterance], layers: Sequence[int], data: DataConfig, write_frames: bool
+) -> FeatureHolding:
+    """The one decision of a pass: ``Streamed`` over ``data.max_ram_gb`` (``should_stream``), else ``InRam``."""
+    if should_stream(upstream, utterances, layers, data, frames=write_frames or bool(data.cache_dir)):
+        return Streamed(data)
+    return InRam(data)
+
+
 @dataclass
 class _Kept:
-    """What one pass keeps of each utterance: its frame count, its layers in RAM or (``streamed``) its entry's path,
-    and (``need_moments``) its frame statistics; ``means_only`` reduces frames to exact utterance means.
+    """What one pass keeps of each utterance: its frame count, its layers in RAM or its entry's path (as
+    ``holding`` says), and (``need_moments``) its frame statistics; ``means_only`` reduces frames to exact means.
 
     Fresh features (``fresh``) are checked, written to ``cache`` (the frames cache, or the means
     cache) and kept; the skips are in ``skipped``.
@@ -155,19 +339,14 @@ class _Kept:
     means_only: bool
     need_moments: bool
     write_frames: bool
-    streamed: bool
+    holding: FeatureHolding
     cache: Optional[FeatureCache]
     strict: bool
     features: Dict[str, Layers] = field(default_factory=dict)
-    paths: Dict[str, Path] = field(default_factory=dict)  # streamed frames, left in their entries
+    paths: Dict[str, Path] = field(default_factory=dict)  # frames left in their entries
     frame_counts: Dict[str, int] = field(default_factory=dict)
     moments: Dict[str, Moments] = field(default_factory=dict)
     skipped: Dict[str, str] = field(default_factory=dict)
-    trimmer: Optional[HeapTrimmer] = None  # streamed: keeps the pass's RSS flat
-
-    def __post_init__(self) -> None:
-        if self.streamed:
-            self.trimmer = HeapTrimmer(TRIM_EVERY_UTTERANCES, shared=STREAMED_LEVEL)
 
     def __contains__(self, uid: object) -> bool:
         return uid in self.frame_counts
@@ -208,37 +387,27 @@ class _Kept:
     def hits(
         self, utterances: Sequence[Utterance], frames_cache: FeatureCache, means_cache: Optional[FeatureCache]
     ) -> None:
-        """The cache hits, in corpus order: frames entries (located when streamed, else loaded whole), then means."""
+        """The cache hits, in corpus order: frames entries (as ``holding`` finds them), then means."""
         for u in utterances:
-            if self.streamed:
-                loc = frames_cache.locate(u)
-                if loc is not None:
-                    self.frames(u.id, loc[1], path=loc[0])
-                    continue
-            else:
-                hit = frames_cache.get(u)
-                if hit is not None:
-                    self.frames(u.id, hit[1], hit[0])
-                    continue
+            found = self.holding.find_frames(frames_cache, u)
+            if found is not None:
+                self.frames(u.id, found.frame_count, found.layers, found.path)
+                continue
             hit = means_cache.get(u) if means_cache is not None else None
             if hit is not None:
                 self.means(u.id, *hit)
 
     def fresh(self, utt: Utterance, feats: Layers, n: int) -> None:
         """Layers the upstream just gave: skipped when not finite, else written to the cache and kept."""
-        if self.trimmer is not None:
-            self.trimmer.tick()
+        self.holding.tick()
         if not finite_or_skipped(utt.id, feats, self.strict, self.skipped):
             return
         if self.cache is not None:
             self.cache.put(utt, feats, n)
         if not self.write_frames:
             self.means(utt.id, feats, n)
-        elif self.streamed:
-            assert self.cache is not None  # streamed: data.cache_dir or a temporary folder
-            self.frames(utt.id, n, feats, self.cache.entry_path(utt))
         else:
-            self.frames(utt.id, n, feats)
+            self.frames(utt.id, n, feats, self.holding.fresh_path(self.cache, utt))
 
 
 def _extract(
@@ -253,38 +422,19 @@ def _extract(
 ) -> Tuple[int, Dict[str, Any]]:
     """``(forward passes, notes)`` of running the upstream once over ``misses``, each result handed to ``kept``.
 
-    In RAM the misses are decoded first (``decode_corpus``); streamed, they are validated
-    (``scan_corpus``) and decoded again per extraction batch by DataLoader workers.
+    The misses' audio is prepared as ``kept.holding`` says (decoded first, or decoded per batch).
     """
     notes: Dict[str, Any] = {}
     if not misses:
         return 0, notes
     by_id = {u.id: u for u in misses}
-    waves: Optional[Dict[str, np.ndarray]] = None  # in RAM: the decoded misses
-    lengths: Optional[Dict[str, int]] = None  # streamed: their lengths, and a loader that decodes them per batch
-    loader = None
-    workers = resolve_workers(data.num_workers, len(misses))
-    if kept.streamed:
-        lengths, skipped = scan_corpus(
-            misses, upstream.sample_rate, upstream.min_samples, data.strict, progress, workers
-        )
-        loader = stream_batches(
-            [by_id[uid] for uid in lengths],
-            upstream.sample_rate,
-            upstream.min_samples,
-            workers,
-            pin_memory=device.startswith("cuda"),
-        )
-    else:
-        audio = decode_corpus(misses, upstream.sample_rate, upstream.min_samples, data.strict, progress)
-        waves, skipped = audio.waves, audio.skipped
-    kept.skipped.update(skipped)
-    todo = len(lengths if lengths is not None else waves or {})
-    if todo:
+    audio = kept.holding.prepare_audio(misses, upstream, data, device, progress)
+    kept.skipped.update(audio.skipped)
+    if audio.usable:
         stats: Dict[str, float] = {}
         extract_features(
             upstream.to(device),
-            waves,
+            audio.waves,
             layers,
             device=device,
             max_batch_samples=int(data.extract_batch_seconds * upstream.sample_rate),
@@ -293,14 +443,13 @@ def _extract(
             precision=precision,
             stats=stats,
             reduce_mean=not kept.write_frames,
-            lengths=lengths,
-            batch_loader=loader,
+            lengths=audio.lengths,
+            batch_loader=audio.loader,
             sink=lambda uid, feats, n: kept.fresh(by_id[uid], feats, n),
         )
         notes["extraction"] = {k: round(v, 4) for k, v in stats.items()}
-    if kept.streamed:
-        notes["workers"] = workers
-    return todo, notes
+    notes.update(audio.notes)
+    return audio.usable, notes
 
 
 @torch.inference_mode()
@@ -358,21 +507,20 @@ def compute_frozen_features(
     """
     write_frames = not means_only or need_moments or store_frames
     # the one decision: over data.max_ram_gb, frames stay in the on-disk cache
-    streamed = should_stream(upstream, utterances, layers, data, frames=write_frames or bool(data.cache_dir))
-    tmp_dir = temp_cache.make() if streamed and not data.cache_dir else None
+    holding = hold_features(upstream, utterances, layers, data, write_frames)
     try:
         dtype = getattr(torch, data.cache_dtype)
         frames_cache, means_cache = open_caches(
-            data.cache_dir or tmp_dir, upstream, layers, dtype, precision, device, write_frames
+            holding.cache_root, upstream, layers, dtype, precision, device, write_frames
         )
         cache = frames_cache if write_frames else means_cache
-        kept = _Kept(len(layers), means_only, need_moments, write_frames, streamed, cache, data.strict)
+        kept = _Kept(len(layers), means_only, need_moments, write_frames, holding, cache, data.strict)
         if frames_cache is not None:
             kept.hits(utterances, frames_cache, means_cache)
         misses = all_misses = [u for u in utterances if u.id not in kept]
         ctx = ddp_tools.context()
         # torchrun, in RAM: each rank extracts its share into the shared cache
-        sharded = ctx.active and bool(data.cache_dir) and not streamed
+        sharded = ctx.active and bool(data.cache_dir) and holding.shares_extraction
         if sharded:  # rank 0's list of misses for all (another rank may already see some entries written meanwhile)
             missing = set(ddp_tools.broadcast([u.id for u in all_misses], ctx))
             all_misses = [u for u in utterances if u.id in missing]
@@ -382,8 +530,7 @@ def compute_frozen_features(
         if sharded:  # every rank's skips and forward passes, then (after all have written) the others' entries
             forwards, skipped = _read_other_shares(ctx, forwards, skipped, all_misses, kept)
     except BaseException:
-        if tmp_dir is not None:
-            temp_cache.release(tmp_dir)
+        holding.release()
         raise
     notes["upstream_forward_passes"] = forwards  # utterances run through the upstream by this run
     if data.cache_dir and frames_cache is not None:
@@ -393,14 +540,9 @@ def compute_frozen_features(
             "misses": len(all_misses),
             "written": "frames" if write_frames else "means",
         }
-    if streamed:
-        notes["streamed"] = {"max_ram_gb": data.max_ram_gb, "frames_on_disk": not means_only}
+    notes.update(holding.notes(data, means_only))
     if means_only:  # frames (from the cache, or kept for moments / a later head) were reduced to exact means
         notes["mean_shortcut"] = True
-    features: Mapping[str, Layers] = kept.features
-    if streamed and not means_only:
-        features = LazyFeatures(kept.paths, kept.frame_counts, len(layers), tmp_dir)
-    elif tmp_dir is not None:  # only means are held: the temporary entries are no longer needed
-        temp_cache.release(tmp_dir)
+    features = holding.features(kept, means_only)
     moments = {uid: kept.moments[uid] for uid in features} if need_moments else None
     return FrozenFeatures(features, kept.frame_counts, skipped, means_only, notes, moments)
