@@ -64,8 +64,9 @@ _SETTING_SKIP = {"name", "output"}  # recipe sections that do not make a differe
 
 def _corpus_of(run_dir: Path) -> Tuple[str, str, str]:
     """``(corpus name, data set, setting key)`` from a run's recipe.yaml; the data set is the corpus's ``dataset``
-    option (EmoBox) or the corpus name, the setting key the recipe without its name, output and corpus
-    ``dataset``/``fold`` (runs of one setting share a table). Empty strings when recipe.yaml is unreadable."""
+    option (EmoBox) or the corpus name, the setting key the recipe without its name, output, corpus ``dataset``
+    and the number in ``corpus.fold`` (runs of one setting share a table; runs of one fold each and runs of
+    all folds do not). Empty strings when recipe.yaml is unreadable."""
     try:
         recipe = RunDir(run_dir).read_recipe()
     except Exception:  # an old or partial run directory: no EmoBox row for it, the main table still has it
@@ -75,7 +76,7 @@ def _corpus_of(run_dir: Path) -> Tuple[str, str, str]:
     corpus = dict(recipe["corpus"])
     name = str(corpus.get("name", ""))
     dataset = str(corpus.pop("dataset", "") or name)
-    corpus.pop("fold", None)
+    corpus["fold"] = "one" if corpus.get("fold") is not None else "all"  # fold-by-fold runs: their own table
     setting = {k: v for k, v in recipe.items() if k not in _SETTING_SKIP}
     setting["corpus"] = corpus
     data = dict(setting.get("data") or {})
