@@ -21,15 +21,23 @@ grid's fine-tuning), ``full`` (everything), ``lora``, ``adapter``, and ``lora (b
 LoRA through ``peft.inject_adapter_in_model`` on a plain ``transformers`` model with a hand-written
 head and loop, the reference for what the project's wrappers cost.
 
-Each mode runs in a fresh subprocess (so one mode's memory cannot hide in another's): one warm-up
-step, then ``--repeats`` timed steps on the same batch (``--batch`` utterances of noise, durations
-uniform in 2-3 s, seed 0). Memory on CPU: the peak resident set size (``VmHWM``, reset through
-``/proc/self/clear_refs`` after the model and optimiser are built) minus the resident size just
-before the first step: gradients, optimiser state and activations (the weights are not in it);
-where the reset is unavailable, ``ru_maxrss`` (peak over the process's life, so an upper bound).
-On CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the first step.
+Memory: each mode in a fresh subprocess (so one mode's memory cannot hide in another's), one training
+step on the batch (``--batch`` utterances of noise, durations uniform in 2-3 s, seed 0); on CPU the
+peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` after the model and optimiser
+are built) minus the resident size just before that step: gradients, optimiser state and activations
+(not the weights); where the reset is unavailable, ``ru_maxrss`` (peak over the process's life, so an
+upper bound). On CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the step.
+Time: every mode built in one more subprocess, one warm-up step each, then ``--repeats`` rounds of one
+step per mode, the order reversed every other round, so that a change in the machine's load (a shared
+machine) falls on every mode alike; each figure is the median of the rounds (min and max beside it).
+On a shared machine the step times swing several-fold with other jobs' load (measured here: LoRA
+steps of 21-25 s while another engineer's 2-process job ran, 1.7 s on the idle machine); the rounds
+share the load, so compare modes within one run. ``--flush-denormal`` (``torch.set_flush_denormal``)
+was checked as a cause of slow steps and changes nothing on the idle machine.
+Steps counted: per mode 1 (memory) + 1 (warm-up) + ``--repeats`` (timed).
 
-    python benchmarks/bench_peft.py                  # CPU, 4 x 2-3 s, 3 timed steps: ~4 minutes on 2 cores
+    python benchmarks/bench_peft.py                  # CPU, 4 x 2-3 s, 3 rounds: ~2 minutes on 2 idle cores
+    python benchmarks/bench_peft.py --flush-denormal # the same, denormal numbers flushed to zero
     python benchmarks/bench_peft.py --device cuda --precision bf16 --batch 16
     python benchmarks/bench_peft.py --quick          # a tiny model: checks the script, figures mean nothing
 """
@@ -50,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
-from common import TINY, WORK, _save_random, load_average, machine, spread  # noqa: E402
+from common import TINY, WORK, _save_random, load_average, machine, median, spread  # noqa: E402
 
 SAMPLE_RATE = 16000
 #: mode -> FinetuneConfig keys (all but the bare loop take the project's path)
@@ -191,48 +199,68 @@ def _reset_peak() -> bool:
     return hwm is not None and rss is not None and hwm <= rss + 1024
 
 
-def run_mode(
-    name: str,
-    folder: Path,
-    device: str,
-    precision: str,
-    count: int,
-    low: float,
-    high: float,
-    repeats: int,
-    gradient_checkpointing: bool = False,
-    threads: Optional[int] = None,
-) -> Dict[str, Any]:
-    """Build one mode, take 1 warm-up + ``repeats`` steps; the counts, memory and step times."""
+class Stepper:
+    """One mode built on ``device``: its parameter counts and ``step()`` (forward + backward + optimiser step)."""
+
+    def __init__(self, name: str, folder: Path, device: str, precision: str, gradient_checkpointing: bool) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        keys = MODES[name]
+        self.name, self.device, self.precision = name, device, precision
+        if keys["mode"] == "bare_lora":
+            bare = BareLoRA(folder)
+            self.module, self.optimizer, self.params = bare.module.to(device), bare.optimizer, bare.params
+            encoder_params = list(bare.encoder.parameters())
+            self.forward, self.clip = bare, 1.0
+        else:
+            model, self.optimizer, training = project_model(folder, keys, gradient_checkpointing)
+            self.module = model.to(device)
+            self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            encoder_params = list(model.upstream.parameters())
+            self.forward, self.clip = model, training.grad_clip
+        self.module.train()
+        if keys["mode"] == "frozen":
+            self.module.upstream.eval()
+        self.counts = {
+            "trainable": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in self.module.parameters()),
+            "encoder_trainable": sum(p.numel() for p in encoder_params if p.requires_grad),
+            "encoder_total": sum(p.numel() for p in encoder_params),
+        }
+
+    def step(self, wavs, lengths, targets) -> float:
+        """One training step; its wall time in seconds."""
+        import torch
+        from torch import nn
+
+        from ser_plugins.training.trainer import autocast
+
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with autocast(self.device, self.precision):
+            logits = self.forward(wavs, lengths)
+        loss = nn.functional.cross_entropy(logits.float(), targets)
+        loss.backward()
+        if self.clip:
+            nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def memory_of_mode(name: str, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    """In a fresh process: build one mode, take one step (the first: it allocates the optimiser state);
+    the counts and the memory that step added."""
     import torch
-    from torch import nn
 
-    from ser_plugins.training.trainer import autocast
-
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    keys = MODES[name]
-    if keys["mode"] == "bare_lora":
-        bare = BareLoRA(folder)
-        module, optimizer, params = bare.module.to(device), bare.optimizer, bare.params
-        encoder_params = list(bare.encoder.parameters())
-        forward, clip = bare, 1.0
-    else:
-        model, optimizer, training = project_model(folder, keys, gradient_checkpointing)
-        module = model.to(device)
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        encoder_params = list(model.upstream.parameters())
-        forward, clip = model, training.grad_clip
-    module.train()
-    if keys["mode"] == "frozen":
-        module.upstream.eval()
-    wavs, lengths, targets = (t.to(device) for t in batch(count, low, high))
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in module.parameters())
-    enc_trainable = sum(p.numel() for p in encoder_params if p.requires_grad)
-    enc_total = sum(p.numel() for p in encoder_params)
-    cuda = device.startswith("cuda")
+    stepper = Stepper(name, folder, args.device, args.precision, args.gradient_checkpointing)
+    wavs, lengths, targets = (t.to(args.device) for t in batch(args.batch, args.low, args.high))
+    cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -242,97 +270,76 @@ def run_mode(
         reset = _reset_peak()
         before = (_rss_kib("VmRSS") or 0) * 1024
         method = (
-            "peak RSS (VmHWM reset via /proc/self/clear_refs) - RSS before the first step"
+            "peak RSS (VmHWM, reset via /proc/self/clear_refs) - RSS before the first step"
             if reset
             else "ru_maxrss (peak over the process's life) - RSS before the first step"
         )
-
-    def step() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with autocast(device, precision):
-            logits = forward(wavs, lengths)
-        loss = nn.functional.cross_entropy(logits.float(), targets)
-        loss.backward()
-        if clip:
-            nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    warm = step()
-    times = [step() for _ in range(repeats)]
+    first = stepper.step(wavs, lengths, targets)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - before
     elif method.startswith("peak RSS"):
         peak = (_rss_kib("VmHWM") or 0) * 1024 - before
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return {"mode": name, **stepper.counts, "peak_bytes": int(peak), "memory_method": method, "first_step_s": first}
+
+
+def timing(modes: List[str], folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    """In one process: every mode built, one warm-up step each, then ``repeats`` rounds of one step per
+    mode, in alternating order (a change of machine load falls on every mode alike)."""
+    import torch
+
+    steppers = {m: Stepper(m, folder, args.device, args.precision, args.gradient_checkpointing) for m in modes}
+    wavs, lengths, targets = (t.to(args.device) for t in batch(args.batch, args.low, args.high))
+    warm = {m: st.step(wavs, lengths, targets) for m, st in steppers.items()}
+    times: Dict[str, List[float]] = {m: [] for m in modes}
+    for i in range(args.repeats):
+        for m in modes if i % 2 == 0 else modes[::-1]:
+            times[m].append(steppers[m].step(wavs, lengths, targets))
+        print(f"round {i + 1}: " + ", ".join(f"{m} {times[m][-1]:.2f} s" for m in modes), file=sys.stderr, flush=True)
     return {
-        "mode": name,
-        "trainable": trainable,
-        "total": total,
-        "encoder_trainable": enc_trainable,
-        "encoder_total": enc_total,
-        "peak_bytes": int(peak),
-        "memory_method": method,
         "warmup_s": warm,
         "step_s": times,
-        "steps": 1 + repeats,
-        "utterances_per_step": count,
+        "utterances_per_step": int(args.batch),
         "audio_s_per_step": float(lengths.sum()) / SAMPLE_RATE,
         "threads": torch.get_num_threads(),
     }
 
 
-def run_in_subprocess(name: str, folder: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
-        name,
-        "--folder",
-        str(folder),
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        "--batch",
-        str(args.batch),
-        "--low",
-        str(args.low),
-        "--high",
-        str(args.high),
-        "--repeats",
-        str(args.repeats),
-    ]
+def child(args: argparse.Namespace, *extra: str) -> Dict[str, Any]:
+    """Run this script's ``--child`` part in a fresh Python process; its JSON result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--folder", str(args.folder), "--device", args.device]
+    cmd += ["--precision", args.precision, "--batch", str(args.batch), "--low", str(args.low)]
+    cmd += ["--high", str(args.high), "--repeats", str(args.repeats), *extra]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
+    if args.flush_denormal:
+        cmd.append("--flush-denormal")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(HERE.parent))
     if proc.returncode != 0:
-        raise RuntimeError(f"mode {name} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
+    for line in proc.stderr.splitlines():
+        if line.startswith("round "):
+            print("  " + line, flush=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def table(results: List[Dict[str, Any]]) -> List[str]:
     """The markdown table of the results (medians of the timed steps, min and max beside them)."""
     ref = next((r for r in results if r["mode"] == "finetune"), results[0])
-    ref_step = sorted(ref["step_s"])[len(ref["step_s"]) // 2]
+    ref_step = median(ref["step_s"])
     lines = [
         "| mode | trainable params | of total | encoder trainable | peak memory added (MiB) | "
         "step time (s) | utterances/s | vs finetune | steps |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        med = sorted(r["step_s"])[len(r["step_s"]) // 2]
+        med = median(r["step_s"])
         lines.append(
             f"| {LABELS[r['mode']]} | {r['trainable'] / 1e6:.3f} M | {100 * r['trainable'] / r['total']:.2f} % | "
             f"{r['encoder_trainable'] / 1e6:.3f} M of {r['encoder_total'] / 1e6:.1f} M | "
             f"{r['peak_bytes'] / 2**20:.0f} | {spread(r['step_s'])} | {r['utterances_per_step'] / med:.2f} | "
-            f"{ref_step / med:.2f} x | 1 + {len(r['step_s'])} |"
+            f"{ref_step / med:.2f} x | 1 + 1 + {len(r['step_s'])} |"
         )
     return lines
 
@@ -349,27 +356,29 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="utterances per step")
     p.add_argument("--low", type=float, default=2.0, help="shortest utterance (s)")
     p.add_argument("--high", type=float, default=3.0, help="longest utterance (s)")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up step")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per mode after the warm-up step")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated, of: " + ", ".join(MODES))
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--flush-denormal",
+        action="store_true",
+        help="torch.set_flush_denormal(True) in the measuring processes (CPU; measured: no effect)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny model, 1 timed step: checks the script runs")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-memory", help=argparse.SUPPRESS)
+    p.add_argument("--child-timing", help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        r = run_mode(
-            args.child,
-            args.folder,
-            args.device,
-            args.precision,
-            args.batch,
-            args.low,
-            args.high,
-            args.repeats,
-            args.gradient_checkpointing,
-        )
-        print(json.dumps(r))
+    if args.flush_denormal:
+        import torch
+
+        torch.set_flush_denormal(True)
+    if args.child_memory:
+        print(json.dumps(memory_of_mode(args.child_memory, args.folder, args)))
+        return
+    if args.child_timing:
+        print(json.dumps(timing(args.child_timing.split(","), args.folder, args)))
         return
     if args.quick:
         args.repeats = 1
@@ -379,36 +388,47 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; modes: {', '.join(MODES)}")
-    folder = wavlm_folder(args.quick)
+    args.folder = wavlm_folder(args.quick)
     print(machine(), "|", load_average(), flush=True)
     gc = ", gradient checkpointing" if args.gradient_checkpointing else ""
+    gc += ", denormals flushed to zero" if args.flush_denormal else ""
     print(
         f"WavLM Base+ architecture{' (tiny)' if args.quick else ''}, random weights (seed 0), device "
-        f"{args.device}, precision {args.precision}{gc}"
-        f"; a batch of {args.batch} utterances of {args.low:g}-{args.high:g} s (uniform, seed 0); each mode in a "
-        f"fresh subprocess: 1 warm-up step + {args.repeats} timed steps (forward + backward + optimiser step)",
+        f"{args.device}, precision {args.precision}{gc}; a batch of {args.batch} utterances of "
+        f"{args.low:g}-{args.high:g} s (uniform, seed 0). Memory: each mode in a fresh subprocess, one step. "
+        f"Time: every mode in one subprocess, 1 warm-up step each, then {args.repeats} rounds of one step per "
+        "mode in alternating order (forward + backward + optimiser step)",
         flush=True,
     )
-    results = []
+    start = time.perf_counter()
+    memory = {}
     for name in modes:
-        start = time.perf_counter()
-        r = run_in_subprocess(name, folder, args)
-        results.append(r)
+        memory[name] = child(args, "--child-memory", name)
+        r = memory[name]
         print(
-            f"  {LABELS[name]:30s}: warm-up {r['warmup_s']:.2f} s, steps "
-            f"{', '.join(f'{s:.2f}' for s in r['step_s'])} s, peak +{r['peak_bytes'] / 2**20:.0f} MiB "
-            f"({time.perf_counter() - start:.0f} s with start-up)",
+            f"  memory {LABELS[name]:30s}: peak +{r['peak_bytes'] / 2**20:.0f} MiB, "
+            f"first step {r['first_step_s']:.2f} s",
             flush=True,
         )
+    timed = child(args, "--child-timing", ",".join(modes))
+    results = [
+        {
+            **memory[m],
+            "step_s": timed["step_s"][m],
+            "warmup_s": timed["warmup_s"][m],
+            "utterances_per_step": timed["utterances_per_step"],
+        }
+        for m in modes
+    ]
     print()
     print(
-        f"{results[0]['audio_s_per_step']:.2f} s of audio per step; {results[0]['threads']} torch threads; "
-        f"memory: {results[0]['memory_method']}"
+        f"{timed['audio_s_per_step']:.2f} s of audio per step; {timed['threads']} torch threads; memory: "
+        f"{results[0]['memory_method']}; {load_average()} at the end; {time.perf_counter() - start:.0f} s in all"
     )
     print()
     print("\n".join(table(results)))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "memory": memory, "timing": timed}, indent=1))
 
 
 if __name__ == "__main__":
