@@ -64,6 +64,19 @@ def test_hf_upstream_runs_end_to_end_in_every_mode(fast_recipe, tiny_hubert, tmp
     wav = next(iter(sorted(Path(fast_recipe["corpus"]["root"]).rglob("*.wav"))))
     (res,) = predictor.predict_files([str(wav)])
     assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    # ser predict batches the (batch-invariant) hf upstream exactly: the same answers as one file at a time
+    wavs = [str(p) for p in sorted(Path(fast_recipe["corpus"]["root"]).rglob("*.wav"))[:6]]
+    calls = []
+    hidden = predictor._hidden
+    predictor._hidden = lambda up, batch: calls.append(len(batch)) or hidden(up, batch)
+    batched = predictor.predict_files(wavs)
+    assert max(calls) > 1 and sum(calls) == len(wavs) * len(predictor.models if mode != "frozen" else [1])
+    predictor.batch_size, calls[:] = 1, []
+    alone = predictor.predict_files(wavs)
+    assert max(calls) == 1
+    for a, b in zip(batched, alone):
+        assert a["path"] == b["path"]
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
 
 
 def test_optimiser_has_head_and_upstream_groups_with_layer_decay(fast_recipe, tiny_hubert):

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ser_plugins.data.batching import pad_waves
+from ser_plugins.data.batching import bucket_batches, pad_waves
 from ser_plugins.data.normalize import Normalizer
 from ser_plugins.deploy.scoring import FORMATS, Outcome, Problem, format_results, score_files  # noqa: F401 - re-exported
 from ser_plugins.errors import CorruptFileError, UserError
@@ -140,6 +140,8 @@ class Predictor:
         self.targets: List[str] = list(self.task.targets)
         self.device = device
         r = self.recipe
+        self.batch_size = 16  # files per upstream batch (batch-invariant upstreams), as in frozen extraction
+        self.max_batch_seconds = float(r.data.extract_batch_seconds)  # padded audio per upstream batch
         self._check_task()
         task = self.task if self.task.has_targets else None  # a classification head: built as it always was
         standardize = bool(task is not None and r.task.standardize)
@@ -220,8 +222,9 @@ class Predictor:
     def predict_files(self, paths: Sequence[str]) -> List[Dict[str, Any]]:
         """One result per file, in order (``ser_plugins.deploy.scoring.score_files``): scored, or the reason it was not.
 
-        Files are run one at a time (no padding: a file's prediction never depends on the others),
-        except for the speaker statistics, which pool all usable files.
+        A file's prediction never depends on the others (batch-invariant upstreams run on exact padded
+        batches, any other one file at a time), except for the speaker statistics, which pool all
+        usable files.
         """
         return score_files(self, paths)
 
@@ -245,17 +248,28 @@ class Predictor:
         return [problems.get(i, (pr / len(self.models)).numpy()) for i, pr in enumerate(probs)]
 
     def _states(self, upstream, waves: Sequence[np.ndarray], problems: Dict[int, Problem]) -> Dict[int, tuple]:
-        """Hidden states and frame count of each usable waveform; non-finite features flag it in ``problems``."""
+        """Hidden states ``[1, T, D]`` and frame count of each usable waveform; non-finite features flag it in
+        ``problems``.
+
+        A ``batch_invariant`` upstream (every ``hf`` model: exact batching) runs on length-bucketed
+        padded batches (``self.batch_size`` files, ``self.max_batch_seconds`` of padded audio), each
+        file's valid frames cut out of its row; any other upstream runs one file at a time.
+        """
+        todo = [i for i in range(len(waves)) if i not in problems]
+        if getattr(upstream, "batch_invariant", False):
+            max_samples = int(self.max_batch_seconds * upstream.sample_rate)
+            plan = bucket_batches([len(waves[i]) for i in todo], self.batch_size, max_samples)
+            batches = [[todo[k] for k in batch] for batch in plan]
+        else:
+            batches = [[i] for i in todo]
         out = {}
-        for i, wave in enumerate(waves):
-            if i in problems:
-                continue
-            hidden, frames = self._hidden(upstream, wave)
-            if not all(torch.isfinite(h).all() for h in hidden):
-                problems[i] = Problem("non_finite_features", "the upstream gives non-finite features (NaN/inf)")
-                continue
-            out[i] = (hidden, frames)
-        return out
+        for batch in batches:
+            for i, (hidden, frames) in zip(batch, self._hidden(upstream, [waves[i] for i in batch])):
+                if not all(torch.isfinite(h).all() for h in hidden):
+                    problems[i] = Problem("non_finite_features", "the upstream gives non-finite features (NaN/inf)")
+                    continue
+                out[i] = (hidden, frames)
+        return dict(sorted(out.items()))
 
     def _normalise(
         self, normalizer: Normalizer, states: Dict[int, List[torch.Tensor]]
@@ -268,8 +282,14 @@ class Predictor:
             speaker = "files"
         return {i: normalizer.transform(layers, speaker) for i, layers in states.items()}
 
-    def _hidden(self, upstream, wave) -> Tuple[List[torch.Tensor], torch.Tensor]:
-        wavs, lengths = pad_waves([wave])
+    def _hidden(self, upstream, batch: Sequence[np.ndarray]) -> List[Tuple[List[torch.Tensor], torch.Tensor]]:
+        """Per waveform of ``batch`` (one padded batch): its hidden states ``[1, T, D]`` and frame count ``[1]``."""
+        wavs, lengths = pad_waves(list(batch))
         out = upstream(wavs.to(self.device), lengths.to(self.device))
         check_upstream_output(upstream, out, lengths.to(self.device))
-        return out.hidden_states, out.lengths
+        if len(batch) == 1:
+            return [(list(out.hidden_states), out.lengths)]
+        return [
+            ([h[j : j + 1, : int(out.lengths[j])] for h in out.hidden_states], out.lengths[j : j + 1])
+            for j in range(len(batch))
+        ]
