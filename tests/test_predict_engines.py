@@ -81,7 +81,9 @@ def test_a_missing_file_beside_a_good_one_each_gets_its_own_line(models, engine,
     assert f"warning: {missing}: not scored: unreadable" in err and "1 of 2 files not scored" in err
     assert "Traceback" not in err and not error_lines(err)
     rc, out, err = predict(models, engine, [good], capsys)
-    assert rc == 0 and len(out.splitlines()) == 1 and not err.strip()
+    assert rc == 0 and len(out.splitlines()) == 1
+    # one file of a speaker-normalised run: the typical statistics, said on stderr (nothing else there)
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("note: a speaker-normalised run: fewer than")
 
 
 @pytest.mark.parametrize("name,reason", [("nan", "non_finite"), ("one_sample", "too_short"), ("silence", "silent"),
@@ -144,9 +146,10 @@ def test_min_speaker_files_is_honoured_by_torch_and_refused_by_onnx_where_it_can
     a, b = (json.loads(typical[e][1]) for e in ENGINES)
     assert all(abs(x["probabilities"][k] - y["probabilities"][k]) <= 1e-4
                for x, y in zip(a[:3], b[:3]) for k in x["probabilities"])
+    assert all("typical statistics" in typical[e][2] for e in ENGINES)
     rc, out, err = predict(models, "torch", [wavs[n] for n in goods], capsys, "--format", "json",
                            "--min-speaker-files", "3")
-    assert rc == 0  # the files' own statistics: other probabilities
+    assert rc == 0 and "typical statistics" not in err  # the files' own statistics: other probabilities
     own = json.loads(out)
     assert any(abs(x["probabilities"][k] - y["probabilities"][k]) > 1e-3
                for x, y in zip(own, a[:3]) for k in x["probabilities"])

@@ -7,6 +7,7 @@ training code (the PyTorch engine and the exporter are imported only when asked 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -135,7 +136,16 @@ def predict_files(scorer: "Scorer", files: Sequence[str], fmt: str = "text") -> 
     """Score whole files and write them as ``fmt`` (text, json, csv); the exit status of ``ser predict``."""
     from ser_plugins.deploy.scoring import score_files, scorer_targets, write_results
 
-    return write_results(score_files(scorer, files), scorer.labels, fmt, targets=scorer_targets(scorer))
+    results = score_files(scorer, files)
+    if getattr(scorer, "speaker_statistics", None) == "typical":
+        least = getattr(scorer, "min_speaker_files", 10)
+        print(
+            f"note: a speaker-normalised run: fewer than --min-speaker-files ({least}) usable "
+            "files, so they were standardised with the training speakers' typical statistics, not their own; "
+            "pass at least that many files of one speaker for their own statistics",
+            file=sys.stderr,
+        )
+    return write_results(results, scorer.labels, fmt, targets=scorer_targets(scorer))
 
 
 def predict_timelines(

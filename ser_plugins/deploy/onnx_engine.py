@@ -165,4 +165,5 @@ class OnnxPredictor(OneByOne):
                 "its fold's typical speaker statistics. Score them with the run directory (--engine torch), or "
                 f"pass --min-speaker-files {len(waves) + 1} to use the typical statistics"
             )
+        self.speaker_statistics = "typical" if self.speaker_normalised else None  # as the torch engine's attribute
         return super().score(waves)

@@ -133,6 +133,8 @@ class Predictor:
         self, run_dir: Path, fold: Optional[str] = None, device: str = "cpu", min_speaker_files: int = 10
     ) -> None:
         self.min_speaker_files = min_speaker_files
+        #: a speaker-normalised run's last scoring: "own" statistics of the files, or the folds' "typical" ones
+        self.speaker_statistics: Optional[str] = None
         self.run_dir = Path(run_dir)
         self.recipe = load_run_recipe(self.run_dir)
         self.task = read_task(self.run_dir)
@@ -275,6 +277,8 @@ class Predictor:
         self, normalizer: Normalizer, states: Dict[int, List[torch.Tensor]]
     ) -> Dict[int, List[torch.Tensor]]:
         speaker = None
+        if normalizer.kind == "speaker":
+            self.speaker_statistics = "own" if len(states) >= self.min_speaker_files else "typical"
         if normalizer.kind == "speaker" and len(states) >= self.min_speaker_files:
             normalizer = copy.copy(normalizer)
             normalizer.speakers_ = {}
