@@ -19,21 +19,49 @@ listeners recognised (above 80 %) and judged natural (above 60 %).
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
-import shutil
 import types
 from pathlib import Path
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import soundfile as sf
 
-from corpora import msp_podcast
 from corpora.demo_synth import EMOTION_PARAMS, SAMPLE_RATE
-from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, Corpus, Utterance
+from corpora.release import APPLEDOUBLE as APPLEDOUBLE
+from corpora.release import BAD_CODE as BAD_CODE
+from corpora.release import BAD_NAME as BAD_NAME
+from corpora.release import (
+    DOT_FILES,
+    EXPRESSIVE_PARAMS,
+    bad_code,
+    check_labels,
+    check_merge_target,
+    check_reachable,
+    code_list,
+    demo_synth_copy,
+    is_dot_file,
+    kept_label,
+    label_list,
+    report_dropped,
+    report_empty,
+    scan_top,
+    sort_out,
+    spelled_twice,
+    write_summary,
+    write_wav,
+)
+from corpora.release import DS_STORE as DS_STORE
+from corpora.release import EMPTY_LABEL as EMPTY_LABEL
+from corpora.release import EXTRA_FILE as EXTRA_FILE
+from corpora.release import EXTRA_FOLDER as EXTRA_FOLDER
+from corpora.release import HIDDEN_FILE as HIDDEN_FILE
+from corpora.release import MISPLACED_AUDIO as MISPLACED_AUDIO
+from corpora.release import NO_UTTERANCES as NO_UTTERANCES
+from corpora.release import Quirks as Quirks
+from corpora.release import prepare_root as prepare_root
+from corpora.release import write_readme as write_readme
+from ser_plugins.plugins.contracts import Corpus, Utterance
 
 #: The 10 speakers (actors) and their documented gender.
 SPEAKERS: Tuple[str, ...] = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
@@ -87,47 +115,11 @@ LABEL_DIRS: Tuple[str, ...] = ("lablaut", "labsilb", "silb")
 NAME_PATTERN = "SSTTTEV.wav (speaker, text, emotion letter, take; e.g. 03a01Fa.wav)"
 _NAME_RE = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<emotion>[A-Z])(?P<version>[a-z])$")
 
-# Problem kinds of the release readers (EmoDB, EMOVO), besides the core's dropped_label and duplicate_audio.
-HIDDEN_FILE = "hidden_file"
-EXTRA_FOLDER = "extra_folder"
-EXTRA_FILE = "extra_file"
-BAD_NAME = "bad_name"
-BAD_CODE = "bad_code"
-MISPLACED_AUDIO = "misplaced_audio"
-EMPTY_LABEL = "empty_label"
-NO_UTTERANCES = "no_utterances"
-
-
-def is_hidden(name: str) -> bool:
-    """Dot-files: macOS metadata (``._*`` AppleDouble files, ``.DS_Store``) and other hidden entries."""
-    return name.startswith(".")
-
-
-class Quirks:
-    """The release quirks met while listing a corpus's folders, grouped by ``(kind, key)``.
-
-    ``add`` records one entry (a path relative to ``root``) with what is odd about its group;
-    ``report`` turns every group into one counted ``CorpusProblem`` (``count`` the entries, the
-    first five named), in the order the groups were first met.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.groups: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
-
-    def add(self, kind: str, path: Path, what: str, key: str = "") -> None:
-        rel = path.relative_to(self.root).as_posix() + ("/" if path.is_dir() else "")
-        self.groups.setdefault((kind, key), (what, []))[1].append(rel)
-
-    def count(self, kind: str) -> int:
-        return sum(len(names) for (k, _), (_, names) in self.groups.items() if k == kind)
-
-    def report(self, corpus: Corpus) -> None:
-        for (kind, key), (what, names) in self.groups.items():
-            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-            corpus.problem(
-                str(self.root), f"{len(names)} {what} ({shown}); not read", kind=kind, key=key, count=len(names)
-            )
+# The problem kinds of the release readers (EmoDB, EMOVO; besides the core's dropped_label and duplicate_audio),
+# ``Quirks`` (the counted tally of a load), the miniatures' quirk files, ``prepare_root`` and ``write_readme``
+# are corpora.release's, imported above under the names this module had before corpora.release.
+#: Dot-files: macOS metadata (``._*`` AppleDouble files, ``.DS_Store``) and other hidden entries.
+is_hidden = is_dot_file
 
 
 def resolve_labels(
@@ -143,51 +135,24 @@ def resolve_labels(
     merge target outside ``labels``, a label that is both kept and merged away, and a label that
     no utterance could have.
     """
-    if isinstance(labels, str):
-        labels = [labels]
-    labels = [str(lab) for lab in labels]
-    if not labels:
-        raise ValueError(f"{cls_name}: labels must name at least one class")
-    dupes = sorted({lab for lab in labels if labels.count(lab) > 1})
-    if dupes:
-        raise ValueError(f"{cls_name}: duplicate labels {dupes}")
-    known = ", ".join(f"{code}={name}" for code, name in codes.items())
+    labels = label_list(labels)
+    check_labels(cls_name, labels)
+    known = code_list(codes)
     resolved: Dict[str, str] = {}
     for src, dst in dict(merge or {}).items():
         name = codes.get(str(src), str(src))
         if name not in names:
             raise ValueError(f"{cls_name}: merge source {src!r} is not a class of the corpus; known: {known}")
-        if str(dst) not in labels:
-            raise ValueError(f"{cls_name}: merge target {dst!r} (of {src!r}) is not one of labels {labels}")
-        if name in labels and name != dst:
-            raise ValueError(f"{cls_name}: {name!r} is both a label and merged into {dst!r}")
+        check_merge_target(cls_name, src, dst, labels, name)
         resolved[name] = str(dst)
-    targets = set(resolved.values())
-    for lab in labels:
-        if lab not in names and lab not in targets:
-            raise ValueError(
-                f"{cls_name}: label {lab!r} is neither a class of the corpus ({known}) nor a merge target, "
-                "so no utterance could have it"
-            )
+    check_reachable(cls_name, labels, names, resolved, f"a class of the corpus ({known})")
     return labels, resolved
 
 
 def report_labels(corpus: Corpus, src: str, out: Sequence[Utterance], dropped: Mapping[str, int], code_of) -> None:
     """The ``dropped_label`` problems (one per class outside ``labels``), then labels without utterances."""
-    for name, n in dropped.items():
-        corpus.problem(
-            src,
-            f"{n} file(s) of class {name} ({code_of(name)}), outside labels {list(corpus.labels)}: left out",
-            kind=DROPPED_LABEL,
-            key=name,
-            count=n,
-        )
-    present = {u.label for u in out}
-    for lab in corpus.labels:
-        if out and lab not in present:
-            corpus.problem(src, f"label {lab!r} has no usable utterance", kind=EMPTY_LABEL, key=lab)
-    if not out:
-        corpus.problem(src, "no utterance could be read", fatal=True, kind=NO_UTTERANCES)
+    report_dropped(corpus, src, dropped, code_of, sep=":")
+    report_empty(corpus, src, out, "no utterance could be read")
 
 
 class EmodbCorpus(Corpus):
@@ -260,25 +225,14 @@ class EmodbCorpus(Corpus):
         self.counts, self.speaker_counts, self.dropped, self.ignored = {}, {}, {}, []
         wav_dir = self.audio_dir()
         quirks = Quirks(self.root)
-        for p in sorted(self.root.iterdir()):
-            if is_hidden(p.name):
-                quirks.add(HIDDEN_FILE, p, "hidden file(s) (macOS ._* / .DS_Store metadata or other dot-files)")
-            elif p.is_dir():
-                if p.name == AUDIO_DIR:
-                    continue
-                if p.name in LABEL_DIRS:
-                    self.ignored.append(p.name + "/")
-                else:
-                    quirks.add(
-                        EXTRA_FOLDER,
-                        p,
-                        f"folder(s) that are not part of the EmoDB layout ({AUDIO_DIR}/, "
-                        f"{', '.join(d + '/' for d in LABEL_DIRS)})",
-                    )
-            elif p.suffix.lower() == ".wav":
-                quirks.add(MISPLACED_AUDIO, p, f".wav file(s) outside {AUDIO_DIR}/")
-            else:
-                self.ignored.append(p.name)
+        self.ignored = scan_top(
+            self.root,
+            quirks,
+            lambda p: p.name == AUDIO_DIR,
+            lambda p: p.name in LABEL_DIRS,
+            f"folder(s) that are not part of the EmoDB layout ({AUDIO_DIR}/, {', '.join(d + '/' for d in LABEL_DIRS)})",
+            f".wav file(s) outside {AUDIO_DIR}/",
+        )
         out: List[Utterance] = []
         seen: Dict[str, Path] = {}
         for p in sorted(wav_dir.iterdir()):
@@ -290,43 +244,28 @@ class EmodbCorpus(Corpus):
         return out
 
     def _utterance(self, p: Path, quirks: Quirks, seen: Dict[str, Path]) -> Optional[Utterance]:
-        if is_hidden(p.name):
-            quirks.add(HIDDEN_FILE, p, "hidden file(s) (macOS ._* / .DS_Store metadata or other dot-files)")
-            return None
-        if p.is_dir():
-            quirks.add(EXTRA_FOLDER, p, f"folder(s) inside {AUDIO_DIR}/, which holds only files", AUDIO_DIR)
-            return None
-        if p.suffix.lower() != ".wav":
-            quirks.add(EXTRA_FILE, p, f"file(s) in {AUDIO_DIR}/ that are not .wav")
+        if sort_out(
+            quirks,
+            p,
+            DOT_FILES,
+            f"folder(s) inside {AUDIO_DIR}/, which holds only files",
+            f"file(s) in {AUDIO_DIR}/ that are not .wav",
+            AUDIO_DIR,
+        ):
             return None
         m = _NAME_RE.match(p.stem)
         if m is None:
             quirks.add(BAD_NAME, p, f".wav file(s) whose name is not {NAME_PATTERN}")
             return None
         speaker, text, letter = m.group("speaker"), m.group("text"), m.group("emotion")
-        for field, value, known in (
-            ("speaker", speaker, SPEAKERS),
-            ("text", text, TEXTS),
-            ("emotion", letter, tuple(CODES)),
-        ):
-            if value not in known:
-                quirks.add(BAD_CODE, p, f"file(s) with a {field} code outside the release's ({' '.join(known)})", field)
-                return None
-        if p.stem in seen:  # 03a01Fa.wav and 03a01Fa.WAV
-            self.problem(
-                str(p),
-                f"{p.name} is {p.stem} again (as {seen[p.stem].name}): one recording under two spellings; not read",
-                kind=DUPLICATE_AUDIO,
-                key=p.stem,
-            )
+        checks = (("speaker", speaker, SPEAKERS), ("text", text, TEXTS), ("emotion", letter, tuple(CODES)))
+        if bad_code(quirks, p, checks, "a"):
             return None
-        seen[p.stem] = p
-        name = CODES[letter]
-        self.counts[name] = self.counts.get(name, 0) + 1
+        if spelled_twice(self, p, p.stem, seen, p.stem):  # 03a01Fa.wav and 03a01Fa.WAV
+            return None
         self.speaker_counts[speaker] = self.speaker_counts.get(speaker, 0) + 1
-        label = self.merge.get(name, name)
-        if label not in self.labels:
-            self.dropped[name] = self.dropped.get(name, 0) + 1
+        label = kept_label(self, CODES[letter])
+        if label is None:
             return None
         return Utterance(id=p.stem, path=str(p), label=label, speaker=speaker)
 
@@ -350,13 +289,14 @@ MINIATURE_SPEAKERS: Tuple[str, ...] = ("03", "08", "10", "13")
 EMOTION_ORDER: Tuple[str, ...] = ("W", "L", "E", "A", "F", "T", "N")
 _TAKES = "abcdefghijklmnopqrstuvwxyz"
 #: demo_synth's expressive parameters (f0, range, rate, gain, tilt, oq, close, jitter, shimmer,
-#: rough, breath, formant, cons) of the classes it has not: fear and disgust as corpora/msp_podcast.py
-#: sets them (so a class sounds alike in every generated corpus); boredom low, flat (the narrowest
-#: f0 range), slow, a little quiet and dark -- near neutral, unlike sadness's much quieter, breathy voice.
+#: rough, breath, formant, cons) of the classes it has not: fear and disgust as every miniature sets
+#: them (corpora.release's EXPRESSIVE_PARAMS, so a class sounds alike in every generated corpus); boredom
+#: low, flat (the narrowest f0 range), slow, a little quiet and dark -- near neutral, unlike sadness's
+#: much quieter, breathy voice.
 EXTRA_PARAMS: Mapping[str, Tuple[float, ...]] = MappingProxyType(
     {
-        "fea": tuple(msp_podcast._PARAMS["fea"]),
-        "dis": tuple(msp_podcast._PARAMS["dis"]),
+        "fea": tuple(EXPRESSIVE_PARAMS["fea"]),
+        "dis": tuple(EXPRESSIVE_PARAMS["dis"]),
         "bor": (-1.5, 0.8, 0.82, -2.0, 0.70, 0.65, 0.42, 0.010, 0.04, 0.00, 0.10, 0.99, -1.5),
     }
 )
@@ -374,55 +314,12 @@ def synth_module() -> types.ModuleType:
     """
     global _SYNTH
     if _SYNTH is None:
-        spec = importlib.util.find_spec("corpora.demo_synth")
-        if spec is None or spec.loader is None:  # pragma: no cover
-            raise ImportError("corpora.demo_synth cannot be found")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = demo_synth_copy()
         if not isinstance(getattr(module, "EMOTION_PARAMS", None), dict):  # pragma: no cover
             raise RuntimeError("corpora.demo_synth no longer has EMOTION_PARAMS; update corpora/emodb.py")
         module.EMOTION_PARAMS = {**EMOTION_PARAMS, **EXTRA_PARAMS}  # type: ignore[attr-defined]
         _SYNTH = module
     return _SYNTH
-
-
-APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\x00" * 4054
-DS_STORE = b"\x00\x00\x00\x01Bud1" + b"\x00" * 2040
-
-
-def prepare_root(root: Path, layout: Sequence[str], marker: str, overwrite: bool) -> None:
-    """Make ``root`` ready for a miniature: refuse to touch a folder holding ``layout`` unless
-    ``overwrite`` and its README.txt carries ``marker``; then remove the layout's entries."""
-    existing = [root / name for name in layout if (root / name).exists()]
-    if not existing:
-        root.mkdir(parents=True, exist_ok=True)
-        return
-    what = ", ".join(p.name for p in existing)
-    if not overwrite:
-        raise FileExistsError(
-            f"{root} already holds {what}; pass overwrite=True (ser demo-corpus --overwrite) to regenerate it"
-        )
-    readme = root / "README.txt"
-    if not (readme.is_file() and marker in readme.read_text(errors="replace")):
-        raise FileExistsError(
-            f"refusing to overwrite {root}: it has {what} but no README.txt marking it as a generated miniature"
-        )
-    for p in existing:
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
-def write_readme(root: Path, marker: str, module: str, seed: int, utterances_per_speaker: int, layout: str) -> None:
-    (root / "README.txt").write_text(
-        f"{marker}\n\nThis folder is SYNTHETIC: generated by ser_plugins' {module} (seed={seed}, "
-        f"utterances_per_speaker={utterances_per_speaker}).\nIt mimics the layout of {layout} so its reader can "
-        f"be exercised, but it holds no real speech: every wav is source-filter pseudo-speech whose acted "
-        f"emotion is set by f0, tempo, loudness, spectral tilt and voice quality.\nNumbers measured on it say "
-        f"nothing about real speech emotion recognition.\n",
-        encoding="utf-8",
-    )
 
 
 def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 14, overwrite: bool = False) -> dict:
@@ -462,10 +359,9 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
             stem = f"{spk}{text}{letter}{take}"
             urng = np.random.default_rng([seed, s_i, u_i, 7])
             wav = synth.synthesize_utterance(CODES[letter], voice, float(urng.uniform(1.0, 2.0)), urng)
-            sf.write(str(wav_dir / f"{stem}.wav"), wav, SAMPLE_RATE, subtype="PCM_16")
+            seconds += write_wav(wav_dir / f"{stem}.wav", wav, SAMPLE_RATE)
             for d in LABEL_DIRS:
                 (root_p / d / f"{stem}.lab").write_text(f"# synthetic placeholder for {stem}.wav\n", encoding="utf-8")
-            seconds += len(wav) / SAMPLE_RATE
             classes[CODES[letter]] += 1
             per_speaker[spk] = per_speaker.get(spk, 0) + 1
             files.append(f"{stem}.wav")
@@ -483,8 +379,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
         "seconds": round(seconds, 3),
     }
     write_readme(root_p, README_MARKER, "corpora.emodb", seed, utterances_per_speaker, "the EmoDB release (wav/)")
-    (root_p / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return summary
+    return write_summary(root_p, summary)
 
 
 __all__ = [

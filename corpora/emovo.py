@@ -15,35 +15,34 @@ fourteen sentences: 588 files, 84 per emotion, 98 per actor.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from corpora.demo_synth import SAMPLE_RATE
-from corpora.emodb import (
+from corpora.emodb import report_labels, resolve_labels, synth_module
+from corpora.release import (
+    ACTOR_MISMATCH,
     APPLEDOUBLE,
-    BAD_CODE,
     BAD_NAME,
+    DOT_FILES,
     DS_STORE,
-    EXTRA_FILE,
-    EXTRA_FOLDER,
-    HIDDEN_FILE,
-    MISPLACED_AUDIO,
     Quirks,
-    is_hidden,
+    bad_code,
+    kept_label,
     prepare_root,
-    report_labels,
-    resolve_labels,
-    synth_module,
+    scan_top,
+    sort_out,
+    spelled_twice,
     write_readme,
+    write_summary,
+    write_wav,
 )
-from ser_plugins.plugins.contracts import DUPLICATE_AUDIO, Corpus, Utterance
+from ser_plugins.plugins.contracts import Corpus, Utterance
 
 #: The six actors (folder names), three female and three male.
 ACTORS: Tuple[str, ...] = ("f1", "f2", "f3", "m1", "m2", "m3")
@@ -78,9 +77,7 @@ DOC_DIRS: Tuple[str, ...] = ("documenti",)
 NAME_PATTERN = "<emotion>-<actor>-<sentence>.wav (e.g. dis-f1-b1.wav)"
 _NAME_RE = re.compile(r"^(?P<emotion>[a-z]+)-(?P<actor>[a-z]\d+)-(?P<sentence>[a-z]\d+)$")
 
-ACTOR_MISMATCH = "actor_mismatch"  # problem kinds of this reader (besides those of corpora.emodb)
-MISSING_FOLDER = "missing_folder"
-_HIDDEN = "hidden file(s) (macOS ._* / .DS_Store metadata or other dot-files)"
+MISSING_FOLDER = "missing_folder"  # a problem kind of this reader (besides those of corpora.release)
 
 
 class EmovoCorpus(Corpus):
@@ -162,22 +159,14 @@ class EmovoCorpus(Corpus):
         self.counts, self.speaker_counts, self.dropped, self.missing, self.ignored = {}, {}, {}, 0, []
         actors = self.actor_dirs()
         quirks = Quirks(self.root)
-        for p in sorted(self.root.iterdir()):
-            if is_hidden(p.name):
-                quirks.add(HIDDEN_FILE, p, _HIDDEN)
-            elif p.is_dir():
-                if p.name.lower() in ACTORS and actors.get(p.name.lower()) == p:
-                    continue
-                if p.name.lower() in DOC_DIRS:
-                    self.ignored.append(p.name + "/")
-                else:
-                    quirks.add(
-                        EXTRA_FOLDER, p, f"folder(s) that are neither actor folders ({' '.join(ACTORS)}) nor documenti/"
-                    )
-            elif p.suffix.lower() == ".wav":
-                quirks.add(MISPLACED_AUDIO, p, "wav file(s) outside the actor folders")
-            else:
-                self.ignored.append(p.name)
+        self.ignored = scan_top(
+            self.root,
+            quirks,
+            lambda p: p.name.lower() in ACTORS and actors.get(p.name.lower()) == p,
+            lambda p: p.name.lower() in DOC_DIRS,
+            f"folder(s) that are neither actor folders ({' '.join(ACTORS)}) nor documenti/",
+            "wav file(s) outside the actor folders",
+        )
         missing = [a for a in ACTORS if a not in actors]
         out: List[Utterance] = []
         seen: Dict[str, Path] = {}
@@ -199,49 +188,32 @@ class EmovoCorpus(Corpus):
         return out
 
     def _utterance(self, p: Path, actor: str, quirks: Quirks, seen: Dict[str, Path]) -> Optional[Utterance]:
-        if is_hidden(p.name):
-            quirks.add(HIDDEN_FILE, p, _HIDDEN)
-            return None
-        if p.is_dir():
-            quirks.add(EXTRA_FOLDER, p, "folder(s) inside actor folders, which hold only files", "actor")
-            return None
-        if p.suffix.lower() != ".wav":
-            quirks.add(EXTRA_FILE, p, "file(s) in actor folders that are not .wav")
+        if sort_out(
+            quirks,
+            p,
+            DOT_FILES,
+            "folder(s) inside actor folders, which hold only files",
+            "file(s) in actor folders that are not .wav",
+            "actor",
+        ):
             return None
         m = _NAME_RE.match(p.stem.lower())
         if m is None:
             quirks.add(BAD_NAME, p, f".wav file(s) whose name is not {NAME_PATTERN}")
             return None
         emotion, name_actor, sentence = m.group("emotion"), m.group("actor"), m.group("sentence")
-        for field, value, known in (
-            ("emotion", emotion, tuple(CODES)),
-            ("actor", name_actor, ACTORS),
-            ("sentence", sentence, SENTENCES),
-        ):
-            if value not in known:
-                quirks.add(
-                    BAD_CODE, p, f"file(s) with an {field} code outside the release's ({' '.join(known)})", field
-                )
-                return None
+        checks = (("emotion", emotion, tuple(CODES)), ("actor", name_actor, ACTORS), ("sentence", sentence, SENTENCES))
+        if bad_code(quirks, p, checks, "an"):
+            return None
         if name_actor != actor:
             quirks.add(ACTOR_MISMATCH, p, "file(s) whose name's actor is not their folder's")
             return None
         uid = f"{emotion}-{actor}-{sentence}"
-        if uid in seen:
-            self.problem(
-                str(p),
-                f"{p.name} is {uid}.wav again (as {seen[uid].name}): one recording under two spellings; not read",
-                kind=DUPLICATE_AUDIO,
-                key=uid,
-            )
+        if spelled_twice(self, p, uid, seen, f"{uid}.wav"):
             return None
-        seen[uid] = p
-        name = CODES[emotion]
-        self.counts[name] = self.counts.get(name, 0) + 1
         self.speaker_counts[actor] = self.speaker_counts.get(actor, 0) + 1
-        label = self.merge.get(name, name)
-        if label not in self.labels:
-            self.dropped[name] = self.dropped.get(name, 0) + 1
+        label = kept_label(self, CODES[emotion])
+        if label is None:
             return None
         return Utterance(id=uid, path=str(p), label=label, speaker=actor, fold=EMOBOX_FOLDS[actor])
 
@@ -299,7 +271,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
             urng = np.random.default_rng([seed, a_i, u_i, 11])
             wav = synth.synthesize_utterance(CODES[code], voice, float(urng.uniform(1.0, 2.0)), urng)
             wav48 = np.clip(soxr.resample(wav, SAMPLE_RATE, RELEASE_RATE, quality="HQ"), -1.0, 1.0)
-            sf.write(str(folder / name), wav48, RELEASE_RATE, subtype="PCM_16")
+            write_wav(folder / name, wav48, RELEASE_RATE)
             seconds += len(wav) / SAMPLE_RATE
             classes[CODES[code]] += 1
             files.append(f"{actor}/{name}")
@@ -319,8 +291,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 1
         "seconds": round(seconds, 3),
     }
     write_readme(root_p, README_MARKER, "corpora.emovo", seed, utterances_per_speaker, "the EMOVO release")
-    (root_p / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return summary
+    return write_summary(root_p, summary)
 
 
 __all__ = [

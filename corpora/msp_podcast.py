@@ -27,19 +27,17 @@ the partitions, so neither is read.
 from __future__ import annotations
 
 import csv
-import importlib.util
-import json
 import math
-import shutil
 import types
 from pathlib import Path
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
-import soundfile as sf
 
-from corpora.demo_synth import EMOTION_PARAMS, SAMPLE_RATE
+from corpora.demo_synth import SAMPLE_RATE
+from corpora.release import EXPRESSIVE_PARAMS, blend, demo_synth_copy, prepare_root, vary, write_summary, write_wav
+from corpora.release import lines_text as _lines_text
 from ser_plugins.errors import UserError
 from ser_plugins.plugins.contracts import DROPPED_LABEL, DUPLICATE_AUDIO, NO_LABEL, Corpus, Utterance
 
@@ -86,11 +84,6 @@ WITHHELD = "withheld_labels"
 
 class MspPodcastError(UserError, ValueError):
     """A labels file this reader cannot read at all (its header, its encoding)."""
-
-
-def _lines_text(lines: Sequence[int]) -> str:
-    shown = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
-    return f"line{'s' if len(lines) > 1 else ''} {shown}"
 
 
 class MspPodcastCorpus(Corpus):
@@ -529,30 +522,13 @@ SPLIT_SPEAKERS: Tuple[Tuple[str, int, float], ...] = (
 WITHHELD_PARTITIONS: Tuple[str, ...] = ("Test3",)
 #: the order classes are dealt in (8 classes, then other and no agreement)
 _DEAL = ("ang", "hap", "sad", "fea", "sur", "con", "dis", "neu", "oth", "xxx")
-# Expressive parameters (demo_synth's fields: f0, range, rate, gain, tilt, oq, close, jitter, shimmer, rough,
-# breath, formant, cons) of the three classes demo_synth has not: fear high, fast, tremulous and breathy;
-# disgust low, slow, rough, with strong consonants; contempt low, flat and quiet.
+# Expressive parameters (demo_synth's fields, corpora.release's PARAM_FIELDS) of the classes:
+# demo_synth's own and fear and disgust as every miniature has them (corpora.release's EXPRESSIVE_PARAMS),
+# and contempt, low, flat and quiet.
 _PARAMS: Dict[str, Tuple[float, ...]] = {
-    **{k: EMOTION_PARAMS[k] for k in ("neu", "hap", "ang", "sad", "sur")},
-    "fea": (5.0, 6.0, 1.30, 0.0, 0.55, 0.62, 0.40, 0.030, 0.10, 0.02, 0.20, 1.03, 0.0),
-    "dis": (-1.5, 2.5, 0.85, 1.5, 0.40, 0.50, 0.30, 0.015, 0.07, 0.10, 0.06, 0.97, 3.0),
+    **EXPRESSIVE_PARAMS,
     "con": (-1.0, 1.8, 0.90, -1.0, 0.50, 0.55, 0.35, 0.012, 0.05, 0.05, 0.12, 0.99, 1.5),
 }
-_FIELDS = (
-    "f0",
-    "range",
-    "rate",
-    "gain",
-    "tilt",
-    "oq",
-    "close",
-    "jitter",
-    "shimmer",
-    "rough",
-    "breath",
-    "formant",
-    "cons",
-)
 #: (arousal, valence, dominance) of each class at full intensity, 1-7 (neutral: the middle)
 _AVD: Dict[str, Tuple[float, float, float]] = {
     "neu": (4.0, 4.0, 4.0),
@@ -578,11 +554,7 @@ def _synth_module() -> types.ModuleType:
     """
     global _SYNTH
     if _SYNTH is None:
-        spec = importlib.util.find_spec("corpora.demo_synth")
-        if spec is None or spec.loader is None:  # pragma: no cover
-            raise ImportError("corpora.demo_synth cannot be found")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = demo_synth_copy()
         if not callable(getattr(module, "_expressive_params", None)):
             raise RuntimeError(
                 "corpora.demo_synth no longer draws its parameters with _expressive_params(label, rng); "
@@ -612,19 +584,9 @@ def expressive_params(name: str, rng: np.random.Generator) -> Tuple[Dict[str, fl
         proto = w * np.array(_AVD[a]) + (1 - w) * np.array(_AVD[b])
     else:
         target, proto = np.array(_PARAMS[name]), np.array(_AVD[name])
-    neutral = np.array(_PARAMS["neu"])
     intensity = float(rng.uniform(0.6, 1.2))
-    p = {k: float(v) for k, v in zip(_FIELDS, neutral + intensity * (target - neutral))}
-    f0_n, range_n, rate_n, gain_n = rng.normal(0, 1.0), rng.normal(0, 0.3), rng.normal(0, 0.12), rng.normal(0, 2.0)
-    p["f0"] += f0_n
-    p["range"] = max(0.5, p["range"] * 2**range_n)
-    p["rate"] *= 2**rate_n
-    p["gain"] += gain_n
-    p["tilt"] = float(np.clip(p["tilt"] + rng.normal(0, 0.08), 0.05, 0.95))
-    p["oq"] = float(np.clip(p["oq"] + rng.normal(0, 0.04), 0.35, 0.85))
-    p["breath"] = max(0.0, p["breath"] * 2 ** rng.normal(0, 0.4))
-    p["formant"] *= 2 ** rng.normal(0, 0.02)
-    p["cons"] += rng.normal(0, 2.0)
+    p = blend(_PARAMS["neu"], target, intensity)
+    f0_n, range_n, rate_n, gain_n = vary(p, rng)
     avd = 4.0 + intensity * (proto - 4.0)
     avd += (0.10 * gain_n + 1.2 * rate_n + 0.08 * f0_n, 0.8 * range_n, 0.10 * gain_n)
     avd += rng.normal(0, 0.15, 3)
@@ -633,23 +595,7 @@ def expressive_params(name: str, rng: np.random.Generator) -> Tuple[Dict[str, fl
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
-    existing = [p for p in (root / AUDIO_DIR, root / "Labels") if p.exists()]
-    if not existing:
-        root.mkdir(parents=True, exist_ok=True)
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{root} already holds {AUDIO_DIR}/ or Labels/; pass overwrite=True "
-            f"(ser demo-corpus --overwrite) to regenerate it"
-        )
-    readme = root / "README.txt"
-    if not (readme.is_file() and README_MARKER in readme.read_text(errors="replace")):
-        raise FileExistsError(
-            f"refusing to overwrite {root}: it has {AUDIO_DIR}/ or Labels/ but no README.txt "
-            f"marking it as a generated miniature"
-        )
-    for p in existing:
-        shutil.rmtree(p)
+    prepare_root(root, (AUDIO_DIR, "Labels"), README_MARKER, overwrite, f"{AUDIO_DIR}/ or Labels/")
 
 
 def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 8, overwrite: bool = False) -> dict:
@@ -706,8 +652,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 8
             fname = f"MSP-PODCAST_{podcast:04d}_{segments[podcast]:04d}.wav"
             params, (a, v, d) = expressive_params(name, urng)
             wav = synth.synthesize_utterance(params, voice, float(urng.uniform(1.0, 2.0)), urng)
-            sf.write(str(audio / fname), wav, SAMPLE_RATE, subtype="PCM_16")
-            seconds += len(wav) / SAMPLE_RATE
+            seconds += write_wav(audio / fname, wav, SAMPLE_RATE)
             if part in WITHHELD_PARTITIONS:
                 rows.append((fname, "", "", "", "", UNKNOWN, UNKNOWN, part))
             else:
@@ -739,8 +684,7 @@ def generate_miniature(root: str, seed: int = 0, utterances_per_speaker: int = 8
         f"nothing about real speech emotion recognition.\n",
         encoding="utf-8",
     )
-    (root_p / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return summary
+    return write_summary(root_p, summary)
 
 
 __all__ = ["CODES", "DEFAULT_LABELS", "MspPodcastCorpus", "MspPodcastError", "expressive_params", "generate_miniature"]
